@@ -1,0 +1,1 @@
+"""Veracity: multimodal deepfake video detection."""

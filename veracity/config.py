@@ -1,0 +1,226 @@
+"""Typed configuration: one pydantic model per ``params.yaml`` section.
+
+Precedence is ``defaults < params.yaml < CLI overrides`` (DESIGN §5.3). Every model
+forbids unknown keys, so a typo in ``params.yaml`` or on the command line fails with a
+message that names the key instead of being silently ignored. Each stage writes the
+configuration it actually ran with next to its outputs (:func:`write_resolved`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+RESOLVED_NAME = "config.resolved.yaml"
+
+SYNTHETIC_METHODS = ("faceswap", "reenact", "neural", "lipsync", "voice", "av")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SplitRatios(_Section):
+    """Fractions of identities per split; they must sum to 1."""
+
+    train: float = Field(0.6, gt=0, lt=1)
+    val: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitRatios:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split ratios must sum to 1, got {total:.4f}")
+        return self
+
+
+class GenerateConfig(_Section):
+    """The embedded synthetic audio-visual corpus (``veracity generate``)."""
+
+    seed: int = 1337
+    # 30 identities -> 18/6/6 by identity: enough held-out faces and voices for AUC per family.
+    n_identities: int = Field(30, ge=3)
+    split_ratios: SplitRatios = SplitRatios()
+    # Reals and fakes per identity are balanced so a detector sees ~40% real clips.
+    real_per_identity: int = Field(4, ge=1)
+    fakes_per_method: int = Field(1, ge=0)
+    methods: tuple[str, ...] = SYNTHETIC_METHODS
+    # Small frames keep the whole DAG inside CI's 2 cores; faces still span ~55% of the height,
+    # well above the Haar cascade's 24 px minimum window.
+    width: int = Field(128, ge=64, multiple_of=2)
+    height: int = Field(128, ge=64, multiple_of=2)
+    fps: int = Field(25, ge=5, le=60)
+    min_duration_s: float = Field(3.0, gt=0.5)
+    max_duration_s: float = Field(4.0, gt=0.5)
+    sample_rate: int = 16000
+    crf: int = Field(23, ge=0, le=51)
+    audio_bitrate: int = Field(48000, ge=16000)
+    # Camera grain added after any manipulation, as a real capture pipeline would.
+    grain: float = Field(3.0, ge=0)
+    workers: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> GenerateConfig:
+        unknown = sorted(set(self.methods) - set(SYNTHETIC_METHODS))
+        if unknown:
+            raise ValueError(f"unknown synthetic methods {unknown}; known: {list(SYNTHETIC_METHODS)}")
+        if self.max_duration_s < self.min_duration_s:
+            raise ValueError("max_duration_s must be >= min_duration_s")
+        return self
+
+
+CorpusSource = Literal["synthetic", "csv", "folder", "faceforensics", "dfdc", "fakeavceleb", "celebdf"]
+
+
+class CorpusConfig(_Section):
+    """Where the videos come from and how they become the one manifest (``veracity corpus``)."""
+
+    source: CorpusSource = "synthetic"
+    # Root of the raw corpus, tracked by data.dvc. Relative paths are relative to the repo.
+    root: str = "data/raw"
+    # Split ratios for layouts without an official split (DFDC, FakeAVCeleb, folders).
+    split_ratios: SplitRatios = SplitRatios(train=0.7, val=0.15, test=0.15)
+    seed: int = 0
+    # FaceForensics++ compression level folder: raw (also 'c0'), c23 or c40.
+    ff_compression: str = "c23"
+
+
+class ValidateConfig(_Section):
+    """Bounds for the manifest expectation suite (``veracity validate``)."""
+
+    min_clips: int = Field(10, ge=1)
+    # Share of fakes (label == 1) allowed in the whole manifest.
+    min_fake_ratio: float = Field(0.2, ge=0, le=1)
+    max_fake_ratio: float = Field(0.9, ge=0, le=1)
+    # Clips per manipulation method (including 'real'), whole manifest.
+    min_per_method: int = Field(5, ge=0)
+    max_per_method: int | None = None
+    # Every split must hold at least this many clips.
+    min_per_split: int = Field(3, ge=0)
+    required_splits: tuple[str, ...] = ("train", "val", "test")
+    identity_disjoint: bool = True
+    check_files: bool = True
+
+
+class Params(_Section):
+    """The whole ``params.yaml``: one field per stage section."""
+
+    generate: GenerateConfig = GenerateConfig()
+    corpus: CorpusConfig = CorpusConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def parse_override(text: str, section: str | None = None) -> tuple[list[str], Any]:
+    """Parse ``a.b=value`` into a key path and a YAML-typed value.
+
+    A key without a section prefix is taken relative to ``section`` when one is given.
+    """
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {text!r} has an empty key")
+    if section is not None and path[0] not in Params.model_fields and path[0] != "validate":
+        path = [section, *path]
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return path, value
+
+
+def _set_in(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _format_errors(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]).replace("validate_", "validate")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{origin}: unknown key '{key}'")
+        else:
+            lines.append(f"{origin}: '{key}': {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_params(
+    path: Path | str | None = DEFAULT_PARAMS,
+    overrides: list[str] | tuple[str, ...] = (),
+    section: str | None = None,
+) -> Params:
+    """Load ``params.yaml`` (if it exists) with CLI overrides applied on top.
+
+    Args:
+        path: the params file; a missing default file means "all defaults".
+        overrides: ``key=value`` strings, highest precedence.
+        section: the stage whose keys may be given without a section prefix.
+
+    Raises:
+        ConfigError: unknown keys, bad values or an unreadable file, naming the key.
+    """
+    tree: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        path = Path(path)
+        if path.exists():
+            try:
+                loaded = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{path}: top level must be a mapping of stage sections")
+            tree = loaded
+            origin = str(path)
+        elif path != DEFAULT_PARAMS:
+            raise ConfigError(f"params file {path} does not exist")
+    for text in overrides:
+        key_path, value = parse_override(text, section)
+        _set_in(tree, key_path, value)
+    if overrides:
+        origin = f"{origin} + overrides"
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, origin)) from None
+
+
+def section(params: Params, name: str) -> BaseModel:
+    """Return one stage's section by its params.yaml name."""
+    return getattr(params, "validate_" if name == "validate" else name)
+
+
+def to_plain(model: BaseModel) -> dict[str, Any]:
+    """A YAML/JSON-ready dict of a config model (tuples become lists)."""
+    return model.model_dump(mode="json", by_alias=True)
+
+
+def write_resolved(model: BaseModel, out_dir: Path | str, name: str = RESOLVED_NAME) -> Path:
+    """Write the configuration a stage ran with next to its outputs."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / name
+    target.write_text(yaml.safe_dump(to_plain(model), sort_keys=False))
+    return target

@@ -1,0 +1,1 @@
+"""Where videos come from: the synthetic generator, dataset adapters and the manifest."""
