@@ -63,6 +63,9 @@ class GenerateConfig(_Section):
     max_duration_s: float = Field(4.0, gt=0.5)
     sample_rate: int = 16000
     crf: int = Field(23, ge=0, le=51)
+    # Each clip's CRF is drawn from crf +/- crf_jitter: varied compression, as in the wild, and
+    # file size then says nothing about the label.
+    crf_jitter: int = Field(4, ge=0, le=10)
     audio_bitrate: int = Field(48000, ge=16000)
     # Camera grain added after any manipulation, as a real capture pipeline would.
     grain: float = Field(3.0, ge=0)

@@ -70,7 +70,9 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
 def from_records(records: Iterable[Mapping[str, object]]) -> pd.DataFrame:
     """Build a normalised manifest from row dicts."""
     rows = list(records)
-    df = pd.DataFrame(rows, columns=list(rows[0].keys()) if rows else list(REQUIRED_COLUMNS))
+    # Columns from every row, not just the first, so a key only some rows carry is kept.
+    columns = list(dict.fromkeys(k for row in rows for k in row)) or list(REQUIRED_COLUMNS)
+    df = pd.DataFrame(rows, columns=columns)
     return normalize(df)
 
 

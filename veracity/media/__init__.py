@@ -1,0 +1,1 @@
+"""Media I/O: PyAV encoding/decoding, faces, audio and motion."""
