@@ -9,7 +9,7 @@ configuration it actually ran with next to its outputs (:func:`write_resolved`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -70,6 +70,9 @@ class GenerateConfig(_Section):
     # Camera grain added after any manipulation, as a real capture pipeline would.
     grain: float = Field(3.0, ge=0)
     workers: int = Field(2, ge=1)
+
+    # Keys that change how fast the corpus is made, never its bytes.
+    EXECUTION_ONLY: ClassVar[set[str]] = {"workers"}
 
     @model_validator(mode="after")
     def _check(self) -> GenerateConfig:
@@ -215,15 +218,21 @@ def section(params: Params, name: str) -> BaseModel:
     return getattr(params, "validate_" if name == "validate" else name)
 
 
-def to_plain(model: BaseModel) -> dict[str, Any]:
+def to_plain(model: BaseModel, exclude: set[str] | None = None) -> dict[str, Any]:
     """A YAML/JSON-ready dict of a config model (tuples become lists)."""
-    return model.model_dump(mode="json", by_alias=True)
+    return model.model_dump(mode="json", by_alias=True, exclude=exclude)
 
 
-def write_resolved(model: BaseModel, out_dir: Path | str, name: str = RESOLVED_NAME) -> Path:
-    """Write the configuration a stage ran with next to its outputs."""
+def write_resolved(
+    model: BaseModel, out_dir: Path | str, name: str = RESOLVED_NAME, exclude: set[str] | None = None
+) -> Path:
+    """Write the configuration a stage ran with next to its outputs.
+
+    ``exclude`` drops execution-only keys (worker counts) that do not change the outputs,
+    so the written file, like the outputs, does not depend on them.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     target = out / name
-    target.write_text(yaml.safe_dump(to_plain(model), sort_keys=False))
+    target.write_text(yaml.safe_dump(to_plain(model, exclude), sort_keys=False))
     return target

@@ -89,7 +89,7 @@ def background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     t = np.clip(np.cos(ang) * xx + np.sin(ang) * yy, 0, 1)[..., None]
     img = (c1 * (1 - t) + c2 * t).astype(np.float32)
     for _ in range(int(rng.integers(2, 7))):
-        col = tuple(float(v) for v in rng.uniform(20, 235, 3))
+        col = tuple(float(v) for v in rng.uniform(5, 250, 3))
         x, y = int(rng.uniform(0, w * SS)), int(rng.uniform(0, h * SS))
         if rng.random() < 0.5:
             dx, dy = int(rng.uniform(8, w * SS / 2)), int(rng.uniform(8, h * SS / 2))

@@ -109,11 +109,15 @@ def eye_track(n: int, fps: int, rng: np.random.Generator) -> np.ndarray:
 
 def render(spec: ClipSpec) -> RenderedClip:
     """Render one clip of ``spec.method`` (see the module table)."""
+    ident, other = spec.identity, spec.other
+    method = spec.method
+    if method not in LABELS:
+        raise ValueError(f"unknown method {method!r}")
+    if method in ("faceswap", "reenact", "av") and other is None:
+        raise ValueError(f"{spec.video_id}: method {method!r} needs a second identity")
     rng = np.random.default_rng(spec.seed)
     n = int(round(spec.duration * spec.fps))
     sr = spec.sample_rate
-    ident, other = spec.identity, spec.other
-    method = spec.method
 
     # Audio and the mouth it implies.
     heard = speech.plan_utterance(spec.duration, rng)
@@ -125,7 +129,7 @@ def render(spec: ClipSpec) -> RenderedClip:
         seen = speech.plan_utterance(spec.duration, rng)
         mouth = speech.mouth_track(seen, spec.duration, spec.fps, rng)
     if method in ("voice", "av"):
-        voice = other if other is not None and rng.random() < 0.7 else ident
+        voice = other if other is not None and (method == "voice" or rng.random() < 0.7) else ident
         converted = speech.synthesize(heard, spec.duration, voice, rng, sr)
         audio = speech.vocode(converted, rng, sr)
     audio = speech.finish(audio, rng, target_rms=float(rng.uniform(0.05, 0.12)))
@@ -140,7 +144,7 @@ def render(spec: ClipSpec) -> RenderedClip:
     video_method = method
     if method == "av":
         video_method = "faceswap" if rng.random() < 0.5 else "neural"
-    if video_method == "faceswap" and other is not None:
+    if video_method == "faceswap":
         # A swap maps the donor's features into the target's face shape and hair.
         donor = dataclasses.replace(other, face_aspect=ident.face_aspect, hair=ident.hair,
                                     hair_volume=ident.hair_volume)
@@ -151,8 +155,12 @@ def render(spec: ClipSpec) -> RenderedClip:
             "feather": float(rng.uniform(0.5, 1.8)),
             "jitter": float(rng.uniform(0.2, 0.9)),
         }
-    neural_f = float(rng.uniform(1.6, 2.4))
+    neural_f = float(rng.uniform(1.5, 2.2))
     reenact = {"blur": float(rng.uniform(0.7, 1.3)), "jitter": float(rng.uniform(0.3, 1.0))}
+    # Capture conditions vary per clip and not per family: lens softness and sensor grain
+    # move the histogram tails as much as any blur a manipulation leaves in the face.
+    softness = float(rng.uniform(0.0, 1.2))
+    grain = spec.grain * float(rng.uniform(0.5, 1.5))
     light = {
         "gain": rng.uniform(0.8, 1.15),
         "tint": rng.uniform(0.94, 1.06, 3),
@@ -168,14 +176,16 @@ def render(spec: ClipSpec) -> RenderedClip:
             canvas = bg.copy()
             face.draw_head(canvas, ident, poses[i], expr, texture)
             img = face.downsample(canvas, hw)
-            if video_method == "faceswap" and other is not None:
+            if video_method == "faceswap":
                 img = _faceswap(img, bg, donor, donor_tex, ident, poses[i], expr, swap, frame_rng)
             elif video_method == "neural":
                 img = _neural(img, ident, poses[i], neural_f, frame_rng)
             elif video_method == "reenact":
                 img = _reenact(img, bg, ident, poses[i], expr, texture, reenact, frame_rng)
+            if softness > 0.05:
+                img = cv2.GaussianBlur(img, (0, 0), softness)
             img = img * light["gain"] * light["tint"] + light["offset"]
-            img = img + frame_rng.normal(0.0, spec.grain, img.shape)
+            img = img + frame_rng.normal(0.0, grain, img.shape)
             yield np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
     return RenderedClip(frames=frames(), audio=audio, n_frames=n)

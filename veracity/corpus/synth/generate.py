@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from veracity.config import GenerateConfig, write_resolved
+from veracity.config import ConfigError, GenerateConfig, write_resolved
 from veracity.corpus import manifest
 from veracity.corpus.synth.families import LABELS, ClipSpec, render
 from veracity.corpus.synth.identity import Identity, sample_identity
@@ -27,6 +27,8 @@ from veracity.media.encode import write_mp4
 VIDEO_DIR = "videos"
 MANIFEST_NAME = "manifest.csv"
 IDENTITIES_NAME = "identities.json"
+# Families that borrow a face, a performance or a voice from another identity.
+_NEEDS_PEER = {"faceswap", "reenact", "av"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,13 @@ def plan_corpus(cfg: GenerateConfig) -> tuple[list[ClipSpec], dict[str, str], li
     by_split: dict[str, list[Identity]] = {}
     for ident in identities:
         by_split.setdefault(splits[ident.name], []).append(ident)
+    needs_peer = set(cfg.methods) & _NEEDS_PEER
+    small = sorted(name for name, members in by_split.items() if len(members) < 2)
+    if needs_peer and small:
+        raise ConfigError(
+            f"split(s) {small} hold fewer than 2 identities, but {sorted(needs_peer)} need a second "
+            f"person from the same split; raise generate.n_identities (now {cfg.n_identities})"
+        )
 
     specs: list[ClipSpec] = []
     plan_rng = np.random.default_rng([cfg.seed, 1])
@@ -64,7 +73,9 @@ def plan_corpus(cfg: GenerateConfig) -> tuple[list[ClipSpec], dict[str, str], li
         for method, number in zip(methods, numbers, strict=True):
             # Donors, drivers and voices come from the same split so no one leaks across.
             other = peers[int(plan_rng.integers(len(peers)))] if peers and method != "real" else None
-            if method == "lipsync":
+            # A lip-sync fake re-uses the person's own voice; a voice fake converts to another
+            # person's voice 70% of the time and re-vocodes the speaker's own otherwise.
+            if method == "lipsync" or (method == "voice" and plan_rng.random() >= 0.7):
                 other = None
             specs.append(
                 ClipSpec(
@@ -148,6 +159,6 @@ def generate(
     (out / IDENTITIES_NAME).write_text(
         json.dumps({i.name: {"split": splits[i.name], **i.to_dict()} for i in identities}, indent=1, sort_keys=True)
     )
-    write_resolved(cfg, out)
+    write_resolved(cfg, out, exclude=GenerateConfig.EXECUTION_ONLY)
     counts = df["method"].value_counts().sort_index().to_dict()
     return GenerateResult(out, manifest_path, len(df), {str(k): int(v) for k, v in counts.items()})

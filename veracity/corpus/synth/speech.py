@@ -36,6 +36,7 @@ class Segment:
     start: float
     end: float
     vowel: str = ""
+    level: float = 1.0  # syllable stress: louder syllables also open the jaw wider
 
 
 def plan_utterance(duration: float, rng: np.random.Generator) -> list[Segment]:
@@ -52,7 +53,9 @@ def plan_utterance(duration: float, rng: np.random.Generator) -> list[Segment]:
                 segs.append(Segment(kind, t, t + dur))
                 t += dur
             dur = float(rng.uniform(0.09, 0.22))
-            segs.append(Segment("vowel", t, t + dur, vowels[int(rng.integers(len(vowels)))]))
+            segs.append(
+                Segment("vowel", t, t + dur, vowels[int(rng.integers(len(vowels)))], float(rng.uniform(0.6, 1.0)))
+            )
             t += dur
         gap = float(rng.uniform(0.06, 0.25) if rng.random() < 0.8 else rng.uniform(0.3, 0.5))
         segs.append(Segment("pause", t, t + gap))
@@ -69,11 +72,13 @@ def _ramp_envelope(n: int, sr: int, segs: list[Segment], kinds: tuple[str, ...],
         a, b = int(s.start * sr), min(n, int(s.end * sr))
         if b - a < 2:
             continue
-        seg = np.ones(b - a, dtype=np.float32)
+        # Open vowels are intrinsically louder than close ones (by a few dB in real speech).
+        gain = s.level * (0.55 + 0.45 * VOWELS[s.vowel][1]) if s.kind == "vowel" else 1.0
+        seg = np.full(b - a, gain, dtype=np.float32)
         k = min(r, (b - a) // 2)
         ramp = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, k, dtype=np.float32))
-        seg[:k] = ramp
-        seg[-k:] = ramp[::-1]
+        seg[:k] *= ramp
+        seg[-k:] *= ramp[::-1]
         env[a:b] = np.maximum(env[a:b], seg)
     return env
 
@@ -119,6 +124,11 @@ def synthesize(
             gain += 1.0 / (1.0 + ((fk - formants[:, j]) / bw[j]) ** 2) * (1.0 / (j + 1))
         gain = amp * (gain + 0.02) * (fk < 7600)
         voiced += np.interp(t, tc, gain) * np.sin(k * phase)
+    # Flatten the short-time loudness that formant positions happen to give, so loudness
+    # follows the planned envelope (stress x openness) and not which harmonic F1 hits.
+    win = np.hanning(int(0.03 * sr))
+    local = np.sqrt(signal.fftconvolve(voiced**2, win / win.sum(), mode="same").clip(min=0)) + 1e-3
+    voiced = voiced / local
     voiced /= np.max(np.abs(voiced)) + 1e-9
 
     vowel_env = _ramp_envelope(n, sr, segs, ("vowel",))
@@ -129,14 +139,14 @@ def synthesize(
     fric_env = _ramp_envelope(n, sr, segs, ("fricative",), 0.01)
     lo = float(rng.uniform(2500, 4500))
     fric = signal.lfilter(*signal.butter(2, [lo, 7500], "bandpass", fs=sr), rng.standard_normal(n))
-    out += 0.35 * fric * fric_env
+    out += 0.15 * fric * fric_env  # fricatives sit 10-20 dB below vowels
     burst_env = np.zeros(n, dtype=np.float32)
     for s in segs:
         if s.kind == "plosive":  # closure then a short release burst
             a = int((s.start + 0.7 * (s.end - s.start)) * sr)
             b = min(n, a + int(0.015 * sr))
             burst_env[a:b] = np.hanning(max(b - a, 1))[: b - a]
-    out += 0.5 * signal.lfilter(*signal.butter(2, 1500, "highpass", fs=sr), rng.standard_normal(n)) * burst_env
+    out += 0.3 * signal.lfilter(*signal.butter(2, 1500, "highpass", fs=sr), rng.standard_normal(n)) * burst_env
 
     # A short random room response so recordings are not dry.
     ir_len = int(rng.uniform(0.02, 0.08) * sr)
@@ -160,7 +170,7 @@ def mouth_track(segs: list[Segment], duration: float, fps: int, rng: np.random.G
     for s in segs:
         m = (tt >= s.start) & (tt < s.end)
         if s.kind == "vowel":
-            target[m] = VOWELS[s.vowel][1] * rng.uniform(0.85, 1.0)
+            target[m] = VOWELS[s.vowel][1] * s.level
         elif s.kind == "fricative":
             target[m] = 0.15
     alpha = 1.0 - np.exp(-1.0 / (0.04 * fps * sub))

@@ -1,0 +1,51 @@
+# Two entry points for a fresh machine with Python 3.11 (everything else is installed here):
+#   make pipeline   set up, generate the synthetic corpus, run the DVC pipeline (dvc repro)
+#   make test       set up, run the default test suite (slow tests excluded)
+# uv installs from the committed uv.lock, straight from PyPI: it ignores this machine's pip
+# configuration, whose local torch +cpu wheel breaks torchvision/timm (DESIGN §6).
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?= -m "not slow"
+
+export DO_NOT_TRACK := true
+export GX_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export BENTOML_DO_NOT_TRACK := true
+export DVC_NO_ANALYTICS := 1
+export UV_PYTHON_DOWNLOADS := never
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup pipeline test test-all lint clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(TOOLS)/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml
+	$(UV) sync --locked --python $(PYTHON)
+	touch $@
+
+setup: $(VENV)/.synced
+
+pipeline: setup
+	veracity generate --out data/raw
+	dvc repro
+	dvc metrics show
+
+test: setup
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
+
+test-all: PYTEST_ARGS =
+test-all: test
+
+lint: setup
+	$(BIN)/ruff check veracity tests
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache

@@ -1,0 +1,188 @@
+"""The ``veracity`` command: one verb per pipeline stage.
+
+Every verb takes ``--params`` (default ``params.yaml``) and repeatable ``--set key=value``
+overrides (``--set n_identities=8`` or ``--set generate.n_identities=8``), resolving
+``defaults < params.yaml < --set``. Expected failures (bad config, bad data, a failed
+expectation) print a readable message and exit non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from veracity.config import ConfigError, load_params, section, to_plain, write_resolved
+
+app = typer.Typer(
+    name="veracity",
+    help="Veracity: multimodal deepfake video detection pipeline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read (missing = defaults).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a key: key=value (highest precedence). Repeatable."),
+]
+
+F = TypeVar("F", bound=Callable[..., object])
+
+# Telemetry of the tools we drive is off: runs must be offline and leave no stray files.
+_QUIET_ENV = {
+    "DO_NOT_TRACK": "true",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "DVC_NO_ANALYTICS": "1",
+}
+
+
+class StageError(RuntimeError):
+    """An expected stage failure whose message is for the user, not a traceback."""
+
+
+def _err(msg: str) -> None:
+    typer.secho(msg, fg=typer.colors.RED, err=True)
+
+
+def _user_errors(func: F) -> F:
+    """Turn the library's expected errors into a message and exit code 2 (1 for a failed check)."""
+    from veracity.corpus.adapters import AdapterError
+    from veracity.corpus.manifest import ManifestError
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, AdapterError, ManifestError, StageError) as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _main() -> None:
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def _stamp_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.generated.json"
+
+
+def _generator_fingerprint(cfg_plain: dict) -> str:
+    """Hash of the generator's code and config: same fingerprint, same bytes."""
+    from veracity.corpus import synth
+    from veracity.media import encode
+
+    h = hashlib.sha256(json.dumps(cfg_plain, sort_keys=True).encode())
+    files = sorted(Path(synth.__file__).parent.glob("*.py")) + [Path(encode.__file__)]
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@app.command()
+@_user_errors
+def generate(
+    out: Annotated[Path, typer.Option(help="Corpus directory to write.")] = Path("data/raw"),
+    force: Annotated[bool, typer.Option(help="Regenerate even if the corpus is up to date.")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Generate the synthetic audio-visual deepfake corpus (MP4 files + manifest)."""
+    from tqdm import tqdm
+
+    from veracity.corpus.synth import generate as run_generate
+    from veracity.corpus.synth.generate import MANIFEST_NAME
+
+    cfg = section(load_params(params, set_ or (), "generate"), "generate")
+    fingerprint = _generator_fingerprint(to_plain(cfg, exclude=cfg.EXECUTION_ONLY))
+    stamp = _stamp_path(out)
+    up_to_date = (
+        stamp.exists()
+        and (out / MANIFEST_NAME).exists()
+        and json.loads(stamp.read_text()).get("fingerprint") == fingerprint
+    )
+    if up_to_date and not force:
+        typer.echo(f"corpus at {out} is up to date (same generator and config); --force regenerates")
+        return
+    bar = tqdm(total=0, desc="generate", unit="clip", disable=not sys.stderr.isatty())
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(1)
+
+    result = run_generate(cfg, out, progress=progress)
+    bar.close()
+    stamp.write_text(json.dumps({"fingerprint": fingerprint, "n_clips": result.n_clips}))
+    counts = ", ".join(f"{k}={v}" for k, v in result.counts.items())
+    typer.echo(f"wrote {result.n_clips} clips to {out} ({counts})")
+
+
+@app.command()
+@_user_errors
+def corpus(
+    out: Annotated[Path, typer.Option(help="Directory for manifest.csv and its resolved config.")] = Path(
+        "data/manifest"
+    ),
+    root: Annotated[Path | None, typer.Option(help="Dataset root (default: corpus.root).")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Turn a raw corpus (synthetic or a real dataset layout) into the manifest."""
+    from veracity.corpus import manifest
+    from veracity.corpus.adapters import build_manifest
+
+    cfg = section(load_params(params, set_ or (), "corpus"), "corpus")
+    root = root or Path(cfg.root)
+    if not root.exists():
+        raise StageError(
+            f"corpus root {root} does not exist"
+            + (" (run `veracity generate` first)" if cfg.source == "synthetic" else "")
+        )
+    df = build_manifest(cfg, root, out)
+    path = manifest.write(df, out / "manifest.csv")
+    write_resolved(cfg, out)
+    by = df.groupby(["split", "method"]).size().unstack(fill_value=0)
+    typer.echo(f"wrote {len(df)} rows to {path}\n{by.to_string()}")
+
+
+@app.command()
+@_user_errors
+def validate(
+    manifest_path: Annotated[Path, typer.Option("--manifest", help="Manifest CSV to check.")] = Path(
+        "data/manifest/manifest.csv"
+    ),
+    out: Annotated[Path, typer.Option(help="Directory for the GX result JSON/HTML and summary.")] = Path(
+        "reports/validate"
+    ),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Run the Great Expectations suite on a manifest; exit 1 if an expectation fails."""
+    from veracity.validation import validate_manifest
+
+    cfg = section(load_params(params, set_ or (), "validate"), "validate")
+    report = validate_manifest(cfg, manifest_path, out)
+    write_resolved(cfg, out)
+    if not report.success:
+        _err(report.summary())
+        _err(f"full result: {out}")
+        raise typer.Exit(1)
+    typer.echo(report.summary())
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
