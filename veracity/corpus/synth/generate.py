@@ -55,7 +55,7 @@ def plan_corpus(cfg: GenerateConfig) -> tuple[list[ClipSpec], dict[str, str], li
     by_split: dict[str, list[Identity]] = {}
     for ident in identities:
         by_split.setdefault(splits[ident.name], []).append(ident)
-    needs_peer = set(cfg.methods) & _NEEDS_PEER
+    needs_peer = set(cfg.methods) & _NEEDS_PEER if cfg.fakes_per_method > 0 else set()
     small = sorted(name for name, members in by_split.items() if len(members) < 2)
     if needs_peer and small:
         raise ConfigError(
