@@ -105,9 +105,16 @@ def generate(
     from tqdm import tqdm
 
     from veracity.corpus.synth import generate as run_generate
-    from veracity.corpus.synth.generate import MANIFEST_NAME
+    from veracity.corpus.synth.generate import IDENTITIES_NAME, MANIFEST_NAME
 
-    cfg = section(load_params(params, set_ or (), "generate"), "generate")
+    loaded = load_params(params, set_ or (), "generate")
+    if loaded.corpus.source != "synthetic":
+        typer.echo(f"corpus.source is {loaded.corpus.source!r}: nothing to generate")
+        return
+    cfg = section(loaded, "generate")
+    if out.exists() and any(out.iterdir()) and not (out / IDENTITIES_NAME).exists() and not force:
+        # Never overwrite a real dataset someone placed where the synthetic corpus goes.
+        raise StageError(f"{out} holds files that `veracity generate` did not write; use another --out or --force")
     fingerprint = _generator_fingerprint(to_plain(cfg, exclude=cfg.EXECUTION_ONLY))
     stamp = _stamp_path(out)
     up_to_date = (

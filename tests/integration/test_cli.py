@@ -95,3 +95,19 @@ def test_generate_skips_when_up_to_date(tmp_path: Path) -> None:
     (tmp_path / "raw" / "manifest.csv").unlink()
     third = runner.invoke(app, args)
     assert "wrote 3 clips" in third.output
+
+
+def test_generate_refuses_to_overwrite_a_foreign_directory(tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "my_dataset.mp4").write_bytes(b"precious")
+    result = runner.invoke(app, ["generate", "--out", str(tmp_path / "raw")])
+    assert result.exit_code == 2
+    assert "did not write" in result.output
+    assert (tmp_path / "raw" / "my_dataset.mp4").read_bytes() == b"precious"
+
+
+def test_generate_does_nothing_for_a_real_dataset_source(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["generate", "--out", str(tmp_path / "raw"), "--set", "corpus.source=dfdc"])
+    assert result.exit_code == 0
+    assert "nothing to generate" in result.output
+    assert not (tmp_path / "raw").exists()
