@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+import typing
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -172,18 +173,28 @@ def validate(
     manifest_path: Annotated[Path, typer.Option("--manifest", help="Manifest CSV to check.")] = Path(
         "data/manifest/manifest.csv"
     ),
+    features: Annotated[
+        Path | None, typer.Option(help="Check this extraction index.csv with the features suite instead.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Directory for the GX result JSON/HTML and summary.")] = Path(
         "reports/validate"
     ),
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """Run the Great Expectations suite on a manifest; exit 1 if an expectation fails."""
-    from veracity.validation import validate_manifest
+    """Run a Great Expectations suite (manifest, or extracted features); exit 1 if one fails."""
+    from veracity.config import ExtractStatus
+    from veracity.validation import validate_features, validate_manifest
 
-    cfg = section(load_params(params, set_ or (), "validate"), "validate")
-    report = validate_manifest(cfg, manifest_path, out)
-    write_resolved(cfg, out)
+    loaded = load_params(params, set_ or (), "validate")
+    cfg = section(loaded, "validate")
+    if features is not None:
+        report = validate_features(cfg.features, loaded.extract.usable_statuses,
+                                   typing.get_args(ExtractStatus), features, out)
+        write_resolved(cfg.features, out)
+    else:
+        report = validate_manifest(cfg, manifest_path, out)
+        write_resolved(cfg, out)
     if not report.success:
         _err(report.summary())
         _err(f"full result: {out}")
@@ -191,5 +202,62 @@ def validate(
     typer.echo(report.summary())
 
 
+@app.command()
+@_user_errors
+def extract(
+    manifest_path: Annotated[Path, typer.Option("--manifest", help="Manifest CSV of the clips.")] = Path(
+        "data/manifest/manifest.csv"
+    ),
+    out: Annotated[Path, typer.Option(help="Features directory (records, index.csv, summary.json).")] = Path(
+        "data/features"
+    ),
+    shard: Annotated[str | None, typer.Option(help="Process one shard only, as i/n (e.g. 0/4); then --merge.")] = None,
+    merge: Annotated[bool, typer.Option("--merge", help="Join finished shard indexes into index.csv.")] = False,
+    metrics: Annotated[Path | None, typer.Option(help="Also write summary.json here (for dvc metrics).")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Extract face crops, audio, voice activity and optical flow for every clip."""
+    from tqdm import tqdm
+
+    from veracity import extract as ex
+
+    loaded = load_params(params, set_ or (), "extract")
+    cfg, contract = loaded.extract, loaded.contract.build()
+    try:
+        if merge:
+            result = ex.merge(cfg, out, manifest_path)
+        else:
+            i, n = ex.parse_shard(shard)
+            bar = tqdm(total=0, desc=f"extract {i}/{n}", unit="clip", disable=not sys.stderr.isatty())
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(1)
+
+            result = ex.extract(cfg, contract, manifest_path, out, (i, n), progress=progress)
+            bar.close()
+            typer.echo(f"shard {i}/{n}: {result.processed} clips extracted, {result.reused} reused")
+            if n > 1:
+                typer.echo("run `veracity extract --merge` when every shard is done")
+                return
+        summary = result.summary
+        if metrics is not None:
+            metrics.parent.mkdir(parents=True, exist_ok=True)
+            metrics.write_text(json.dumps(summary, indent=2, sort_keys=True))
+        typer.echo(f"{summary['usable']}/{summary['clips']} clips usable, faces in "
+                   f"{summary['face_found_ratio']:.1%} of frames; statuses {summary['status']}")
+        bad = result.index[~result.index["status"].isin(cfg.usable_statuses)]
+        for row in bad.head(20).itertuples():
+            _err(f"  {row.video_id}: {row.status}: {row.message}")
+        ex.check_failures(summary, cfg)
+    except ex.ExtractError as exc:
+        raise StageError(str(exc)) from None
+
+
 def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m veracity.cli`
     app()

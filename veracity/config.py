@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from veracity.contract import DataContract
+
 DEFAULT_PARAMS = Path("params.yaml")
 RESOLVED_NAME = "config.resolved.yaml"
 
@@ -100,6 +102,22 @@ class CorpusConfig(_Section):
     ff_compression: str = "c23"
 
 
+class FeatureBounds(_Section):
+    """Bounds for the extracted-features suite (``veracity validate --features``)."""
+
+    # At least one model window per usable clip.
+    min_frames: int = Field(16, ge=1)
+    # Per usable clip, and on average over usable clips (the issue's 90% target).
+    min_face_ratio: float = Field(0.5, ge=0, le=1)
+    min_mean_face_ratio: float = Field(0.9, ge=0, le=1)
+    require_audio: bool = True
+    min_speech_ratio: float = Field(0.05, ge=0, le=1)
+    min_duration_s: float = Field(1.0, ge=0)
+    max_duration_s: float = Field(7200.0, gt=0)
+    # Share of clips whose status is not usable.
+    max_failure_ratio: float = Field(0.02, ge=0, le=1)
+
+
 class ValidateConfig(_Section):
     """Bounds for the manifest expectation suite (``veracity validate``)."""
 
@@ -115,6 +133,62 @@ class ValidateConfig(_Section):
     required_splits: tuple[str, ...] = ("train", "val", "test")
     identity_disjoint: bool = True
     check_files: bool = True
+    features: FeatureBounds = FeatureBounds()
+
+
+class ContractConfig(_Section):
+    """The data contract (see :mod:`veracity.contract`); read by extraction and training."""
+
+    # 12.5 fps keeps every 2nd frame of 25 fps sources: enough for syllable-rate lip motion.
+    fps: float = Field(12.5, gt=0, le=60)
+    frames_per_window: int = Field(16, ge=2)
+    # 64 px crops keep CPU training inside CI; raise for real data and pretrained backbones.
+    face_size: int = Field(64, ge=16)
+    face_margin: float = Field(0.25, ge=0, le=2)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    sample_rate: int = Field(16000, ge=8000)
+
+    def build(self) -> DataContract:
+        """The frozen :class:`DataContract` these params describe."""
+        return DataContract(**self.model_dump())
+
+
+ExtractStatus = Literal[
+    "ok", "missing", "empty", "corrupt", "unsupported", "no_video", "too_short", "too_long",
+    "too_small", "no_audio", "silent", "no_face",
+]
+
+
+class ExtractConfig(_Section):
+    """Extraction of face crops, audio, VAD and flow (``veracity extract``)."""
+
+    detector: Literal["haar"] = "haar"
+    # Detection runs on a copy whose longest side is at most this: 720p costs what 320 px does.
+    detect_max_side: int = Field(320, ge=64)
+    # Run the detector on every n-th sampled frame and track in between.
+    detect_every: int = Field(1, ge=1)
+    min_face_frac: float = Field(0.08, gt=0, lt=1)
+    iou_threshold: float = Field(0.3, gt=0, lt=1)
+    max_missed: int = Field(4, ge=0)
+    # Tracks shorter than this share of the sampled frames are dropped as spurious.
+    min_track_frac: float = Field(0.2, ge=0, le=1)
+    # Below this share of frames with a face, the clip is 'no_face' (crops still stored).
+    min_face_ratio: float = Field(0.5, ge=0, le=1)
+    flow: bool = True
+    vad_margin_db: float = 12.0
+    loudness_target_dbfs: float = -23.0
+    # Clips outside these bounds get 'too_short' / 'too_long' / 'too_small'.
+    min_duration_s: float = Field(1.0, gt=0)
+    max_duration_s: float = Field(7200.0, gt=0)
+    min_side: int = Field(32, ge=8)
+    # Statuses that still count as usable clips (e.g. add no_audio for FaceForensics++).
+    usable_statuses: tuple[ExtractStatus, ...] = ("ok",)
+    # The stage fails when more than this share of clips is unusable.
+    max_failure_ratio: float = Field(0.02, ge=0, le=1)
+    workers: int = Field(2, ge=1)
+
+    EXECUTION_ONLY: ClassVar[set[str]] = {"workers"}
 
 
 class Params(_Section):
@@ -122,6 +196,8 @@ class Params(_Section):
 
     generate: GenerateConfig = GenerateConfig()
     corpus: CorpusConfig = CorpusConfig()
+    contract: ContractConfig = ContractConfig()
+    extract: ExtractConfig = ExtractConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from veracity.config import ValidateConfig
+from veracity.config import FeatureBounds, ValidateConfig
 from veracity.corpus import manifest as mf
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ class SuiteReport:
             "html": out / f"{self.suite_name}.html",
             "summary": out / SUMMARY_NAME,
         }
-        gx_json = self.gx_result or {"success": False, "error": self.error, "results": []}
+        gx_json = _without_volatile(self.gx_result or {"success": False, "error": self.error, "results": []})
         paths["json"].write_text(json.dumps(gx_json, indent=2, default=str) + "\n")
         paths["html"].write_text(self.to_html())
         paths["summary"].write_text(json.dumps(self.metrics(), indent=2) + "\n")
@@ -256,6 +256,19 @@ class SuiteReport:
 
 
 # --------------------------------------------------------------------------- GX plumbing
+
+
+def _without_volatile(result: dict[str, Any]) -> dict[str, Any]:
+    """Drop the load time and run id GX stamps on a result: same data, same bytes (DVC)."""
+    out = dict(result)
+    out.pop("id", None)
+    meta = dict(out.get("meta") or {})
+    markers = dict(meta.get("batch_markers") or {})
+    markers.pop("ge_load_time", None)
+    if markers:
+        meta["batch_markers"] = markers
+    out["meta"] = meta
+    return out
 
 
 def _gx():
@@ -637,5 +650,104 @@ def validate_manifest(
         report = SuiteReport(suite_name="manifest", success=False, error=str(exc))
     else:
         report = run_suite(df, manifest_suite(cfg, manifest_path.parent), id_column="video_id")
+    report.save(out)
+    return report
+
+
+# --------------------------------------------------------------------------- features suite
+
+_USABLE = "_usable"
+_FRAMES_OK = "_frames_ok"
+_FACE_OK = "_face_ok"
+_USABLE_FACE_RATIO = "_usable_face_ratio"
+_AUDIO_OK = "_audio_ok"
+_SPEECH_OK = "_speech_ok"
+_DURATION_OK = "_duration_ok"
+
+
+def derive_feature_columns(
+    df: pd.DataFrame, bounds: FeatureBounds, usable_statuses: Sequence[str]
+) -> pd.DataFrame:
+    """Helper columns for :func:`features_suite`; unusable clips pass the per-clip checks
+    (their status already says what is wrong and is counted by the failure-share check)."""
+    out = df.copy()
+    usable = out["status"].isin(list(usable_statuses)) if "status" in out else pd.Series(False, index=out.index)
+    out[_USABLE] = usable.astype(float)
+
+    def per_clip(cond: pd.Series) -> pd.Series:
+        return (cond.fillna(False) | ~usable).astype(bool)
+
+    num = lambda c: pd.to_numeric(out.get(c, pd.Series(float("nan"), index=out.index)), errors="coerce")  # noqa: E731
+    out[_FRAMES_OK] = per_clip(num("n_frames") >= bounds.min_frames)
+    out[_FACE_OK] = per_clip(num("face_ratio") >= bounds.min_face_ratio)
+    out[_USABLE_FACE_RATIO] = num("face_ratio").where(usable)
+    has_audio = out.get("has_audio", pd.Series(False, index=out.index)).astype(str).str.lower() == "true"
+    out[_AUDIO_OK] = per_clip(has_audio) if bounds.require_audio else True
+    out[_SPEECH_OK] = per_clip((num("speech_ratio") >= bounds.min_speech_ratio) | ~has_audio)
+    dur = num("duration_s")
+    out[_DURATION_OK] = per_clip(dur.between(bounds.min_duration_s, bounds.max_duration_s) | dur.isna())
+    return out
+
+
+def features_suite(bounds: FeatureBounds, usable_statuses: Sequence[str], statuses: Sequence[str]) -> Suite:
+    """The expectation suite for an extracted-features index (``index.csv``).
+
+    Args:
+        bounds: the ``validate.features`` section.
+        usable_statuses: statuses that count as usable clips (``extract.usable_statuses``).
+        statuses: every status extraction can give.
+    """
+    gx = _gx()
+    E = gx.expectations
+
+    def notes(text: str, *context: str) -> dict[str, Any]:
+        return {"notes": text, "context": list(context)} if context else {"notes": text}
+
+    exps: list[Any] = [
+        E.ExpectColumnValuesToBeUnique(column="video_id", meta=notes("clip extracted twice")),
+        E.ExpectColumnValuesToNotBeNull(column="status", meta=notes("clip has no status")),
+        E.ExpectColumnValuesToBeInSet(column="status", value_set=list(statuses),
+                                      meta=notes("unknown extraction status", "message")),
+        E.ExpectColumnMeanToBeBetween(
+            column=_USABLE, min_value=1.0 - bounds.max_failure_ratio,
+            meta=notes(f"usable clips ({', '.join(usable_statuses)}) at least "
+                       f"{1 - bounds.max_failure_ratio:.0%} of all"),
+        ),
+        E.ExpectColumnValuesToBeInSet(column=_FRAMES_OK, value_set=[True],
+                                      meta=notes(f"usable clip has fewer than {bounds.min_frames} frames", "n_frames")),
+        E.ExpectColumnValuesToBeInSet(column=_FACE_OK, value_set=[True],
+                                      meta=notes(f"usable clip has a face in under {bounds.min_face_ratio:.0%} of frames",
+                                                 "face_ratio")),
+        E.ExpectColumnMeanToBeBetween(column=_USABLE_FACE_RATIO, min_value=bounds.min_mean_face_ratio,
+                                      meta=notes(f"faces found in at least {bounds.min_mean_face_ratio:.0%} "
+                                                 "of sampled frames of usable clips")),
+        E.ExpectColumnValuesToBeInSet(column=_SPEECH_OK, value_set=[True],
+                                      meta=notes(f"voice activity under {bounds.min_speech_ratio:.0%} of the audio",
+                                                 "speech_ratio")),
+        E.ExpectColumnValuesToBeInSet(column=_DURATION_OK, value_set=[True],
+                                      meta=notes(f"duration outside [{bounds.min_duration_s}, {bounds.max_duration_s}] s",
+                                                 "duration_s")),
+    ]
+    if bounds.require_audio:
+        exps.append(E.ExpectColumnValuesToBeInSet(column=_AUDIO_OK, value_set=[True],
+                                                  meta=notes("usable clip has no audio", "status")))
+
+    def derive(df: pd.DataFrame) -> pd.DataFrame:
+        return derive_feature_columns(df, bounds, usable_statuses)
+
+    return Suite(name="features", expectations=exps, derive=derive, context_columns=("status", "message"))
+
+
+def validate_features(
+    bounds: FeatureBounds, usable_statuses: Sequence[str], statuses: Sequence[str],
+    index_path: Path | str, out: Path | str,
+) -> SuiteReport:
+    """Stage function: validate an extraction ``index.csv`` and save reports under ``out``."""
+    index_path = Path(index_path)
+    if not index_path.exists():
+        report = SuiteReport(suite_name="features", success=False, error=f"features index {index_path} does not exist")
+    else:
+        df = pd.read_csv(index_path)
+        report = run_suite(df, features_suite(bounds, usable_statuses, statuses), id_column="video_id")
     report.save(out)
     return report

@@ -1,0 +1,220 @@
+"""Extraction end to end: good clips, every kind of bad input, resume, shards, the DAG bound."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from veracity.config import ExtractConfig
+from veracity.contract import DataContract
+from veracity.corpus import manifest as mf
+from veracity.corpus.synth import speech
+from veracity.corpus.synth.families import ClipSpec, render
+from veracity.corpus.synth.identity import sample_identity
+from veracity.extract import extract, merge
+from veracity.features import ClipRecord, record_dir
+
+pytestmark = pytest.mark.integration
+
+CONTRACT = DataContract(fps=12.5, face_size=48)
+CFG = ExtractConfig(workers=2)
+# 50 frames at irregular 30-80 ms steps: a variable-frame-rate clip.
+_STEPS = np.where(np.arange(50) % 5 == 0, 80, 30)
+VFR_PTS_MS = np.concatenate([[0], np.cumsum(_STEPS)[:-1]])
+
+
+def _head_frames(seconds: float, w: int = 96, h: int = 96, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ident = sample_identity(f"p{seed}", rng)
+    clip = render(ClipSpec("x", "real", ident, None, seconds, 25, w, h, 16000, 23, 2.0, seed))
+    return list(clip.frames), clip.audio
+
+
+def _write(path: Path, frames: list[np.ndarray] | None, audio: np.ndarray | None, *, fps: int = 25,
+           rate: int = 16000, layout: str = "mono", pts_ms: list[int] | None = None,
+           codec: str = "libx264", pix_fmt: str = "yuv420p") -> Path:
+    """A media file written with PyAV directly, for layouts the corpus writer never makes."""
+    with av.open(str(path), "w", format="mp4" if path.suffix == ".mp4" else None) as c:
+        vs = None
+        if frames:
+            vs = c.add_stream(codec, rate=fps)
+            vs.height, vs.width = frames[0].shape[:2]
+            vs.pix_fmt = pix_fmt
+            if pts_ms is not None:
+                vs.codec_context.time_base = vs.time_base = __import__("fractions").Fraction(1, 1000)
+        as_ = None
+        if audio is not None:
+            as_ = c.add_stream("aac", rate=rate)
+            as_.layout = layout
+        if vs is not None:
+            for i, f in enumerate(frames):
+                vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+                vf.pts = pts_ms[i] if pts_ms is not None else i
+                c.mux(vs.encode(vf))
+            c.mux(vs.encode(None))
+        if as_ is not None:
+            data = audio if audio.ndim == 2 else audio[None]
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(data, dtype=np.float32), format="fltp", layout=layout)
+            af.sample_rate, af.pts = rate, 0
+            c.mux(as_.encode(af))
+            c.mux(as_.encode(None))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad_batch(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> tuple[Path, dict[str, str]]:
+    """A manifest mixing two good corpus clips with every kind of bad or odd input.
+
+    Returns the manifest path and the expected status of each clip.
+    """
+    d = tmp_path_factory.mktemp("bad")
+    good = mf.read(tiny_corpus / "manifest.csv")
+    good = good[good.method == "real"].head(2)
+    frames, audio = _head_frames(2.0)
+    expected: dict[str, str] = {}
+    files: dict[str, Path] = {}
+
+    def add(name: str, path: Path, status: str) -> None:
+        files[name], expected[name] = path, status
+
+    for row in good.itertuples():
+        add(row.video_id, (tiny_corpus / row.path).resolve(), "ok")
+    (d / "empty.mp4").write_bytes(b"")
+    add("empty", d / "empty.mp4", "empty")
+    whole = (tiny_corpus / good.iloc[0].path).read_bytes()
+    (d / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
+    add("truncated", d / "truncated.mp4", "corrupt")
+    (d / "random.mp4").write_bytes(np.random.default_rng(0).bytes(50_000))
+    add("random_bytes", d / "random.mp4", "corrupt")
+    (d / "text.mp4").write_text("this is not a video\n" * 100)
+    add("text", d / "text.mp4", "corrupt")
+    ok, png = cv2.imencode(".png", cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR))
+    (d / "still.mp4").write_bytes(png.tobytes())
+    add("still_image", d / "still.mp4", "unsupported")
+    add("audio_only", _write(d / "audio_only.mp4", None, audio), "no_video")
+    add("no_audio", _write(d / "no_audio.mp4", frames, None), "no_audio")
+    add("silent", _write(d / "silent.mp4", frames, np.zeros_like(audio)), "silent")
+    blank = [np.full_like(f, 120) + np.random.default_rng(i).integers(0, 8, f.shape, dtype=np.uint8)
+             for i, f in enumerate(frames)]
+    add("no_face", _write(d / "no_face.mp4", blank, audio), "no_face")
+    left, _ = _head_frames(2.0, seed=1)
+    add("two_faces", _write(d / "two_faces.mp4", [np.hstack([a, b]) for a, b in zip(frames, left, strict=True)], audio), "ok")
+    add("tiny", _write(d / "tiny.mp4", [cv2.resize(f, (16, 16)) for f in frames], audio), "too_small")
+    odd = [cv2.resize(f, (97, 61)) for f in _head_frames(2.0, 160, 100, seed=2)[0]]
+    add("odd_dims", _write(d / "odd.mp4", odd, audio, pix_fmt="yuv444p"), "ok")
+    add("vfr", _write(d / "vfr.mp4", frames, audio, pts_ms=[int(t) for t in VFR_PTS_MS]), "ok")
+    stereo = np.stack([speech.synthesize(speech.plan_utterance(2.0, np.random.default_rng(3)), 2.0,
+                                         sample_identity("s", np.random.default_rng(3)), np.random.default_rng(3), 44100)] * 2)
+    add("stereo_44k", _write(d / "stereo.mp4", frames, stereo, rate=44100, layout="stereo"), "ok")
+    long_frames, long_audio = _head_frames(13.0, 64, 64, seed=4)
+    add("very_long", _write(d / "long.mp4", long_frames, long_audio), "too_long")
+    add("too_short", _write(d / "short.mp4", frames[:8], audio[:5000]), "too_short")
+    add("missing", d / "does_not_exist.mp4", "missing")
+
+    rows = [{"video_id": k, "path": str(p), "label": 0, "split": "test", "method": "real", "identity": k,
+             "video_label": 0, "audio_label": 0} for k, p in files.items()]
+    path = mf.write(mf.from_records(rows), d / "manifest.csv")
+    return path, expected
+
+
+def test_every_bad_input_gets_its_status_and_good_clips_survive(bad_batch, tmp_path: Path) -> None:
+    manifest_path, expected = bad_batch
+    cfg = CFG.model_copy(update={"max_duration_s": 10.0})
+    result = extract(cfg, CONTRACT, manifest_path, tmp_path / "feat")
+    got = dict(zip(result.index.video_id, result.index.status, strict=True))
+    assert got == expected
+    idx = result.index.set_index("video_id")
+    for vid in expected:
+        assert isinstance(idx.loc[vid, "message"], str) and idx.loc[vid, "message"], vid
+        assert "Traceback" not in idx.loc[vid, "message"]
+        assert (record_dir(tmp_path / "feat", vid) / "meta.json").exists()  # nothing lost
+    assert idx.loc["two_faces", "n_tracks"] == 2
+    assert idx.loc["stereo_44k", "audio_channels"] == 2 and abs(idx.loc["stereo_44k", "audio_s"] - 2.0) < 0.1
+    times = ClipRecord(record_dir(tmp_path / "feat", "vfr")).array("times")
+    written = set(np.round(VFR_PTS_MS / 1000, 3))
+    assert set(np.round(times, 3)) <= written  # true presentation times, not index / fps
+    grid = np.floor((times - times[0]) * CONTRACT.fps + 1e-6)
+    assert len(np.unique(grid)) == len(times)  # at most one frame per 1/fps slot
+    assert abs(len(times) - VFR_PTS_MS[-1] / 1000 * CONTRACT.fps) <= 2  # no drift over the clip
+    for vid in (k for k, s in expected.items() if s == "ok"):
+        rec = ClipRecord(record_dir(tmp_path / "feat", vid))
+        faces = rec.array("faces")
+        assert faces.shape[1:] == (48, 48, 3) and faces.dtype == np.uint8
+        assert len(rec.array("audio")) > 16000 and rec.array("vad").any()
+        assert rec.array("flow").shape[0] == faces.shape[0]
+    nf = ClipRecord(record_dir(tmp_path / "feat", "no_face"))
+    assert (nf.array("crop_track") == -1).all()  # centre-crop fallback, flagged
+
+
+def test_synthetic_clips_extract_ok_with_faces(tiny_corpus: Path, tmp_path: Path) -> None:
+    result = extract(CFG, CONTRACT, tiny_corpus / "manifest.csv", tmp_path / "feat")
+    assert set(result.index.status) == {"ok"}, result.index[result.index.status != "ok"][["video_id", "status", "message"]]
+    assert result.summary["face_found_ratio"] >= 0.9
+    assert (result.index.n_tracks == 1).all()
+    # Loudness normalised to the target for every clip.
+    rec = ClipRecord(record_dir(tmp_path / "feat", result.index.video_id[0]))
+    rms = 20 * np.log10(np.sqrt(np.mean(np.square(rec.array("audio")))))
+    assert abs(rms - CFG.loudness_target_dbfs) < 1.0
+
+
+def test_shards_and_merge_equal_one_full_run(tiny_corpus: Path, tmp_path: Path) -> None:
+    m = tiny_corpus / "manifest.csv"
+    full = extract(CFG, CONTRACT, m, tmp_path / "full").index
+    extract(CFG, CONTRACT, m, tmp_path / "sharded", shard=(0, 2))
+    with pytest.raises(Exception, match="missing shard parts"):
+        merge(CFG, tmp_path / "sharded", m, n=2)
+    extract(CFG, CONTRACT, m, tmp_path / "sharded", shard=(1, 2))
+    merged = merge(CFG, tmp_path / "sharded", m).index
+    drop = ["seconds"]
+    pd.testing.assert_frame_equal(full.drop(columns=drop), merged.drop(columns=drop))
+    for vid in full.video_id:
+        a, b = ClipRecord(record_dir(tmp_path / "full", vid)), ClipRecord(record_dir(tmp_path / "sharded", vid))
+        for name in ("faces", "times", "audio", "vad", "flow"):
+            np.testing.assert_array_equal(a.array(name), b.array(name))
+
+
+def test_interrupted_run_resumes_without_redoing_finished_clips(tiny_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "feat"
+    cmd = [sys.executable, "-m", "veracity.cli", "extract", "--manifest", str(tiny_corpus / "manifest.csv"),
+           "--out", str(out), "--set", "workers=1", "--set", "contract.face_size=48"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "records").glob("*/*/meta.json"))) < 5:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.parent.name: p.stat().st_mtime_ns for p in (out / "records").glob("*/*/meta.json")}
+    assert 5 <= len(done_before) < 42
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{len(done_before)} reused" in rerun.stdout
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "records").glob("*/*/meta.json")}
+    assert len(after) == 42
+    assert all(after[k] == v for k, v in done_before.items())  # finished records untouched
+    assert not list((out / "records").glob("*/*.partial"))
+
+
+def test_failure_bound_fails_the_stage(bad_batch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from veracity.cli import app
+
+    manifest_path, _ = bad_batch
+    res = CliRunner().invoke(app, ["extract", "--manifest", str(manifest_path), "--out", str(tmp_path / "f"),
+                                   "--set", "max_duration_s=10", "--set", "contract.face_size=48"])
+    assert res.exit_code == 2
+    assert "extract.max_failure_ratio" in res.output and "unusable" in res.output
+    assert "empty: empty" in res.output  # each bad clip is listed with its status
+    summary = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert summary["status"]["corrupt"] == 3
+

@@ -1,0 +1,406 @@
+"""The ``extract`` stage: manifest -> per-clip feature records, with nothing lost.
+
+For each clip: probe, stream-decode frames at the contract's fps (true timestamps),
+detect faces (every ``detect_every`` sampled frames) and track them so each person keeps
+one track, crop squares with a margin, compute optical flow along each track, decode the
+audio at 16 kHz mono, find voice activity and normalise loudness. Every clip ends with a
+status and a message; a bad file never stops the others.
+
+Runs are resumable (a finished record whose fingerprint matches is reused) and shardable
+(``shard=(i, n)`` takes the clips whose id hashes to ``i`` mod ``n``; :func:`merge`
+joins the shard indexes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from veracity.config import ExtractConfig, to_plain, write_resolved
+from veracity.contract import DataContract
+from veracity.corpus import manifest as mf
+from veracity.features import RECORDS, TMP_SUFFIX, RecordWriter, read_meta, record_dir
+from veracity.media import audio as maudio
+from veracity.media.decode import FrameReader, MediaError, iter_audio
+from veracity.media.faces import FaceTracker, HaarFaceDetector, center_box, square_box
+from veracity.media.flow import FlowStream
+
+INDEX = "index.csv"
+SUMMARY = "summary.json"
+PARTS = "parts"
+# Order matters when a clip has several problems: the first one found is its status.
+STATUS_ORDER = (
+    "missing", "empty", "corrupt", "unsupported", "no_video", "too_small", "too_short",
+    "too_long", "no_face", "no_audio", "silent", "ok",
+)
+_SILENT_DBFS = -60.0
+
+
+class ExtractError(RuntimeError):
+    """The stage as a whole failed (bad shard spec, too many unusable clips, missing parts)."""
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What a run (or a merge) produced."""
+
+    index: pd.DataFrame
+    summary: dict[str, Any]
+    reused: int
+    processed: int
+
+
+def fingerprint(cfg: ExtractConfig, contract: DataContract) -> str:
+    """Hash of everything that changes a record's content (not worker counts)."""
+    plain = {"extract": to_plain(cfg, exclude=cfg.EXECUTION_ONLY), "contract": contract.to_dict()}
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def shard_of(video_id: str, n: int) -> int:
+    """Stable shard number of a clip (crc32 of its id, mod n)."""
+    return zlib.crc32(video_id.encode()) % n
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)``; ``None`` -> ``(0, 1)``."""
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ExtractError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ExtractError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+@lru_cache(maxsize=4)
+def _detector(max_side: int, min_face_frac: float) -> HaarFaceDetector:
+    # One cascade per worker process and setting: loading it costs more than a detection.
+    return HaarFaceDetector(max_side=max_side, min_face_frac=min_face_frac)
+
+
+# ----------------------------------------------------------------------------- one clip
+
+
+def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
+                contract: DataContract) -> dict[str, Any]:
+    detector = _detector(cfg.detect_max_side, cfg.min_face_frac)
+    tracker = FaceTracker(iou_threshold=cfg.iou_threshold, max_missed=cfg.max_missed)
+    size = contract.face_size
+    fsize = max(8, size // 2)
+    faces = w.appender("faces", (size, size, 3), np.uint8)
+    flows = w.appender("flow", (fsize, fsize, 2), np.float16) if cfg.flow else None
+    c_frame = w.appender("crop_frame", (), np.int32)
+    c_track = w.appender("crop_track", (), np.int16)
+    c_box = w.appender("crop_box", (4,), np.float32)
+    c_det = w.appender("crop_detected", (), np.bool_)
+    times = w.appender("times", (), np.float64)
+    streams: dict[int, FlowStream] = {}
+    with_face = detected_frames = fallbacks = 0
+    n = 0
+    for frame in reader:
+        n += 1
+        times.append(np.float64(frame.time))
+        if frame.index % cfg.detect_every == 0:
+            dets = detector.detect(frame.gray())
+            detected_frames += bool(dets)
+            tracked = tracker.update(dets)
+        else:
+            tracked = tracker.update(None)
+        rows = [(t.track_id, t.box, t.detected) for t in tracked]
+        if rows:
+            with_face += 1
+        else:
+            fallbacks += 1
+            rows = [(-1, center_box(frame.width, frame.height), False)]
+        for track_id, box, det in rows:
+            x0, y0, x1, y1 = square_box(box, contract.face_margin, frame.width, frame.height) if track_id >= 0 else box
+            crop = cv2.resize(frame.crop_rgb(x0, y0, x1, y1), (size, size), interpolation=cv2.INTER_AREA)
+            faces.append(crop)
+            c_frame.append(np.int32(frame.index))
+            c_track.append(np.int16(track_id))
+            c_box.append(np.array([x0, y0, x1, y1], np.float32))
+            c_det.append(np.bool_(det))
+            if flows is not None:
+                small = cv2.resize(crop, (fsize, fsize), interpolation=cv2.INTER_AREA)
+                flow = streams.setdefault(track_id, FlowStream()).push(small)
+                flows.append(np.zeros((fsize, fsize, 2), np.float16) if flow is None else flow)
+    tracks = tracker.summary()
+    min_len = max(1, int(np.ceil(cfg.min_track_frac * max(n, 1))))
+    for t in tracks:
+        t["kept"] = bool(t["n_frames"] >= min_len)
+    return {
+        "n_frames": n,
+        "decoded_frames": reader.decoded,
+        "decode_errors": list(reader.errors),
+        "face_ratio": with_face / n if n else 0.0,
+        "detect_ratio": detected_frames / max(1, -(-n // cfg.detect_every)) if n else 0.0,
+        "fallback_ratio": fallbacks / n if n else 0.0,
+        "n_crops": faces.rows,
+        "tracks": tracks,
+        "n_tracks": sum(t["kept"] for t in tracks),
+    }
+
+
+def _audio_part(path: Path, w: RecordWriter, cfg: ExtractConfig, contract: DataContract) -> dict[str, Any]:
+    vad = maudio.EnergyVAD(sample_rate=contract.sample_rate, margin_db=cfg.vad_margin_db)
+    out = w.appender("audio", (), np.float32)
+    sq = 0.0
+    peak = 0.0
+    for chunk in iter_audio(path, contract.sample_rate):
+        out.append(chunk)
+        vad.feed(chunk)
+        sq += float(np.dot(chunk.astype(np.float64), chunk))
+        peak = max(peak, float(np.abs(chunk).max(initial=0.0)))
+    w.close_arrays()
+    n = out.rows
+    rms_db = 10 * np.log10(sq / n + 1e-20) if n else -200.0
+    gain = maudio.loudness_gain_db(rms_db, cfg.loudness_target_dbfs, peak=peak) if rms_db > _SILENT_DBFS else 0.0
+    if n and gain != 0.0:
+        # Normalise in place, a block at a time: the waveform is never all in memory.
+        mm = np.load(w.path("audio"), mmap_mode="r+")
+        block = contract.sample_rate * 30
+        for s in range(0, n, block):
+            mm[s : s + block] = maudio.apply_gain(np.asarray(mm[s : s + block]), gain)
+        mm.flush()
+        del mm
+    result = vad.finish()
+    w.save("vad", result.mask.astype(bool))
+    return {
+        "has_audio": True,
+        "audio_s": n / contract.sample_rate,
+        "rms_dbfs": float(rms_db),
+        "gain_db": float(gain),
+        "speech_ratio": float(result.speech_ratio),
+        "speech_segments": len(result.segments),
+    }
+
+
+def extract_clip(row: dict[str, Any], root: Path, out: Path, cfg: ExtractConfig,
+                 contract: DataContract, fp: str) -> dict[str, Any]:
+    """Extract one clip into its record; returns its index row (never raises on bad media).
+
+    Args:
+        row: the manifest row (``video_id``, ``path``, labels...).
+        root: directory relative manifest paths are taken from.
+        out: the features directory.
+        cfg: extraction settings.
+        contract: the data contract (fps, face size, sample rate).
+        fp: the run's :func:`fingerprint`; a record with the same one is reused.
+    """
+    vid = str(row["video_id"])
+    final = record_dir(out, vid)
+    meta = read_meta(final)
+    if meta is not None and meta.get("fingerprint") == fp:
+        return {**meta["index"], "reused": True}
+
+    start = time.perf_counter()
+    path = Path(str(row["path"]))
+    path = path if path.is_absolute() else root / path
+    base = {k: row.get(k) for k in mf.REQUIRED_COLUMNS if k != "path"}
+    base["path"] = str(row["path"])
+    facts: dict[str, Any] = {"has_audio": False, "n_frames": 0, "n_crops": 0, "n_tracks": 0, "face_ratio": 0.0}
+    problems: dict[str, str] = {}
+    w = RecordWriter(final)
+    reader: FrameReader | None = None
+    try:
+        # The reader probes the file once and decodes on from there (one open per clip).
+        reader = FrameReader(path, contract.fps)
+        info = reader.info
+        facts.update(duration_s=info.duration_s, width=info.width, height=info.height,
+                     src_fps=info.avg_fps, rotation=info.rotation, audio_rate=info.audio_rate,
+                     audio_channels=info.audio_channels)
+        if min(info.width, info.height) < cfg.min_side:
+            problems["too_small"] = f"frame {info.width}x{info.height} is below the {cfg.min_side} px minimum side"
+        elif info.duration_s is not None and info.duration_s > cfg.max_duration_s:
+            problems["too_long"] = f"duration {info.duration_s:.0f} s exceeds extract.max_duration_s={cfg.max_duration_s:.0f}"
+        else:
+            facts.update(_video_part(reader, w, cfg, contract))
+            dur = facts["n_frames"] / contract.fps
+            if facts["n_frames"] == 0:
+                problems["corrupt"] = "no decodable video frame" + (
+                    f" ({facts['decode_errors'][0]})" if facts["decode_errors"] else "")
+            elif dur < cfg.min_duration_s:
+                problems["too_short"] = f"{facts['n_frames']} frames ({dur:.2f} s) is below extract.min_duration_s={cfg.min_duration_s}"
+            elif facts["face_ratio"] < cfg.min_face_ratio:
+                problems["no_face"] = (f"a face was found in {facts['face_ratio']:.0%} of sampled frames "
+                                       f"(< {cfg.min_face_ratio:.0%}); centre crops stored and flagged")
+            if info.has_audio:
+                facts.update(_audio_part(path, w, cfg, contract))
+                if facts["rms_dbfs"] <= _SILENT_DBFS or facts["speech_ratio"] == 0.0:
+                    problems["silent"] = f"audio is silent (RMS {facts['rms_dbfs']:.1f} dBFS, no voice activity)"
+            else:
+                problems["no_audio"] = "the file has no audio stream"
+            if facts.get("decode_errors"):
+                facts["warning"] = f"decoding stopped early: {facts['decode_errors'][0]}"
+    except MediaError as exc:
+        problems[exc.status] = exc.message
+    except Exception as exc:  # noqa: BLE001 - one bad clip must never stop the batch
+        problems["corrupt"] = f"unexpected {type(exc).__name__} while extracting: {exc}"
+    finally:
+        if reader is not None:
+            reader.close()
+    status = next((s for s in STATUS_ORDER if s in problems), "ok")
+    message = problems.get(status, "extracted")
+    others = sorted(set(problems) - {status})
+    index_row = {
+        **base, "status": status, "message": message, "other_problems": ";".join(others),
+        "record": final.relative_to(out).as_posix(),
+        **{k: v for k, v in facts.items() if k not in ("tracks", "decode_errors")},
+        "decode_errors": len(facts.get("decode_errors", [])),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    meta = {"fingerprint": fp, "status": status, "message": message, "problems": problems,
+            "tracks": facts.get("tracks", []), "index": index_row}
+    w.commit(meta)
+    return {**index_row, "reused": False}
+
+
+def _extract_job(args: tuple) -> dict[str, Any]:
+    return extract_clip(*args)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def _clean_partials(out: Path) -> int:
+    n = 0
+    for tmp in (out / RECORDS).glob(f"*/*{TMP_SUFFIX}"):
+        shutil.rmtree(tmp, ignore_errors=True)
+        n += 1
+    return n
+
+
+def extract(
+    cfg: ExtractConfig,
+    contract: DataContract,
+    manifest_path: Path,
+    out: Path,
+    shard: tuple[int, int] = (0, 1),
+    progress: Callable[[int, int], None] | None = None,
+) -> ExtractResult:
+    """Stage function: extract the clips of one shard and write its index part.
+
+    With ``shard=(0, 1)`` (the default) the part is merged straight away into
+    ``index.csv`` and ``summary.json``; otherwise run :func:`merge` once every shard is done.
+
+    Raises:
+        ExtractError: the manifest is unreadable, or (after a merge) too many clips are unusable.
+    """
+    out = Path(out)
+    try:
+        df = mf.read(manifest_path)
+    except mf.ManifestError as exc:
+        raise ExtractError(str(exc)) from None
+    i, n = shard
+    rows = [r for r in df.to_dict("records") if shard_of(str(r["video_id"]), n) == i]
+    (out / RECORDS).mkdir(parents=True, exist_ok=True)
+    _clean_partials(out)
+    contract.save(out)
+    write_resolved(cfg, out, exclude=cfg.EXECUTION_ONLY)
+    fp = fingerprint(cfg, contract)
+    root = Path(manifest_path).parent
+    jobs = [(r, root, out, cfg, contract, fp) for r in rows]
+    results: list[dict[str, Any]] = []
+    if cfg.workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
+            for res in pool.map(_extract_job, jobs, chunksize=1):
+                results.append(res)
+                if progress:
+                    progress(len(results), len(jobs))
+    else:
+        for job in jobs:
+            results.append(_extract_job(job))
+            if progress:
+                progress(len(results), len(jobs))
+    part = pd.DataFrame(results)
+    reused = int(part["reused"].sum()) if len(part) else 0
+    part = part.drop(columns=["reused"], errors="ignore")
+    (out / PARTS).mkdir(exist_ok=True)
+    part_path = out / PARTS / f"part-{i}-of-{n}.csv"
+    part.sort_values("video_id").to_csv(part_path, index=False) if len(part) else part_path.write_text("video_id\n")
+    if n == 1:
+        merged = merge(cfg, out, manifest_path, n=1)
+        return ExtractResult(merged.index, merged.summary, reused, len(results) - reused)
+    return ExtractResult(part, {}, reused, len(results) - reused)
+
+
+def summarize(index: pd.DataFrame, cfg: ExtractConfig) -> dict[str, Any]:
+    """Counts per status, usable share, face-found ratio over usable clips."""
+    counts = index["status"].value_counts().to_dict() if len(index) else {}
+    usable = index["status"].isin(cfg.usable_statuses) if len(index) else pd.Series(dtype=bool)
+    frames = index.loc[usable, "n_frames"].sum() if len(index) else 0
+    face_frames = (index.loc[usable, "face_ratio"] * index.loc[usable, "n_frames"]).sum() if len(index) else 0
+    return {
+        "clips": int(len(index)),
+        "usable": int(usable.sum()),
+        "failure_ratio": float(1 - usable.mean()) if len(index) else 0.0,
+        "max_failure_ratio": cfg.max_failure_ratio,
+        "face_found_ratio": float(face_frames / frames) if frames else 0.0,
+        "frames": int(frames),
+        "status": {str(k): int(v) for k, v in sorted(counts.items())},
+    }
+
+
+def merge(cfg: ExtractConfig, out: Path, manifest_path: Path | None = None, n: int | None = None) -> ExtractResult:
+    """Join shard index parts into ``index.csv`` + ``summary.json`` and apply the failure bound.
+
+    Args:
+        cfg: extraction settings (usable statuses, failure bound).
+        out: the features directory.
+        manifest_path: when given, every manifest clip must appear exactly once.
+        n: expected shard count; by default taken from the part names.
+
+    Raises:
+        ExtractError: parts missing or inconsistent, or too many unusable clips.
+    """
+    out = Path(out)
+    parts = sorted((out / PARTS).glob("part-*-of-*.csv"))
+    counts = {int(p.stem.split("-of-")[1]) for p in parts}
+    if n is None:
+        if len(counts) != 1:
+            raise ExtractError(f"cannot merge: parts from different shard counts {sorted(counts)} in {out / PARTS}")
+        n = counts.pop()
+    wanted = [out / PARTS / f"part-{i}-of-{n}.csv" for i in range(n)]
+    missing = [p.name for p in wanted if not p.exists()]
+    if missing:
+        raise ExtractError(f"cannot merge: missing shard parts {missing}")
+    frames = [pd.read_csv(p) for p in wanted]
+    index = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else frames[0]
+    dup = index["video_id"][index["video_id"].duplicated()].tolist()
+    if dup:
+        raise ExtractError(f"cannot merge: clips extracted by two shards: {dup[:5]}")
+    if manifest_path is not None:
+        want = set(mf.read(manifest_path)["video_id"])
+        lost = sorted(want - set(index["video_id"]))
+        if lost:
+            raise ExtractError(f"cannot merge: {len(lost)} manifest clips have no record, e.g. {lost[:5]}")
+    index = index.sort_values("video_id").reset_index(drop=True)
+    index.to_csv(out / INDEX, index=False)
+    summary = summarize(index, cfg)
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return ExtractResult(index, summary, 0, 0)
+
+
+def check_failures(summary: dict[str, Any], cfg: ExtractConfig) -> None:
+    """Raise when the share of unusable clips passes ``extract.max_failure_ratio``."""
+    if summary["failure_ratio"] > cfg.max_failure_ratio:
+        raise ExtractError(
+            f"{summary['clips'] - summary['usable']} of {summary['clips']} clips are unusable "
+            f"({summary['failure_ratio']:.1%} > extract.max_failure_ratio={cfg.max_failure_ratio:.1%}); "
+            f"statuses: {summary['status']}"
+        )
