@@ -116,7 +116,8 @@ def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
         n += 1
         times.append(np.float64(frame.time))
         if frame.index % cfg.detect_every == 0:
-            dets = detector.detect(frame.gray())
+            # The luma plane as decoded (no conversion): Haar does not need full range.
+            dets = detector.detect(frame.y_plane())
             detected_frames += bool(dets)
             tracked = tracker.update(dets)
         else:
@@ -139,6 +140,12 @@ def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
                 small = cv2.resize(crop, (fsize, fsize), interpolation=cv2.INTER_AREA)
                 flow = streams.setdefault(track_id, FlowStream()).push(small)
                 flows.append(np.zeros((fsize, fsize, 2), np.float16) if flow is None else flow)
+                if flow is not None and not det and track_id >= 0:
+                    # Between detections, follow the face by its own motion inside the crop.
+                    c = fsize // 4
+                    dx, dy = np.median(flow[c:-c, c:-c].reshape(-1, 2).astype(np.float32), axis=0)
+                    scale = (x1 - x0) / fsize
+                    tracker.shift(track_id, float(dx) * scale, float(dy) * scale)
     tracks = tracker.summary()
     min_len = max(1, int(np.ceil(cfg.min_track_frac * max(n, 1))))
     for t in tracks:

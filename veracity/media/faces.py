@@ -252,18 +252,21 @@ class FaceTracker:
         self._live: list[_Track] = []
         self._ended: list[_Track] = []
 
-    def update(self, detections: list[Detection]) -> list[TrackedFace]:
+    def update(self, detections: list[Detection] | None) -> list[TrackedFace]:
         """Advance one frame.
 
         Args:
-            detections: this frame's detections (any order).
+            detections: this frame's detections (any order), or ``None`` when the
+                detector did not run on this frame: live tracks then coast without
+                counting a miss (detection every n-th frame).
 
         Returns:
             Every live track's face in this frame, detected or coasted, by track id.
         """
         self._frame += 1
         frame = self._frame
-        boxes = [tuple(float(v) for v in d.box) for d in detections]
+        ran = detections is not None
+        boxes = [tuple(float(v) for v in d.box) for d in detections or ()]
         matched_tracks: dict[int, int] = {}  # index in self._live -> detection index
         if self._live and boxes:
             cost = np.array([[1.0 - iou(t.last_det, b) for b in boxes] for t in self._live])
@@ -286,7 +289,7 @@ class FaceTracker:
                 t.size_sum += float(np.sqrt(max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0)))
                 detected = True
             else:
-                t.missed += 1
+                t.missed += ran
                 if t.missed > self.max_missed:
                     self._ended.append(t)
                     continue
@@ -305,6 +308,15 @@ class FaceTracker:
             out.append(TrackedFace(t.track_id, t.box, True))
         self._live = still_live
         return sorted(out, key=lambda f: f.track_id)
+
+    def shift(self, track_id: int, dx: float, dy: float) -> None:
+        """Move a live track's box by ``(dx, dy)`` pixels (e.g. by the face's optical flow
+        while it coasts between detections), so the next crop and match follow the face."""
+        for t in self._live:
+            if t.track_id == track_id:
+                t.box = (t.box[0] + dx, t.box[1] + dy, t.box[2] + dx, t.box[3] + dy)
+                t.last_det = (t.last_det[0] + dx, t.last_det[1] + dy, t.last_det[2] + dx, t.last_det[3] + dy)
+                return
 
     def summary(self) -> list[dict]:
         """Per-track statistics, ended and live tracks alike.
