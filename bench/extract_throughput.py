@@ -79,7 +79,7 @@ def _extract_files(files: list[Path], cfg: ExtractConfig, contract: DataContract
     fp = fingerprint(cfg, contract) + str(time.time_ns())  # never reuse: measure real work
     start = time.perf_counter()
     for i, f in enumerate(files):
-        row = {"video_id": f"{f.stem}_{i}", "path": str(f), "label": 0, "split": "test",
+        row = {"video_id": f"{f.stem}_{i}", "path": str(f.resolve()), "label": 0, "split": "test",
                "method": "real", "identity": "x", "video_label": 0, "audio_label": 0}
         res = extract_clip(row, f.parent, out, cfg, contract, fp)
         if res["status"] != "ok":
@@ -111,7 +111,7 @@ def throughput(files: list[Path], cfg: ExtractConfig, contract: DataContract, ou
 def _peak_rss_child(video: Path, out: Path, params: Path) -> float:
     """Peak RSS (MiB) of a fresh interpreter that extracts one video."""
     code = (
-        "import sys, resource, json\n"
+        "import sys, json\n"
         "from pathlib import Path\n"
         "from veracity.config import load_params\n"
         "from veracity.extract import extract_clip, fingerprint\n"
@@ -121,10 +121,11 @@ def _peak_rss_child(video: Path, out: Path, params: Path) -> float:
         "row = {'video_id': f.stem, 'path': str(f), 'label': 0, 'split': 'test', 'method': 'real',"
         " 'identity': 'x', 'video_label': 0, 'audio_label': 0}\n"
         "res = extract_clip(row, f.parent, Path(sys.argv[2]), cfg, contract, 'bench')\n"
-        "print(json.dumps({'status': res['status'], 'n_frames': res['n_frames'],"
-        " 'maxrss_kib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through exec.
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+        "print(json.dumps({'status': res['status'], 'n_frames': res['n_frames'], 'maxrss_kib': int(hwm)}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(video), str(out), str(params)],
+    proc = subprocess.run([sys.executable, "-c", code, str(video.resolve()), str(out), str(params)],
                           capture_output=True, text=True, check=True)
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     if res["status"] != "ok":

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import shutil
+import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -47,6 +49,7 @@ STATUS_ORDER = (
     "too_long", "no_face", "no_audio", "silent", "ok",
 )
 _SILENT_DBFS = -60.0
+T = TypeVar("T")
 
 
 class ExtractError(RuntimeError):
@@ -87,6 +90,49 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
+def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:
+    """Iterate ``items`` on a background thread, at most ``depth`` ahead.
+
+    FFmpeg decodes and OpenCV detects with the GIL released, so decoding the next frames
+    overlaps the analysis of this one; the bounded queue keeps memory flat.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+    error: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            error.append(exc)
+        finally:
+            q.put(done)
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+    if error:
+        raise error[0]
+
+
 @lru_cache(maxsize=4)
 def _detector(max_side: int, min_face_frac: float) -> HaarFaceDetector:
     # One cascade per worker process and setting: loading it costs more than a detection.
@@ -112,7 +158,7 @@ def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
     streams: dict[int, FlowStream] = {}
     with_face = detected_frames = fallbacks = 0
     n = 0
-    for frame in reader:
+    for frame in prefetch(reader):
         n += 1
         times.append(np.float64(frame.time))
         if frame.index % cfg.detect_every == 0:

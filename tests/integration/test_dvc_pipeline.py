@@ -35,6 +35,9 @@ def project(tmp_path: Path, tiny_corpus: Path) -> Path:
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["validate"].update(min_clips=10, min_per_method=1, min_per_split=1, max_fake_ratio=0.9)
+    # The tiny corpus has ~1 s clips: shorter windows than the real defaults.
+    params["validate"]["features"].update(min_frames=8, min_duration_s=0.5)
+    params["extract"].update(min_duration_s=0.5)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(tiny_corpus, root / "data" / "raw")
     _run(["git", "init", "-q"], root)
@@ -46,9 +49,11 @@ def project(tmp_path: Path, tiny_corpus: Path) -> Path:
 def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) -> None:
     dvc = [sys.executable, "-m", "dvc"]
     first = _run([*dvc, "repro"], project)
-    assert "Running stage 'corpus'" in first and "Running stage 'validate'" in first
+    for stage in ("corpus", "validate", "extract", "validate_features"):
+        assert f"Running stage '{stage}'" in first
     assert (project / "data" / "manifest" / "manifest.csv").exists()
     assert (project / "reports" / "validate" / "summary.json").exists()
+    assert (project / "data" / "features" / "index.csv").exists()
     metrics = _run([*dvc, "metrics", "show"], project)
     assert "True" in metrics  # summary.json: success
 
@@ -57,6 +62,7 @@ def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) 
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["generate"]["workers"] = 1  # read by no DVC stage
+    params["extract"]["workers"] = 1  # changes speed, not outputs
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "Running stage" not in _run([*dvc, "repro"], project)
 
@@ -64,7 +70,8 @@ def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) 
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = _run([*dvc, "repro"], project)
     assert "Running stage 'validate'" in third
-    assert "Running stage 'corpus'" not in third
+    for stage in ("corpus", "extract", "validate_features"):
+        assert f"Running stage '{stage}'" not in third
 
 
 def test_failed_expectation_stops_the_dag(project: Path) -> None:

@@ -1,0 +1,76 @@
+"""Feature records: incremental .npy writing, atomic commit, memory-mapped reading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from veracity.features import ClipRecord, NpyAppender, RecordWriter, read_meta, record_dir
+
+
+def test_npy_appender_writes_a_loadable_array_row_by_row(tmp_path: Path) -> None:
+    rows = np.random.default_rng(0).integers(0, 255, (7, 4, 4, 3), dtype=np.uint8)
+    with NpyAppender(tmp_path / "a.npy", (4, 4, 3), np.uint8) as app:
+        app.append(rows[0])
+        app.append(rows[1:5])
+        app.append(rows[5:])
+    loaded = np.load(tmp_path / "a.npy", mmap_mode="r")
+    np.testing.assert_array_equal(loaded, rows)
+    with NpyAppender(tmp_path / "s.npy", (), np.float64) as app:
+        for v in (0.5, 1.5):
+            app.append(np.float64(v))
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), [0.5, 1.5])
+
+
+def test_npy_appender_rejects_wrong_row_shape(tmp_path: Path) -> None:
+    app = NpyAppender(tmp_path / "a.npy", (3,), np.float32)
+    with pytest.raises(ValueError, match="row shape"):
+        app.append(np.zeros((2, 4)))
+    app.close()
+    assert np.load(tmp_path / "a.npy").shape == (0, 3)  # still a valid (empty) array
+
+
+def test_record_is_invisible_until_committed_and_partial_is_replaced(tmp_path: Path) -> None:
+    final = record_dir(tmp_path, "clip_a")
+    w = RecordWriter(final)
+    w.appender("times", (), np.float64).append(np.arange(3.0))
+    assert read_meta(final) is None and not final.exists()
+    # A crash leaves the partial directory behind; a new writer starts clean.
+    w2 = RecordWriter(final)
+    assert not (w2.tmp / "times.npy").exists()
+    w2.appender("times", (), np.float64).append(np.arange(5.0))
+    w2.save("vad", np.array([True, False]))
+    w2.commit({"status": "ok", "tracks": [{"track_id": 0, "n_frames": 5, "kept": True}]})
+    rec = ClipRecord(final)
+    assert rec.status == "ok"
+    np.testing.assert_array_equal(rec.array("times"), np.arange(5.0))
+    assert rec.array("missing_array").shape == (0,)
+    assert not w2.tmp.exists()
+
+
+def test_primary_track_and_fallback_rows(tmp_path: Path) -> None:
+    final = record_dir(tmp_path, "two")
+    w = RecordWriter(final)
+    w.save("crop_track", np.array([0, 1, 0, 1, 1, -1], np.int16))
+    w.commit({"status": "ok", "tracks": [
+        {"track_id": 0, "n_frames": 2, "kept": True},
+        {"track_id": 1, "n_frames": 3, "kept": True},
+        {"track_id": 2, "n_frames": 9, "kept": False},  # spurious, dropped
+    ]})
+    rec = ClipRecord(final)
+    assert rec.primary_track() == 1
+    np.testing.assert_array_equal(rec.track_crops(), [1, 3, 4])
+    np.testing.assert_array_equal(rec.track_crops(0), [0, 2])
+
+    w = RecordWriter(record_dir(tmp_path, "none"))
+    w.save("crop_track", np.array([-1, -1], np.int16))
+    rec = ClipRecord(w.commit({"status": "no_face", "tracks": []}))
+    assert rec.primary_track() is None
+    np.testing.assert_array_equal(rec.track_crops(), [0, 1])
+
+
+def test_record_dirs_are_bucketed_and_stable(tmp_path: Path) -> None:
+    a, b = record_dir(tmp_path, "x1"), record_dir(tmp_path, "x1")
+    assert a == b and a.parent.parent == tmp_path / "records" and len(a.parent.name) == 2
