@@ -1,0 +1,196 @@
+"""Model windows streamed from extracted feature records.
+
+A window is ``frames_per_window`` consecutive crops of a clip's main face track, the
+matching stretch of audio (cut by the crops' true timestamps) and its voice activity.
+Training samples random windows per clip each epoch; evaluation covers every clip with
+evenly spaced windows whose scores are pooled back to the clip (:mod:`veracity.metrics`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from veracity.contract import DataContract
+from veracity.features import ClipRecord
+from veracity.models.base import Batch
+
+VAD_HOP_S = 0.01  # the extractor's voice-activity hop
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """One usable clip of the features index."""
+
+    video_id: str
+    record: Path
+    label: int
+    video_label: float
+    audio_label: float
+    method: str
+    split: str
+    has_audio: bool
+
+
+def load_clips(features: Path | str, splits: Sequence[str] | None = None,
+               usable_statuses: Sequence[str] = ("ok",)) -> list[ClipInfo]:
+    """Usable clips of a features directory, optionally restricted to some splits."""
+    features = Path(features)
+    index = pd.read_csv(features / "index.csv")
+    index = index[index["status"].isin(list(usable_statuses))]
+    if splits is not None:
+        index = index[index["split"].isin(list(splits))]
+    out = []
+    for row in index.sort_values("video_id").itertuples():
+        out.append(ClipInfo(
+            video_id=str(row.video_id), record=features / str(row.record), label=int(row.label),
+            video_label=float(row.video_label) if pd.notna(row.video_label) else float("nan"),
+            audio_label=float(row.audio_label) if pd.notna(row.audio_label) else float("nan"),
+            method=str(row.method), split=str(row.split),
+            has_audio=str(row.has_audio).lower() == "true",
+        ))
+    return out
+
+
+class WindowDataset(Dataset):
+    """Windows of clips as dicts of tensors (collate with :func:`collate`).
+
+    Args:
+        clips: the clips (see :func:`load_clips`).
+        contract: window length, fps, sample rate and normalisation.
+        train: sample ``windows_per_clip`` random windows per clip (reshuffled each
+            :meth:`set_epoch`); otherwise evenly spaced windows with ``eval_stride``.
+        windows_per_clip: random windows per clip and epoch (training).
+        eval_stride: frames between evaluation windows (default: half a window).
+        transform: optional callable applied to each sample dict (augmentation).
+        seed: base seed for window positions.
+    """
+
+    def __init__(self, clips: Sequence[ClipInfo], contract: DataContract, train: bool = False,
+                 windows_per_clip: int = 2, eval_stride: int | None = None,
+                 transform: Callable[[dict[str, Any], np.random.Generator], dict[str, Any]] | None = None,
+                 seed: int = 0):
+        self.clips = list(clips)
+        self.contract = contract
+        self.train = train
+        self.windows_per_clip = windows_per_clip
+        self.stride = eval_stride or max(1, contract.frames_per_window // 2)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        self._records: dict[int, tuple[ClipRecord, np.ndarray]] = {}
+        self._lengths = [self._rows(i).shape[0] for i in range(len(self.clips))]
+        self._items = self._plan()
+
+    def _rows(self, i: int) -> np.ndarray:
+        if i not in self._records:
+            rec = ClipRecord(self.clips[i].record)
+            self._records[i] = (rec, rec.track_crops())
+        return self._records[i][1]
+
+    def _plan(self) -> list[tuple[int, int]]:
+        t = self.contract.frames_per_window
+        items: list[tuple[int, int]] = []
+        rng = np.random.default_rng([self.seed, self.epoch])
+        for i, n in enumerate(self._lengths):
+            last = max(0, n - t)
+            if self.train:
+                items += [(i, int(s)) for s in rng.integers(0, last + 1, self.windows_per_clip)]
+            else:
+                starts = list(range(0, last + 1, self.stride)) or [0]
+                if starts[-1] != last:
+                    starts.append(last)  # cover the end of the clip too
+                items += [(i, s) for s in starts]
+        return items
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new random windows (training) for ``epoch``."""
+        self.epoch = epoch
+        if self.train:
+            self._items = self._plan()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def item_clip(self, idx: int) -> ClipInfo:
+        """The clip a dataset item comes from (for pooling window scores per clip)."""
+        return self.clips[self._items[idx][0]]
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        ci, start = self._items[idx]
+        clip = self.clips[ci]
+        rows = self._rows(ci)
+        rec = self._records[ci][0]
+        c = self.contract
+        t = c.frames_per_window
+        sel = rows[start : start + t]
+        faces = np.asarray(rec.array("faces")[sel]) if len(sel) else np.zeros((0, c.face_size, c.face_size, 3), np.uint8)
+        flow = rec.array("flow")
+        flow = np.asarray(flow[sel], dtype=np.float32) if len(sel) and flow.ndim == 4 else None
+        video_present = bool(len(sel)) and rec.primary_track() is not None
+        if len(sel) < t:  # short clip: repeat the last crop (and zero motion) to fill the window
+            pad = t - len(sel)
+            faces = np.concatenate([faces, np.repeat(faces[-1:] if len(faces) else
+                                                     np.zeros((1, c.face_size, c.face_size, 3), np.uint8), pad, 0)])
+            if flow is not None:
+                flow = np.concatenate([flow, np.zeros((pad, *flow.shape[1:]), np.float32)])
+        video = torch.from_numpy(faces).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(c.mean).view(1, 3, 1, 1)
+        std = torch.tensor(c.std).view(1, 3, 1, 1)
+        video = (video - mean) / std
+
+        n_audio = c.audio_samples_per_window
+        audio = np.zeros(n_audio, np.float32)
+        vad = np.zeros(int(round(c.window_seconds / VAD_HOP_S)), bool)
+        wave = rec.array("audio")
+        if clip.has_audio and len(wave) and len(sel):
+            frame_idx = int(rec.array("crop_frame")[sel[0]])
+            t0 = float(rec.array("times")[frame_idx])
+            a0 = int(round(t0 * c.sample_rate))
+            seg = np.asarray(wave[a0 : a0 + n_audio], dtype=np.float32)
+            audio[: len(seg)] = seg
+            v = rec.array("vad")
+            h0 = int(round(t0 / VAD_HOP_S))
+            vseg = np.asarray(v[h0 : h0 + len(vad)], dtype=bool)
+            vad[: len(vseg)] = vseg
+        sample = {
+            "video": video,
+            "flow": torch.from_numpy(flow).permute(0, 3, 1, 2) if flow is not None else None,
+            "audio": torch.from_numpy(audio),
+            "vad": torch.from_numpy(vad),
+            "video_present": video_present,
+            "audio_present": clip.has_audio,
+            "label": float(clip.label),
+            "video_label": clip.video_label,
+            "audio_label": clip.audio_label,
+            "index": idx,
+        }
+        if self.transform is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, idx])
+            sample = self.transform(sample, rng)
+        return sample
+
+
+def collate(samples: list[dict[str, Any]]) -> tuple[Batch, torch.Tensor]:
+    """Stack samples into a :class:`Batch` plus the dataset indices (for pooling)."""
+    def stack(key: str) -> torch.Tensor | None:
+        vals = [s[key] for s in samples]
+        return None if any(v is None for v in vals) else torch.stack(vals)
+
+    def vec(key: str, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor([s[key] for s in samples], dtype=dtype)
+
+    batch = Batch(
+        video=stack("video"), flow=stack("flow"), audio=stack("audio"), vad=stack("vad"),
+        video_present=vec("video_present", torch.bool), audio_present=vec("audio_present", torch.bool),
+        label=vec("label", torch.float32), video_label=vec("video_label", torch.float32),
+        audio_label=vec("audio_label", torch.float32),
+    )
+    return batch, vec("index", torch.long)
