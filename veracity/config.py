@@ -195,6 +195,51 @@ class ExtractConfig(_Section):
     EXECUTION_ONLY: ClassVar[set[str]] = {"workers"}
 
 
+class MemberConfig(_Section):
+    """One ensemble member: which detector, what it learns, and how it is trained."""
+
+    detector: str
+    # Keyword overrides passed to create_detector (e.g. backbone, temporal encoder).
+    overrides: dict[str, Any] = {}
+    # What the member predicts: the clip label, or one modality's label.
+    target: Literal["label", "video_label", "audio_label"] = "label"
+    # If set, only these fake methods (plus reals) count as positives; other fakes are left
+    # out of the loss (e.g. the lip-sync member learns "out of sync", not "any fake").
+    target_methods: tuple[str, ...] | None = None
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    schedule: Literal["cosine", "plateau", "constant"] = "cosine"
+    warmup_frac: float = Field(0.05, ge=0, lt=1)
+    label_smoothing: float = Field(0.05, ge=0, lt=0.5)
+    # "auto" weighs positives by n_neg / n_pos; a number sets it; null turns it off.
+    pos_weight: float | Literal["auto"] | None = "auto"
+    grad_clip: float | None = 1.0
+    # Early stopping: epochs without a better validation AUC before stopping.
+    patience: int = Field(4, ge=1)
+    windows_per_clip: int = Field(2, ge=1)
+    # Weight of the penalty on frame-to-frame jumps of per-frame scores (0 = off).
+    temporal_consistency: float = Field(0.0, ge=0)
+    # Weight of per-modality auxiliary losses (fusion models report aux logits).
+    aux_weight: float = Field(0.5, ge=0)
+    augment: bool = True
+    augment_p: float = Field(0.5, ge=0, le=1)
+
+
+class TrainConfig(_Section):
+    """Training of every ensemble member (``veracity train --member NAME``)."""
+
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Mixed precision on CUDA: bf16 where supported, else fp16; CPU always runs fp32.
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    # Debug mode: 1 epoch on 4 samples, to check a configuration end to end in seconds.
+    debug: bool = False
+    members: dict[str, MemberConfig] = {}
+
+
 class Params(_Section):
     """The whole ``params.yaml``: one field per stage section."""
 
@@ -202,6 +247,7 @@ class Params(_Section):
     corpus: CorpusConfig = CorpusConfig()
     contract: ContractConfig = ContractConfig()
     extract: ExtractConfig = ExtractConfig()
+    train: TrainConfig = TrainConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

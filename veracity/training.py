@@ -1,0 +1,344 @@
+"""One training function for every ensemble member (DESIGN §5.2).
+
+``train(member, cfg, features, out)`` builds the member's detector from the registry,
+streams windows from the extracted features, and optimises it with AdamW under a cosine
+or plateau schedule, label smoothing, class-imbalance weighting, gradient clipping,
+mixed precision on CUDA and early stopping on validation AUC (clip level). It writes:
+
+    model.safetensors   best weights (by validation AUC)
+    model.json          detector name + config, data contract, member config, metrics,
+                        history: enough to rebuild the model without guessing
+    last.safetensors    last epoch's weights and optimiser state (for --resume)
+    last.json           epoch, optimiser param groups, RNG-free resume state
+    predictions.csv     clip-level scores on val and test (for evaluate/calibrate)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+
+from veracity import metrics
+from veracity.augment import Augment
+from veracity.config import MemberConfig, TrainConfig, to_plain
+from veracity.contract import DataContract
+from veracity.data import ClipInfo, WindowDataset, collate, load_clips
+from veracity.models import create_detector
+from veracity.models.base import Batch, DetectorOutput
+
+log = logging.getLogger(__name__)
+
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_META = "model.json"
+LAST_WEIGHTS = "last.safetensors"
+LAST_META = "last.json"
+PREDICTIONS = "predictions.csv"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced."""
+
+    out: Path
+    best_epoch: int
+    best_val_auc: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    test: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def pick_device(cfg: TrainConfig) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for this device, or None for full precision (always on CPU)."""
+    if device.type != "cuda" or cfg.amp == "off":
+        return None
+    if cfg.amp == "bf16" or (cfg.amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def _targets(batch: Batch, clips: list[ClipInfo], member: MemberConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-window target and a 0/1 mask of windows that count in the loss."""
+    y = getattr(batch, member.target).clone()
+    if member.target != "label":
+        # Unknown modality labels (NaN, e.g. DFDC) fall back to the clip label.
+        y = torch.where(torch.isnan(y), batch.label, y)
+    mask = torch.ones_like(y)
+    if member.target_methods is not None:
+        wanted = set(member.target_methods)
+        keep = torch.tensor([c.label == 0 or c.method in wanted for c in clips], dtype=y.dtype)
+        mask = mask * keep
+    present = {"video_label": batch.video_present, "audio_label": batch.audio_present}.get(member.target)
+    if present is not None:
+        mask = mask * present.to(y.dtype)
+    return y, mask
+
+
+def _loss(out: DetectorOutput, batch: Batch, y: torch.Tensor, mask: torch.Tensor,
+          member: MemberConfig, pos_weight: float | None) -> torch.Tensor:
+    eps = member.label_smoothing
+    ys = y * (1 - eps) + 0.5 * eps
+    pw = torch.tensor(pos_weight, device=y.device) if pos_weight else None
+    per = F.binary_cross_entropy_with_logits(out.logits.float(), ys, pos_weight=pw, reduction="none")
+    loss = (per * mask).sum() / mask.sum().clamp(min=1.0)
+    if out.aux and member.aux_weight > 0:
+        for key, target, present in (("video", batch.video_label, batch.video_present),
+                                     ("audio", batch.audio_label, batch.audio_present)):
+            if key not in out.aux or target is None:
+                continue
+            t = torch.where(torch.isnan(target), batch.label, target)
+            m = present.to(t.dtype) if present is not None else torch.ones_like(t)
+            aux = F.binary_cross_entropy_with_logits(out.aux[key].float(), t * (1 - eps) + 0.5 * eps, reduction="none")
+            loss = loss + member.aux_weight * (aux * m).sum() / m.sum().clamp(min=1.0)
+    if member.temporal_consistency > 0 and out.frame_scores is not None and out.frame_scores.shape[1] > 1:
+        p = torch.sigmoid(out.frame_scores.float())
+        loss = loss + member.temporal_consistency * (p[:, 1:] - p[:, :-1]).pow(2).mean()
+    return loss
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, ds: WindowDataset, device: torch.device, batch_size: int,
+            amp: torch.dtype | None = None, pooling: str = "mean") -> pd.DataFrame:
+    """Clip-level logits: window logits pooled per clip (``pooling``: see metrics.pool)."""
+    model.eval()
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    scores, items = [], []
+    for batch, idx in loader:
+        batch = batch.to(device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            out = model(batch)
+        scores.append(out.logits.float().cpu().numpy())
+        items.append(idx.numpy())
+    if not scores:
+        return pd.DataFrame(columns=["video_id", "split", "method", "label", "video_label", "audio_label", "logit", "prob"])
+    s = np.concatenate(scores)
+    ids = np.array([ds.item_clip(int(i)).video_id for i in np.concatenate(items)])
+    groups, pooled = metrics.pool(s, ids, how=pooling)
+    info = {c.video_id: c for c in ds.clips}
+    return pd.DataFrame({
+        "video_id": groups,
+        "split": [info[g].split for g in groups],
+        "method": [info[g].method for g in groups],
+        "label": [info[g].label for g in groups],
+        "video_label": [info[g].video_label for g in groups],
+        "audio_label": [info[g].audio_label for g in groups],
+        "logit": pooled,
+        "prob": 1 / (1 + np.exp(-pooled)),
+    })
+
+
+def _target_auc(pred: pd.DataFrame, member: MemberConfig) -> float:
+    y = pred[member.target].astype(float).where(pred[member.target].notna(), pred["label"]).to_numpy()
+    keep = np.ones(len(pred), bool)
+    if member.target_methods is not None:
+        keep = (pred["label"] == 0).to_numpy() | pred["method"].isin(member.target_methods).to_numpy()
+    return metrics.roc_auc(y[keep], pred["logit"].to_numpy()[keep])
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    # Optimiser state as safetensors (tensors) + JSON (the rest): no pickle anywhere.
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"opt.{pid}.{k}"] = v.contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    for key, v in meta.get("scalars", {}).items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out: Path,
+          resume: bool = False, tracker: Any = None) -> TrainResult:
+    """Train one ensemble member on extracted features.
+
+    Args:
+        name: the member's name (its params key and output folder).
+        member: what to train and how.
+        cfg: shared training settings (seed, device, AMP, debug).
+        features: the extraction output directory (index.csv, records, contract.json).
+        out: where the model, its metadata and predictions go.
+        resume: continue from ``out/last.*`` if present.
+        tracker: optional object with ``log_metrics(dict, step)`` (MLflow run wrapper).
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _seed_everything(cfg.seed)
+    contract = DataContract.load(features)
+    device = pick_device(cfg)
+    amp = autocast_dtype(cfg, device)
+    train_clips = load_clips(features, ["train"])
+    val_clips = load_clips(features, ["val"])
+    test_clips = load_clips(features, ["test"])
+    epochs = member.epochs
+    if cfg.debug:
+        train_clips, val_clips, test_clips, epochs = train_clips[:4], val_clips[:4], test_clips[:4], 1
+    if not train_clips or not val_clips:
+        raise ValueError(f"{features}: need usable train and val clips (got {len(train_clips)} / {len(val_clips)})")
+
+    aug = Augment(contract, p=member.augment_p) if member.augment else None
+    train_ds = WindowDataset(train_clips, contract, train=True, windows_per_clip=member.windows_per_clip,
+                             transform=aug, seed=cfg.seed)
+    val_ds = WindowDataset(val_clips, contract)
+    test_ds = WindowDataset(test_clips, contract)
+    model = create_detector(member.detector, contract, **member.overrides).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=member.lr, weight_decay=member.weight_decay)
+    steps_per_epoch = math.ceil(len(train_ds) / member.batch_size)
+    total = steps_per_epoch * epochs
+    warm = int(member.warmup_frac * total)
+
+    def lr_at(step: int) -> float:
+        if member.schedule != "cosine":
+            return 1.0
+        if step < warm:
+            return (step + 1) / max(1, warm)
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=1) \
+        if member.schedule == "plateau" else None
+    labels = np.array([getattr(c, member.target) if not np.isnan(getattr(c, member.target, np.nan)) else c.label
+                       for c in train_clips], dtype=float)
+    pos_weight = None
+    if member.pos_weight == "auto":
+        n_pos, n_neg = float(labels.sum()), float(len(labels) - labels.sum())
+        pos_weight = n_neg / n_pos if n_pos else None
+    elif member.pos_weight is not None:
+        pos_weight = float(member.pos_weight)
+
+    first_epoch, best_auc, best_epoch, history, bad = 0, -1.0, -1, [], 0
+    if resume and (out / LAST_META).exists():
+        meta = json.loads((out / LAST_META).read_text())
+        tensors = load_file(out / LAST_WEIGHTS)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        _restore_optimizer(opt, tensors, meta["optimizer"])
+        sched.load_state_dict(meta["scheduler"])
+        first_epoch, best_auc, best_epoch, history, bad = (meta["epoch"] + 1, meta["best_auc"], meta["best_epoch"],
+                                                          meta["history"], meta["bad_epochs"])
+        log.info("%s: resuming at epoch %d", name, first_epoch)
+
+    from tqdm import tqdm
+
+    for epoch in range(first_epoch, epochs):
+        model.train()
+        train_ds.set_epoch(epoch)
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        loader = DataLoader(train_ds, batch_size=member.batch_size, shuffle=True, generator=g,
+                            collate_fn=collate, num_workers=cfg.num_workers)
+        t0, losses = time.perf_counter(), []
+        for batch, idx in tqdm(loader, desc=f"{name} {epoch + 1}/{epochs}", leave=False, disable=None):
+            clips = [train_ds.item_clip(int(i)) for i in idx]
+            batch = batch.to(device)
+            y, mask = _targets(batch, clips, member)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                output = model(batch)
+            loss = _loss(output, batch, y, mask, member, pos_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if member.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, member.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+        val = predict(model, val_ds, device, member.batch_size * 2, amp)
+        val_auc = _target_auc(val, member)
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_auc": float(val_auc),
+               "lr": float(opt.param_groups[0]["lr"]), "seconds": time.perf_counter() - t0}
+        history.append(row)
+        log.info(json.dumps({"member": name, **row}))
+        if tracker is not None:
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        if plateau is not None:
+            plateau.step(val_auc if not np.isnan(val_auc) else 0.0)
+        improved = not np.isnan(val_auc) and val_auc > best_auc
+        if improved or best_epoch < 0:
+            best_auc, best_epoch, bad = (val_auc if not np.isnan(val_auc) else best_auc), epoch, 0
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / MODEL_WEIGHTS)
+        else:
+            bad += 1
+        tensors, opt_meta = _flatten_optimizer(opt)
+        tensors.update({f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+        save_file({k: v.cpu() for k, v in tensors.items()}, out / LAST_WEIGHTS)
+        (out / LAST_META).write_text(json.dumps({
+            "epoch": epoch, "best_auc": best_auc, "best_epoch": best_epoch, "bad_epochs": bad,
+            "history": history, "optimizer": opt_meta, "scheduler": sched.state_dict()}, default=float))
+        if bad >= member.patience:
+            log.info("%s: early stop at epoch %d (best %d, val AUC %.4f)", name, epoch, best_epoch, best_auc)
+            break
+
+    model.load_state_dict(load_file(out / MODEL_WEIGHTS))
+    preds = pd.concat([predict(model, val_ds, device, member.batch_size * 2, amp),
+                       predict(model, test_ds, device, member.batch_size * 2, amp)], ignore_index=True)
+    preds.insert(0, "member", name)
+    preds.to_csv(out / PREDICTIONS, index=False)
+    test = preds[preds.split == "test"]
+    test_metrics = metrics.summarize(test["label"].to_numpy(), test["prob"].to_numpy()) if len(test) else {}
+    result = TrainResult(out, best_epoch, float(best_auc), history,
+                         {k: float(v) for k, v in test_metrics.items()}, time.perf_counter() - start)
+    (out / MODEL_META).write_text(json.dumps({
+        "member": name,
+        "detector": model.name,
+        "detector_config": model.config,
+        "contract": contract.to_dict(),
+        "member_config": to_plain(member),
+        "train_config": to_plain(cfg, exclude={"members"}),
+        "best_epoch": best_epoch,
+        "best_val_auc": best_auc,
+        "test": result.test,
+        "history": history,
+        "seconds": result.seconds,
+        "device": str(device),
+        "amp": str(amp) if amp else "off",
+    }, indent=1, default=float))
+    return result
+
+
+def load_member(directory: Path | str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild a trained member from ``model.json`` + ``model.safetensors``."""
+    directory = Path(directory)
+    meta = json.loads((directory / MODEL_META).read_text())
+    contract = DataContract.from_dict(meta["contract"])
+    model = create_detector(meta["detector"], contract, **meta["detector_config"])
+    model.load_state_dict(load_file(directory / MODEL_WEIGHTS))
+    return model.to(device).eval()
