@@ -255,6 +255,87 @@ def extract(
         raise StageError(str(exc)) from None
 
 
+@app.command()
+@_user_errors
+def train(
+    member: Annotated[str, typer.Option(help="Ensemble member to train (a key of train.members).")],
+    features: Annotated[Path, typer.Option(help="Extracted features directory.")] = Path("data/features"),
+    out: Annotated[Path | None, typer.Option(help="Output directory (default models/<member>).")] = None,
+    metrics: Annotated[Path | None, typer.Option(help="Also write the member's metrics JSON here.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    debug: Annotated[bool, typer.Option(help="1 epoch on 4 clips per split: a quick end-to-end check.")] = False,
+    mlflow: Annotated[bool, typer.Option(help="Log the run to MLflow.")] = True,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Train one ensemble member on the extracted features (logged to MLflow)."""
+    import contextlib
+    import logging
+
+    from veracity.tracking import start_run
+    from veracity.training import MODEL_META, MODEL_WEIGHTS, PREDICTIONS
+    from veracity.training import train as run_train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    loaded = load_params(params, set_ or (), "train")
+    cfg = loaded.train.model_copy(update={"debug": True}) if debug else loaded.train
+    if member not in cfg.members:
+        raise StageError(f"unknown member {member!r}; train.members has {sorted(cfg.members)}")
+    mcfg = cfg.members[member]
+    out = out or Path("models") / member
+    run = start_run(f"train-{member}", tags={"stage": "train", "member": member}) if mlflow else contextlib.nullcontext()
+    with run as tracker:
+        if tracker is not None:
+            tracker.log_params({"member": to_plain(mcfg), "train": to_plain(cfg, exclude={"members"}),
+                                "contract": json.loads((features / "contract.json").read_text())})
+        result = run_train(member, mcfg, cfg, features, out, resume=resume, tracker=tracker)
+        if tracker is not None:
+            tracker.log_metrics({f"test_{k}": v for k, v in result.test.items()})
+            tracker.log_metrics({"best_val_auc": result.best_val_auc, "train_seconds": result.seconds})
+            for name in (MODEL_META, MODEL_WEIGHTS, PREDICTIONS):
+                tracker.log_artifact(out / name, "model")
+    report = {"member": member, "best_epoch": result.best_epoch, "best_val_auc": result.best_val_auc,
+              "seconds": round(result.seconds, 1), **{f"test_{k}": v for k, v in result.test.items()}}
+    if metrics is not None:
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text(json.dumps(report, indent=2, sort_keys=True, default=float))
+    typer.echo(f"{member}: best epoch {result.best_epoch}, val AUC {result.best_val_auc:.4f}, "
+               f"test AUC {result.test.get('auc', float('nan')):.4f}, {result.seconds:.0f} s")
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    models: Annotated[Path, typer.Option(help="Directory holding one folder per trained member.")] = Path("models"),
+    out: Annotated[Path, typer.Option(help="Directory for metrics.json, tables and plots.")] = Path("reports/evaluate"),
+    mlflow: Annotated[bool, typer.Option(help="Log the evaluation to MLflow.")] = True,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Evaluate every member on the held-out split: metrics, per-method table, plots."""
+
+    from veracity.evaluate import evaluate as run_evaluate
+    from veracity.tracking import start_run
+
+    loaded = load_params(params, set_ or (), "evaluate")
+    members = sorted(loaded.train.members)
+    if not members:
+        raise StageError("train.members is empty: nothing to evaluate")
+    try:
+        res = run_evaluate(models, members, out, dict(loaded.evaluate.roles))
+    except FileNotFoundError as exc:
+        raise StageError(str(exc)) from None
+    typer.echo("test AUC per manipulation method (rows) and member (columns):")
+    typer.echo(res["per_method"].to_string())
+    for c in res["checks"]:
+        typer.echo(f"  {'PASS' if c.passed else 'FAIL'} {c.name}: {c.value:.4f} (needs {c.kind} {c.bound})")
+    if mlflow:
+        with start_run("evaluate", tags={"stage": "evaluate"}) as tracker:
+            for member, vals in res["summary"]["members"].items():
+                tracker.log_metrics({f"{member}.{k}": v for k, v in vals.items() if v is not None})
+            tracker.log_artifact(out, "evaluate")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -240,6 +240,13 @@ class TrainConfig(_Section):
     members: dict[str, MemberConfig] = {}
 
 
+class EvaluateConfig(_Section):
+    """Evaluation of the trained members (``veracity evaluate``)."""
+
+    # Which member plays which role in the quality checks (video-only, audio-only, ...).
+    roles: dict[Literal["video", "audio", "fusion", "lipsync"], str] = {}
+
+
 class Params(_Section):
     """The whole ``params.yaml``: one field per stage section."""
 
@@ -248,6 +255,7 @@ class Params(_Section):
     contract: ContractConfig = ContractConfig()
     extract: ExtractConfig = ExtractConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

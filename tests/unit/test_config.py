@@ -36,7 +36,8 @@ def test_validate_section_overrides() -> None:
     ("content", "key"),
     [
         ({"generate": {"n_identitiez": 3}}, "generate.n_identitiez"),
-        ({"extract": {"fps": 3}}, "extract"),
+        ({"extrakt": {"fps": 3}}, "extrakt"),
+        ({"extract": {"fps": 3}}, "extract.fps"),
         ({"corpus": {"split_ratios": {"trian": 0.5}}}, "corpus.split_ratios.trian"),
     ],
 )
