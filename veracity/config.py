@@ -225,6 +225,9 @@ class MemberConfig(_Section):
     aux_weight: float = Field(0.5, ge=0)
     augment: bool = True
     augment_p: float = Field(0.5, ge=0, le=1)
+    # SyncNet-style negatives: real windows whose audio is rolled 3-8 frames are added to
+    # each batch as fakes. The lip-sync head barely beats chance without them.
+    sync_negatives: bool = False
 
 
 class TrainConfig(_Section):

@@ -37,6 +37,7 @@ from veracity.contract import DataContract
 from veracity.data import ClipInfo, WindowDataset, collate, load_clips
 from veracity.models import create_detector
 from veracity.models.base import Batch, DetectorOutput
+from veracity.models.lipsync import shifted_audio_negatives
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,24 @@ def _targets(batch: Batch, clips: list[ClipInfo], member: MemberConfig) -> tuple
     if present is not None:
         mask = mask * present.to(y.dtype)
     return y, mask
+
+
+def _with_sync_negatives(batch: Batch, y: torch.Tensor, mask: torch.Tensor, contract: DataContract,
+                         generator: torch.Generator) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+    """Append the batch's real, two-modality windows again with shifted audio, as fakes."""
+    keep = (batch.label == 0) & batch.video_present & batch.audio_present
+    if not bool(keep.any()):
+        return batch, y, mask
+    idx = torch.nonzero(keep).flatten()
+    real = Batch(**{f: (v[idx] if isinstance(v, torch.Tensor) else v) for f, v in vars(batch).items()})
+    neg = shifted_audio_negatives(real, contract, generator=generator)
+    merged = Batch(**{
+        f: (torch.cat([getattr(batch, f), getattr(neg, f)]) if getattr(batch, f) is not None
+            and getattr(neg, f) is not None else None)
+        for f in vars(batch)
+    })
+    ones = torch.ones(len(idx), device=y.device, dtype=y.dtype)
+    return merged, torch.cat([y, ones]), torch.cat([mask, ones])
 
 
 def _loss(out: DetectorOutput, batch: Batch, y: torch.Tensor, mask: torch.Tensor,
@@ -271,6 +290,8 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
             clips = [train_ds.item_clip(int(i)) for i in idx]
             batch = batch.to(device)
             y, mask = _targets(batch, clips, member)
+            if member.sync_negatives:
+                batch, y, mask = _with_sync_negatives(batch, y, mask, contract, g)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 output = model(batch)
             loss = _loss(output, batch, y, mask, member, pos_weight)
@@ -280,7 +301,7 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
                 torch.nn.utils.clip_grad_norm_(params, member.grad_clip)
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         val = predict(model, val_ds, device, member.batch_size * 2, amp)
         val_auc = _target_auc(val, member)
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_auc": float(val_auc),
@@ -313,7 +334,15 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
     preds.insert(0, "member", name)
     preds.to_csv(out / PREDICTIONS, index=False)
     test = preds[preds.split == "test"]
-    test_metrics = metrics.summarize(test["label"].to_numpy(), test["prob"].to_numpy()) if len(test) else {}
+    test_metrics = {}
+    if len(test):
+        # Scored on what the member learns (e.g. audio_label for the audio specialist);
+        # evaluate reports every member against the clip label and per method as well.
+        y = test[member.target].where(test[member.target].notna(), test["label"]).astype(float)
+        keep = np.ones(len(test), bool)
+        if member.target_methods is not None:
+            keep = (test["label"] == 0).to_numpy() | test["method"].isin(member.target_methods).to_numpy()
+        test_metrics = metrics.summarize(y.to_numpy()[keep], test["prob"].to_numpy()[keep])
     result = TrainResult(out, best_epoch, float(best_auc), history,
                          {k: float(v) for k, v in test_metrics.items()}, time.perf_counter() - start)
     (out / MODEL_META).write_text(json.dumps({

@@ -1,0 +1,139 @@
+"""Training on tiny features: artifacts, determinism, resume, MLflow (a real server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from veracity.config import ExtractConfig, MemberConfig, TrainConfig
+from veracity.contract import DataContract
+from veracity.extract import extract
+from veracity.training import MODEL_META, MODEL_WEIGHTS, PREDICTIONS, load_member, train
+
+pytestmark = pytest.mark.integration
+
+CONTRACT = DataContract(fps=12.5, frames_per_window=8, face_size=32)
+FAST = dict(epochs=2, batch_size=8, windows_per_clip=1, augment=True)
+
+
+@pytest.fixture(scope="module")
+def features(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("features")
+    extract(ExtractConfig(workers=2, min_duration_s=0.5), CONTRACT, tiny_corpus / "manifest.csv", out)
+    return out
+
+
+def test_train_writes_a_rebuildable_member(features: Path, tmp_path: Path) -> None:
+    member = MemberConfig(detector="tiny_video", target="video_label", **FAST)
+    res = train("v", member, TrainConfig(), features, tmp_path / "v")
+    for name in (MODEL_WEIGHTS, MODEL_META, PREDICTIONS):
+        assert (tmp_path / "v" / name).exists()
+    meta = json.loads((tmp_path / "v" / MODEL_META).read_text())
+    assert meta["contract"]["face_size"] == 32 and meta["detector"] == "tiny_video"
+    assert len(meta["history"]) == 2 and 0 <= meta["best_epoch"] < 2
+    preds = pd.read_csv(tmp_path / "v" / PREDICTIONS)
+    assert set(preds.split) == {"val", "test"} and preds.prob.between(0, 1).all()
+    model = load_member(tmp_path / "v")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert res.best_epoch == meta["best_epoch"]
+
+
+def test_training_is_deterministic_on_cpu(features: Path, tmp_path: Path) -> None:
+    member = MemberConfig(detector="tiny_audio", target="audio_label", **FAST)
+    train("a", member, TrainConfig(seed=3), features, tmp_path / "a1")
+    train("a", member, TrainConfig(seed=3), features, tmp_path / "a2")
+    w1, w2 = load_file(tmp_path / "a1" / MODEL_WEIGHTS), load_file(tmp_path / "a2" / MODEL_WEIGHTS)
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=0)
+
+
+def test_resume_continues_from_the_last_epoch(features: Path, tmp_path: Path) -> None:
+    short = MemberConfig(detector="tiny_video", target="video_label", **{**FAST, "epochs": 1, "patience": 5})
+    train("v", short, TrainConfig(), features, tmp_path / "v")
+    longer = short.model_copy(update={"epochs": 3})
+    res = train("v", longer, TrainConfig(), features, tmp_path / "v", resume=True)
+    assert [h["epoch"] for h in res.history] == [0, 1, 2]
+
+
+def test_debug_mode_is_one_epoch_on_four_clips(features: Path, tmp_path: Path) -> None:
+    member = MemberConfig(detector="tiny_fusion", **FAST)
+    res = train("f", member, TrainConfig(debug=True), features, tmp_path / "f")
+    assert len(res.history) == 1
+    preds = pd.read_csv(tmp_path / "f" / PREDICTIONS)
+    assert len(preds) <= 8  # 4 val + 4 test clips
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path: Path):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+           "--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--workers", "1"]
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    import urllib.request
+
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start within 90 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_training_run_appears_in_a_real_mlflow_server(features: Path, tmp_path: Path, mlflow_server: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from veracity.cli import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {"members": {"tv": {"detector": "tiny_video", **FAST}}}}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    res = CliRunner().invoke(app, ["train", "--member", "tv", "--features", str(features),
+                                   "--out", str(tmp_path / "tv"), "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    import mlflow
+
+    client = mlflow.MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("veracity")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["member"] == "tv" and run.data.tags["git_commit"]
+    assert "val_auc" in run.data.metrics and "best_val_auc" in run.data.metrics
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert len(history) == 2 and np.isfinite([m.value for m in history]).all()
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/model.safetensors", "model/model.json", "model/predictions.csv"} <= artifacts

@@ -1,0 +1,95 @@
+"""Video part: flow channels, first-conv widening, backbone loading, freezing, temporal encoders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from veracity.models import create_detector
+from veracity.models.video import TemporalEncoder, prepare_frames, widen_input_conv
+
+
+def _first_conv(det) -> torch.nn.Conv2d:
+    bb = det.branch.frames.backbone
+    return bb.get_submodule(bb.pretrained_cfg["first_conv"])
+
+
+@pytest.mark.parametrize(("use_flow", "chans"), [(True, 5), (False, 3)])
+def test_flow_widens_the_first_conv(contract, use_flow, chans):
+    det = create_detector("tiny_video", contract, use_flow=use_flow)
+    assert det.branch.frames.in_chans == chans
+    assert _first_conv(det).in_channels == chans
+
+
+def test_flow_is_upsampled_to_the_crop_in_crop_pixels():
+    video = torch.zeros(1, 2, 3, 8, 8)
+    flow = torch.ones(1, 2, 2, 4, 4)  # one pixel of motion at half resolution
+    x = prepare_frames(video, flow, use_flow=True, flow_norm=1.0)
+    assert x.shape == (2, 5, 8, 8)
+    assert torch.allclose(x[:, 3:], torch.full((2, 2, 8, 8), 2.0))
+    assert torch.equal(prepare_frames(video, None, use_flow=True)[:, 3:], torch.zeros(2, 2, 8, 8))
+    assert prepare_frames(video, flow, use_flow=False).shape == (2, 3, 8, 8)
+
+
+def test_widen_input_conv_keeps_rgb_and_averages_into_extra_channels():
+    w = torch.randn(4, 3, 3, 3)
+    wide = widen_input_conv(w, 5)
+    assert wide.shape == (4, 5, 3, 3)
+    assert torch.equal(wide[:, :3], w)
+    assert torch.allclose(wide[:, 3], w.mean(1)) and torch.allclose(wide[:, 4], w.mean(1))
+
+
+@pytest.mark.parametrize("as_dir", [False, True])
+def test_pretrained_rgb_backbone_loads_into_flow_model(tmp_path, contract, as_dir):
+    import timm
+
+    kw = create_detector("tiny_video", contract).config["backbone_kwargs"]
+    src = timm.create_model("resnet10t", pretrained=False, num_classes=7, in_chans=3, **kw)  # with classifier
+    path = tmp_path / "model.safetensors"
+    save_file(src.state_dict(), str(path))
+    det = create_detector("tiny_video", contract, pretrained=tmp_path if as_dir else path)
+    w_src = src.get_submodule("conv1.0").weight
+    w = _first_conv(det).weight
+    assert torch.equal(w[:, :3], w_src)
+    assert torch.allclose(w[:, 3:], w_src.mean(1, keepdim=True).expand(-1, 2, -1, -1))
+    bb = det.branch.frames.backbone
+    assert torch.equal(bb.layer4[0].conv2.weight, src.layer4[0].conv2.weight)
+
+
+def test_freeze_first_groups(contract):
+    det = create_detector("tiny_video", contract, freeze_first=2)  # stem + layer1
+    frames = det.branch.frames
+    grad = {n: p.requires_grad for n, p in frames.backbone.named_parameters()}
+    assert not any(v for n, v in grad.items() if n.startswith(("conv1.", "bn1.", "layer1.")))
+    assert all(v for n, v in grad.items() if n.startswith(("layer2.", "layer3.", "layer4.")))
+    assert all(p.requires_grad for p in det.head.parameters())
+    det.train()
+    assert not frames.backbone.bn1.training and not frames.backbone.layer1[0].bn1.training
+    assert frames.backbone.layer2[0].bn1.training
+    with pytest.raises(ValueError, match="groups"):
+        create_detector("tiny_video", contract, freeze_first=99)
+
+
+def test_temporal_encoders():
+    x = torch.randn(2, 6, 8)
+    tokens, pooled = TemporalEncoder("mean", 8, num_frames=6)(x)
+    assert torch.equal(tokens, x) and torch.allclose(pooled, x.mean(1), atol=1e-6)
+    for kind in ("tconv", "transformer"):
+        enc = TemporalEncoder(kind, 8, num_frames=4, layers=1, heads=2).eval()
+        tokens, pooled = enc(x)  # 6 frames: the transformer interpolates its 4 positions
+        assert tokens.shape == (2, 6, 8) and pooled.shape == (2, 8)
+        # Temporal context: changing another frame changes the first frame's token.
+        y = x.clone()
+        far = -1 if kind == "transformer" else 1  # tconv reaches one neighbour per block
+        y[:, far] = torch.randn(2, 8)
+        assert not torch.allclose(enc(y)[0][:, 0], tokens[:, 0])
+    with pytest.raises(ValueError, match="temporal"):
+        TemporalEncoder("lstm", 8, 4)
+
+
+def test_missing_faces_still_compute(contract, make_batch):
+    det = create_detector("tiny_video", contract).eval()
+    batch = make_batch(video_present=torch.tensor([True, False]))
+    out = det(batch)
+    assert torch.isfinite(out.logits).all()
