@@ -8,12 +8,13 @@ expectation) print a readable message and exit non-zero without a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -78,6 +79,23 @@ def _main() -> None:
         os.environ.setdefault(key, value)
 
 
+@contextlib.contextmanager
+def _progress(desc: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback drawing a clip progress bar on a terminal."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=desc, unit="clip", disable=not sys.stderr.isatty())
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(1)
+
+    try:
+        yield progress
+    finally:
+        bar.close()
+
+
 def _stamp_path(out: Path) -> Path:
     return out.parent / f".{out.name}.generated.json"
 
@@ -103,7 +121,6 @@ def generate(
     set_: SetOpt = None,
 ) -> None:
     """Generate the synthetic audio-visual deepfake corpus (MP4 files + manifest)."""
-    from tqdm import tqdm
 
     from veracity.corpus.synth import generate as run_generate
     from veracity.corpus.synth.generate import IDENTITIES_NAME, MANIFEST_NAME
@@ -126,14 +143,8 @@ def generate(
     if up_to_date and not force:
         typer.echo(f"corpus at {out} is up to date (same generator and config); --force regenerates")
         return
-    bar = tqdm(total=0, desc="generate", unit="clip", disable=not sys.stderr.isatty())
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(1)
-
-    result = run_generate(cfg, out, progress=progress)
-    bar.close()
+    with _progress("generate") as progress:
+        result = run_generate(cfg, out, progress=progress)
     stamp.write_text(json.dumps({"fingerprint": fingerprint, "n_clips": result.n_clips}))
     counts = ", ".join(f"{k}={v}" for k, v in result.counts.items())
     typer.echo(f"wrote {result.n_clips} clips to {out} ({counts})")
@@ -218,7 +229,6 @@ def extract(
     set_: SetOpt = None,
 ) -> None:
     """Extract face crops, audio, voice activity and optical flow for every clip."""
-    from tqdm import tqdm
 
     from veracity import extract as ex
 
@@ -229,14 +239,8 @@ def extract(
             result = ex.merge(cfg, out, manifest_path)
         else:
             i, n = ex.parse_shard(shard)
-            bar = tqdm(total=0, desc=f"extract {i}/{n}", unit="clip", disable=not sys.stderr.isatty())
-
-            def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(1)
-
-            result = ex.extract(cfg, contract, manifest_path, out, (i, n), progress=progress)
-            bar.close()
+            with _progress(f"extract {i}/{n}") as progress:
+                result = ex.extract(cfg, contract, manifest_path, out, (i, n), progress=progress)
             typer.echo(f"shard {i}/{n}: {result.processed} clips extracted, {result.reused} reused")
             if n > 1:
                 typer.echo("run `veracity extract --merge` when every shard is done")
@@ -269,7 +273,6 @@ def train(
     set_: SetOpt = None,
 ) -> None:
     """Train one ensemble member on the extracted features (logged to MLflow)."""
-    import contextlib
     import logging
 
     from veracity.tracking import start_run

@@ -391,6 +391,7 @@ def _count_frames(container, stream, path: Path, limit: int) -> int:
             if n >= limit:
                 break
     except (av.error.FFmpegError, OSError, ValueError):
+        # A damaged tail only shortens the count; the reader reports the error itself.
         pass
     try:
         container.seek(0)  # back to the start for whoever reads next
@@ -834,7 +835,9 @@ def decode_only(path: Path | str, threads: bool = True) -> int:
             for _ in container.decode(stream):
                 n += 1
         except (av.error.FFmpegError, OSError, ValueError):
-            pass
+            # Same contract as FrameReader: frames up to the first error count, the rest
+            # of a truncated file does not (the baseline must not fail where extraction goes on).
+            return n
     return n
 
 
