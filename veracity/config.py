@@ -228,6 +228,13 @@ class MemberConfig(_Section):
     # SyncNet-style negatives: real windows whose audio is rolled 3-8 frames are added to
     # each batch as fakes. The lip-sync head barely beats chance without them.
     sync_negatives: bool = False
+    # Warm start: part -> member whose trained part (same architecture) initialises it,
+    # e.g. {video: video_specialist, audio: audio_specialist, sync: lipsync} for a fusion
+    # model. Read from the members directory (`veracity train --members-dir`).
+    init_from: dict[Literal["video", "audio", "sync"], str] = {}
+    # Keep the warm-started parts fixed (weights and norm statistics): only the new layers
+    # learn, which is both faster and keeps each part what its specialist learnt.
+    freeze_init: bool = False
 
 
 class TrainConfig(_Section):

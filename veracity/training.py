@@ -15,6 +15,7 @@ mixed precision on CUDA and early stopping on validation AUC (clip level). It wr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -203,8 +204,62 @@ def _seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def warm_start(model: torch.nn.Module, member: MemberConfig, members_dir: Path | None) -> dict[str, Any]:
+    """Initialise the parts named in ``member.init_from`` from trained members.
+
+    Args:
+        model: the detector being trained (its :meth:`parts` are the targets).
+        member: the member's config (``init_from``, ``freeze_init``).
+        members_dir: directory holding one folder per trained member.
+
+    Returns:
+        Lineage per part: the source member and the sha256 of its weights file.
+
+    Raises:
+        FileNotFoundError: a source member has not been trained.
+        ValueError: a part is unknown, or its architecture or data contract differs.
+    """
+    if not member.init_from:
+        return {}
+    if members_dir is None:
+        raise ValueError("init_from names other members but no members directory was given")
+    own = model.parts()
+    info: dict[str, Any] = {}
+    for part, source in member.init_from.items():
+        if part not in own:
+            raise ValueError(f"init_from: {model.name} has no {part!r} part (it has {sorted(own)})")
+        src_dir = Path(members_dir) / source
+        if not (src_dir / MODEL_META).is_file():
+            raise FileNotFoundError(f"init_from {part}: no trained member {source!r} in {src_dir} (train it first)")
+        donor = load_member(src_dir)
+        if donor.contract != model.contract:
+            raise ValueError(f"init_from {part}: {source!r} was trained for another data contract")
+        theirs = donor.parts()
+        if part not in theirs:
+            raise ValueError(f"init_from {part}: member {source!r} ({donor.name}) has no {part!r} part")
+        try:
+            own[part].load_state_dict(theirs[part].state_dict())
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise ValueError(f"init_from {part}: {source!r}'s {part} part is built differently "
+                             f"from {model.name}'s ({first})") from None
+        if member.freeze_init:
+            own[part].requires_grad_(False)
+        info[part] = {"member": source, "weights_sha256": _sha256(src_dir / MODEL_WEIGHTS)}
+        log.info("%s part initialised from %s%s", part, source, " (frozen)" if member.freeze_init else "")
+    return info
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out: Path,
-          resume: bool = False, tracker: Any = None) -> TrainResult:
+          resume: bool = False, tracker: Any = None, members_dir: Path | None = None) -> TrainResult:
     """Train one ensemble member on extracted features.
 
     Args:
@@ -215,6 +270,7 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
         out: where the model, its metadata and predictions go.
         resume: continue from ``out/last.*`` if present.
         tracker: optional object with ``log_metrics(dict, step)`` (MLflow run wrapper).
+        members_dir: where the members named by ``member.init_from`` were trained.
 
     Returns:
         A :class:`TrainResult`.
@@ -240,7 +296,10 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
                              transform=aug, seed=cfg.seed)
     val_ds = WindowDataset(val_clips, contract)
     test_ds = WindowDataset(test_clips, contract)
-    model = create_detector(member.detector, contract, **member.overrides).to(device)
+    model = create_detector(member.detector, contract, **member.overrides)
+    lineage = warm_start(model, member, members_dir)
+    frozen = [model.parts()[p] for p in lineage] if member.freeze_init else []
+    model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=member.lr, weight_decay=member.weight_decay)
     steps_per_epoch = math.ceil(len(train_ds) / member.batch_size)
@@ -281,6 +340,8 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
 
     for epoch in range(first_epoch, epochs):
         model.train()
+        for part in frozen:  # fixed parts keep their dropout off and norm statistics as trained
+            part.eval()
         train_ds.set_epoch(epoch)
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         loader = DataLoader(train_ds, batch_size=member.batch_size, shuffle=True, generator=g,
@@ -352,6 +413,7 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
         "contract": contract.to_dict(),
         "member_config": to_plain(member),
         "train_config": to_plain(cfg, exclude={"members"}),
+        "init_from": lineage,
         "best_epoch": best_epoch,
         "best_val_auc": best_auc,
         "test": result.test,

@@ -14,6 +14,23 @@ import yaml
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
+TINY = {"video_specialist": "tiny_video", "audio_specialist": "tiny_audio", "lipsync": "tiny_lipsync",
+        "av_fusion": "tiny_fusion"}
+STAGES = ("corpus", "validate", "extract", "validate_features", "train@video_specialist",
+          "train@audio_specialist", "train@lipsync", "train_fusion@av_fusion", "evaluate")
+
+
+def test_every_member_has_exactly_one_training_stage() -> None:
+    dag = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["members"]
+    plain, warm = dag["train"]["foreach"], dag["train_fusion"]["foreach"]
+    assert sorted(plain + warm) == sorted(params) and not set(plain) & set(warm)
+    # A warm-started member runs after the members it starts from.
+    deps = set(dag["train_fusion"]["do"]["deps"])
+    for name in warm:
+        assert {f"models/{src}" for src in params[name]["init_from"].values()} <= deps
+    for name in plain:
+        assert not params[name].get("init_from")
 
 
 def _run(args: list[str], cwd: Path) -> str:
@@ -38,10 +55,14 @@ def project(tmp_path: Path, tiny_corpus: Path) -> Path:
     # The tiny corpus has ~1 s clips: shorter windows than the real defaults.
     params["validate"]["features"].update(min_frames=8, min_duration_s=0.5)
     params["extract"].update(min_duration_s=0.5)
+    # The same members and stages as the real pipeline, with tiny detectors and one epoch.
+    for name, tiny in TINY.items():
+        params["train"]["members"][name].update(detector=tiny, epochs=1, windows_per_clip=1, batch_size=8)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(tiny_corpus, root / "data" / "raw")
     _run(["git", "init", "-q"], root)
     _run([sys.executable, "-m", "dvc", "init", "-q"], root)
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
     _run([sys.executable, "-m", "dvc", "add", "-q", "data/raw"], root)
     return root
 
@@ -49,13 +70,19 @@ def project(tmp_path: Path, tiny_corpus: Path) -> Path:
 def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) -> None:
     dvc = [sys.executable, "-m", "dvc"]
     first = _run([*dvc, "repro"], project)
-    for stage in ("corpus", "validate", "extract", "validate_features"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in first
     assert (project / "data" / "manifest" / "manifest.csv").exists()
     assert (project / "reports" / "validate" / "summary.json").exists()
     assert (project / "data" / "features" / "index.csv").exists()
+    for name in TINY:
+        assert (project / "models" / name / "model.safetensors").exists()
     metrics = _run([*dvc, "metrics", "show"], project)
     assert "True" in metrics  # summary.json: success
+    assert "reports/evaluate/metrics.json" in metrics and "best_val_auc" in metrics
+    plots = _run([*dvc, "plots", "show", "-o", "plots_html"], project)
+    html = (project / "plots_html" / "index.html").read_text()
+    assert "plots_html" in plots and "video_specialist" in html and "tpr" in html
 
     second = _run([*dvc, "repro"], project)
     assert "Running stage" not in second
@@ -70,8 +97,16 @@ def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) 
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = _run([*dvc, "repro"], project)
     assert "Running stage 'validate'" in third
-    for stage in ("corpus", "extract", "validate_features"):
+    for stage in ("corpus", "extract", "validate_features", "train@lipsync"):
         assert f"Running stage '{stage}'" not in third
+
+    params["train"]["members"]["audio_specialist"]["lr"] = 0.001  # one member's own params
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    fourth = _run([*dvc, "repro"], project)
+    for stage in ("train@audio_specialist", "train_fusion@av_fusion", "evaluate"):
+        assert f"Running stage '{stage}'" in fourth
+    for stage in ("extract", "train@video_specialist", "train@lipsync"):
+        assert f"Running stage '{stage}'" not in fourth
 
 
 def test_failed_expectation_stops_the_dag(project: Path) -> None:

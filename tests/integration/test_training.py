@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from veracity.config import ExtractConfig, MemberConfig, TrainConfig
 from veracity.contract import DataContract
 from veracity.extract import extract
+from veracity.models import create_detector
 from veracity.training import MODEL_META, MODEL_WEIGHTS, PREDICTIONS, load_member, train
 
 pytestmark = pytest.mark.integration
@@ -73,6 +74,52 @@ def test_debug_mode_is_one_epoch_on_four_clips(features: Path, tmp_path: Path) -
     assert len(res.history) == 1
     preds = pd.read_csv(tmp_path / "f" / PREDICTIONS)
     assert len(preds) <= 8  # 4 val + 4 test clips
+
+
+@pytest.fixture(scope="module")
+def specialists(features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny video, audio and lip-sync members, trained once for the warm-start tests."""
+    root = tmp_path_factory.mktemp("members")
+    one = {**FAST, "epochs": 1}
+    train("v", MemberConfig(detector="tiny_video", target="video_label", **one), TrainConfig(), features, root / "v")
+    train("a", MemberConfig(detector="tiny_audio", target="audio_label", **one), TrainConfig(), features, root / "a")
+    train("s", MemberConfig(detector="tiny_lipsync", sync_negatives=True, **one), TrainConfig(), features, root / "s")
+    return root
+
+
+def test_fusion_warm_starts_from_specialists_and_keeps_frozen_parts(features: Path, specialists: Path,
+                                                                     tmp_path: Path) -> None:
+    member = MemberConfig(detector="tiny_fusion", init_from={"video": "v", "audio": "a", "sync": "s"},
+                          freeze_init=True, **FAST)
+    train("f", member, TrainConfig(), features, tmp_path / "f", members_dir=specialists)
+    fused = load_file(tmp_path / "f" / MODEL_WEIGHTS)
+    for src, own_prefix, src_prefix in (("v", "video.", "branch."), ("a", "audio.", "branch."), ("s", "sync.", "sync.")):
+        donor = load_file(specialists / src / MODEL_WEIGHTS)
+        keys = [k for k in donor if k.startswith(src_prefix)]
+        assert keys
+        for k in keys:  # frozen: weights and norm statistics exactly as the specialist left them
+            torch.testing.assert_close(fused[own_prefix + k[len(src_prefix):]], donor[k], rtol=0, atol=0)
+    meta = json.loads((tmp_path / "f" / MODEL_META).read_text())
+    assert meta["init_from"]["video"]["member"] == "v"
+    assert len(meta["init_from"]["sync"]["weights_sha256"]) == 64
+    # The new layers did learn: the head moved away from its seeded initialisation.
+    torch.manual_seed(0)
+    fresh = create_detector("tiny_fusion", DataContract.load(features)).state_dict()
+    heads = [k for k in fused if k.startswith("head.") and k.endswith("weight")]
+    assert heads and any(not torch.equal(fused[k], fresh[k]) for k in heads)
+
+
+def test_warm_start_needs_the_source_member_and_a_matching_part(features: Path, specialists: Path,
+                                                                tmp_path: Path) -> None:
+    missing = MemberConfig(detector="tiny_fusion", init_from={"video": "nope"}, **FAST)
+    with pytest.raises(FileNotFoundError, match="no trained member 'nope'"):
+        train("f", missing, TrainConfig(), features, tmp_path / "f1", members_dir=specialists)
+    other = MemberConfig(detector="tiny_fusion", overrides={"video": {"dim": 8}}, init_from={"video": "v"}, **FAST)
+    with pytest.raises(ValueError, match="built differently"):
+        train("f", other, TrainConfig(), features, tmp_path / "f2", members_dir=specialists)
+    wrong_part = MemberConfig(detector="tiny_video", init_from={"audio": "a"}, **FAST)
+    with pytest.raises(ValueError, match="has no 'audio' part"):
+        train("f", wrong_part, TrainConfig(), features, tmp_path / "f3", members_dir=specialists)
 
 
 def _free_port() -> int:

@@ -458,6 +458,10 @@ class AudioDetector(Detector):
         self.branch = AudioBranch(contract, **{k: cfg[k] for k in _BRANCH_KEYS})
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, 1))
 
+    def parts(self) -> dict[str, nn.Module]:
+        """The audio branch (encoder + pooling)."""
+        return {"audio": self.branch}
+
     def forward(self, batch: Batch) -> DetectorOutput:
         """Score a batch of windows (needs ``batch.audio``; uses ``batch.vad`` if any)."""
         require(batch, "audio")

@@ -104,8 +104,15 @@ class FusionDetector(Detector):
         if sync:
             self.sync = SyncHead(contract, **(sync if isinstance(sync, dict) else {}))
             self.missing_sync = nn.Parameter(torch.zeros(self.sync.n_features))
-            head_in += self.sync.n_features
+            head_in += self.sync.n_features + 1  # + the sync logit itself
         self.head = mlp_head(head_in, hidden, dropout)
+
+    def parts(self) -> dict[str, nn.Module]:
+        """The video and audio branches, and the sync head when there is one."""
+        out: dict[str, nn.Module] = {"video": self.video, "audio": self.audio}
+        if self.sync is not None:
+            out["sync"] = self.sync
+        return out
 
     def drop_modalities(self, vp: torch.Tensor, ap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Modality dropout: presence flags with random modalities removed (training only).
@@ -171,9 +178,13 @@ class FusionDetector(Detector):
             if has_v and has_a:
                 s_logit, _, s_feat = self.sync(batch.video, batch.flow, batch.audio)
                 aux["sync"] = s_logit
-                s_feat = torch.where((vp & ap)[:, None], s_feat, unknown)
+                both = (vp & ap)[:, None]
+                s_feat = torch.cat([torch.where(both, s_feat, unknown),
+                                    torch.where(both, s_logit[:, None], torch.zeros_like(s_logit[:, None]))], dim=-1)
             else:
-                s_feat = unknown
+                s_feat = torch.cat([unknown, unknown.new_zeros(b, 1)], dim=-1)
+            # The sync head's own verdict goes in as well: a warm-started head hands the
+            # fusion a calibrated scalar it would otherwise have to re-learn from features.
             parts.append(s_feat)
         features = torch.cat(parts, dim=-1)
         return DetectorOutput.from_logits(self.head(features).squeeze(-1), frame_scores=frame_scores,
@@ -195,10 +206,10 @@ class FusionDetector(Detector):
 # ------------------------------------------------------------------------------ variants
 
 _MERGE = ("video", "audio", "sync")
-AV_VIDEO = dict(backbone="resnet10t", backbone_kwargs=NARROW_RESNET, use_flow=True, temporal="tconv",
-                temporal_layers=2, dim=128)
+AV_VIDEO = dict(backbone="resnet10t", backbone_kwargs=NARROW_RESNET, use_flow=True, highpass=True,
+                temporal="tconv", temporal_layers=2, dim=128)
 AV_AUDIO = dict(encoder="logmel", encoder_kwargs=LOGMEL, dim=128)
-TINY_VIDEO = dict(backbone="resnet10t", backbone_kwargs=TINY_RESNET, use_flow=True, temporal="tconv",
+TINY_VIDEO = dict(backbone="resnet10t", backbone_kwargs=TINY_RESNET, use_flow=True, highpass=True, temporal="tconv",
                   temporal_layers=1, dim=16)
 TINY_AUDIO = dict(encoder="logmel", encoder_kwargs=dict(n_mels=32, channels=[8, 16]), dim=16)
 

@@ -199,6 +199,10 @@ class LipSyncDetector(Detector):
         self.config = cfg
         self.sync = SyncHead(contract, **cfg)
 
+    def parts(self) -> dict[str, nn.Module]:
+        """The sync head."""
+        return {"sync": self.sync}
+
     def forward(self, batch: Batch) -> DetectorOutput:
         """Score a batch of windows (needs ``batch.video`` and ``batch.audio``)."""
         require(batch, "video", "audio")

@@ -58,6 +58,14 @@ class Detector(nn.Module):
     def forward(self, batch: Batch) -> DetectorOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def parts(self) -> dict[str, nn.Module]:
+        """Named parts another detector can be initialised from (``video``, ``audio``, ``sync``).
+
+        A fusion model built from the same part configurations as the specialists can start
+        from their trained weights (``train.members.<m>.init_from``). Default: none.
+        """
+        return {}
+
     def checkpoint_overrides(self, path: Path) -> dict[str, Any]:
         """Constructor overrides that a pretrained checkpoint imposes on the architecture.
 

@@ -88,6 +88,21 @@ def widen_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return torch.cat([weight, extra], dim=1)
 
 
+def srm_kernels() -> torch.Tensor:
+    """The three SRM high-pass filters of Zhou et al. (2018), as a (3, 1, 5, 5) conv weight.
+
+    Each is scaled to unit L2 norm so that the three residuals have comparable ranges.
+    """
+    k1 = torch.tensor([[0, 0, 0, 0, 0], [0, -1, 2, -1, 0], [0, 2, -4, 2, 0],
+                       [0, -1, 2, -1, 0], [0, 0, 0, 0, 0]], dtype=torch.float32)
+    k2 = torch.tensor([[-1, 2, -2, 2, -1], [2, -6, 8, -6, 2], [-2, 8, -12, 8, -2],
+                       [2, -6, 8, -6, 2], [-1, 2, -2, 2, -1]], dtype=torch.float32)
+    k3 = torch.zeros(5, 5)
+    k3[2, 1:4] = torch.tensor([1.0, -2.0, 1.0])
+    k = torch.stack([k1, k2, k3])
+    return (k / k.flatten(1).norm(dim=1).view(3, 1, 1)).unsqueeze(1)
+
+
 class FrameEncoder(nn.Module):
     """A timm backbone applied to every frame of a window.
 
@@ -95,6 +110,9 @@ class FrameEncoder(nn.Module):
         backbone: timm model name (``timm.list_models()``).
         use_flow: 5 input channels (RGB + flow) instead of 3.
         flow_norm: see :func:`prepare_frames`.
+        highpass: append three fixed SRM high-pass residuals of the luminance (Fridrich &
+            Kodovsky 2012, as in Zhou et al. 2018): blending, resampling and re-rendering
+            leave their trace in the noise residual more than in the colours.
         freeze_first: freeze the first N parameter groups of the backbone in timm's coarse
             grouping (``group_matcher(coarse=True)``): 1 = the stem, 2 = stem + first stage...
             Frozen groups also keep their norm layers in eval mode.
@@ -102,13 +120,17 @@ class FrameEncoder(nn.Module):
     """
 
     def __init__(self, backbone: str, use_flow: bool = False, flow_norm: float = 1.0,
-                 freeze_first: int = 0, backbone_kwargs: dict[str, Any] | None = None):
+                 freeze_first: int = 0, backbone_kwargs: dict[str, Any] | None = None,
+                 highpass: bool = False):
         super().__init__()
         import timm  # heavy import (torchvision), deferred to construction
 
         self.use_flow = use_flow
         self.flow_norm = flow_norm
-        self.in_chans = 5 if use_flow else 3
+        self.highpass = highpass
+        self.in_chans = 3 + 2 * use_flow + 3 * highpass
+        if highpass:
+            self.register_buffer("srm", srm_kernels(), persistent=False)
         self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0,
                                           in_chans=self.in_chans, **(backbone_kwargs or {}))
         # head_hidden_size: models with a pre-logits layer (MobileNetV3) output that width.
@@ -149,6 +171,9 @@ class FrameEncoder(nn.Module):
         """(B, T, 3, S, S) crops (+ flow) to (B, T, F) frame features."""
         b, t = video.shape[:2]
         x = prepare_frames(video, flow, self.use_flow, self.flow_norm)
+        if self.highpass:
+            gray = x[:, :3].mean(dim=1, keepdim=True)
+            x = torch.cat([x, F.conv2d(gray, self.srm.to(gray.dtype), padding=2)], dim=1)
         return self.backbone(x).reshape(b, t, -1)
 
     def load_backbone(self, path: Path) -> None:
@@ -248,7 +273,7 @@ class VideoBranch(nn.Module):
 
     Args:
         contract: data contract (frames per window).
-        backbone, backbone_kwargs, use_flow, flow_norm, freeze_first: see :class:`FrameEncoder`.
+        backbone, backbone_kwargs, use_flow, flow_norm, freeze_first, highpass: see :class:`FrameEncoder`.
         temporal, temporal_layers, temporal_heads, temporal_kernel: see :class:`TemporalEncoder`.
         dim: token width after the projection.
         dropout: dropout in the temporal encoder.
@@ -258,9 +283,9 @@ class VideoBranch(nn.Module):
                  backbone_kwargs: dict[str, Any] | None = None, use_flow: bool = True,
                  flow_norm: float = 1.0, freeze_first: int = 0, temporal: str = "tconv",
                  temporal_layers: int = 2, temporal_heads: int = 4, temporal_kernel: int = 3,
-                 dim: int = 128, dropout: float = 0.1):
+                 dim: int = 128, dropout: float = 0.1, highpass: bool = False):
         super().__init__()
-        self.frames = FrameEncoder(backbone, use_flow, flow_norm, freeze_first, backbone_kwargs)
+        self.frames = FrameEncoder(backbone, use_flow, flow_norm, freeze_first, backbone_kwargs, highpass)
         self.proj = nn.Sequential(nn.Linear(self.frames.num_features, dim), nn.LayerNorm(dim))
         self.temporal = TemporalEncoder(temporal, dim, contract.frames_per_window, temporal_layers,
                                         temporal_heads, temporal_kernel, dropout)
@@ -279,7 +304,7 @@ class VideoDetector(Detector):
 
     Args:
         contract: data contract.
-        backbone, backbone_kwargs, use_flow, flow_norm, freeze_first, temporal,
+        backbone, backbone_kwargs, use_flow, flow_norm, freeze_first, highpass, temporal,
             temporal_layers, temporal_heads, temporal_kernel, dim: see :class:`VideoBranch`.
         dropout: dropout in the temporal encoder and before the clip head.
     """
@@ -290,7 +315,7 @@ class VideoDetector(Detector):
                  backbone_kwargs: dict[str, Any] | None = None, use_flow: bool = True,
                  flow_norm: float = 1.0, freeze_first: int = 0, temporal: str = "tconv",
                  temporal_layers: int = 2, temporal_heads: int = 4, temporal_kernel: int = 3,
-                 dim: int = 128, dropout: float = 0.1):
+                 dim: int = 128, dropout: float = 0.1, highpass: bool = False):
         cfg = config_of(locals())
         super().__init__(contract)
         self.config = cfg
@@ -306,6 +331,10 @@ class VideoDetector(Detector):
         return DetectorOutput.from_logits(self.head(pooled).squeeze(-1),
                                           frame_scores=self.frame_head(tokens).squeeze(-1),
                                           features=pooled)
+
+    def parts(self) -> dict[str, nn.Module]:
+        """The video branch (frame encoder + temporal encoder)."""
+        return {"video": self.branch}
 
     def load_backbone(self, path: Path) -> None:
         """Load timm backbone weights; see :meth:`FrameEncoder.load_backbone`."""
@@ -333,17 +362,17 @@ TINY_RESNET = {"channels": [8, 16, 32, 64], "stem_width": 8}
 
 @register_detector
 def video_specialist(contract: DataContract, **overrides: Any) -> VideoDetector:
-    """Narrow ResNet-10-T on RGB + flow, 1-D temporal convolutions (default video member)."""
+    """Narrow ResNet-10-T on RGB + flow + SRM residuals, 1-D temporal convolutions (default video member)."""
     return build(VideoDetector, contract, dict(backbone="resnet10t", backbone_kwargs=NARROW_RESNET,
-                                               use_flow=True, temporal="tconv", temporal_layers=2,
-                                               dim=128), overrides)
+                                               use_flow=True, highpass=True, temporal="tconv",
+                                               temporal_layers=2, dim=128), overrides)
 
 
 @register_detector
 def video_transformer(contract: DataContract, **overrides: Any) -> VideoDetector:
-    """Narrow ResNet-10-T on RGB + flow with a 2-layer temporal transformer."""
+    """Narrow ResNet-10-T on RGB + flow + SRM residuals with a 2-layer temporal transformer."""
     return build(VideoDetector, contract, dict(backbone="resnet10t", backbone_kwargs=NARROW_RESNET,
-                                               use_flow=True, temporal="transformer", temporal_layers=2,
+                                               use_flow=True, highpass=True, temporal="transformer", temporal_layers=2,
                                                temporal_heads=4, dim=128), overrides)
 
 
@@ -356,9 +385,9 @@ def video_mobilenet(contract: DataContract, **overrides: Any) -> VideoDetector:
 
 @register_detector
 def tiny_video(contract: DataContract, **overrides: Any) -> VideoDetector:
-    """Tiny ResNet-10-T on RGB + flow with temporal convolutions (tests)."""
+    """Tiny ResNet-10-T on RGB + flow + SRM residuals with temporal convolutions (tests)."""
     return build(VideoDetector, contract, dict(backbone="resnet10t", backbone_kwargs=TINY_RESNET,
-                                               use_flow=True, temporal="tconv", temporal_layers=1,
+                                               use_flow=True, highpass=True, temporal="tconv", temporal_layers=1,
                                                dim=16), overrides)
 
 
