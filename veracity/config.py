@@ -201,6 +201,9 @@ class MemberConfig(_Section):
     detector: str
     # Keyword overrides passed to create_detector (e.g. backbone, temporal encoder).
     overrides: dict[str, Any] = {}
+    # Local weights to start from (never downloaded): a safetensors file of the whole
+    # detector, timm backbone weights (file or directory), or a wav2vec2 directory.
+    pretrained: str | None = None
     # What the member predicts: the clip label, or one modality's label.
     target: Literal["label", "video_label", "audio_label"] = "label"
     # If set, only these fake methods (plus reals) count as positives; other fakes are left

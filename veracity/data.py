@@ -123,6 +123,15 @@ class WindowDataset(Dataset):
         """The clip a dataset item comes from (for pooling window scores per clip)."""
         return self.clips[self._items[idx][0]]
 
+    def item_start(self, idx: int) -> int:
+        """The first frame (row of the clip's track) of a dataset item's window."""
+        return self._items[idx][1]
+
+    def item_length(self, idx: int) -> int:
+        """How many real (not padded) frames a dataset item's window holds."""
+        ci, start = self._items[idx]
+        return max(0, min(self.contract.frames_per_window, self._lengths[ci] - start))
+
     def __getitem__(self, idx: int) -> dict[str, Any]:
         ci, start = self._items[idx]
         clip = self.clips[ci]

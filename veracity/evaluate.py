@@ -4,7 +4,8 @@ Reads ``<models>/<member>/predictions.csv`` (clip-level scores written by traini
 writes, under ``out``:
 
     metrics.json         per member: test metrics (AUC, AP, EER, FPR@95TPR, F1, ECE, Brier...)
-                         plus the quality checks below  (``dvc metrics show``)
+                         at video level, AUC/AP/EER at window and frame level, plus the
+                         quality checks below  (``dvc metrics show``)
     per_method.csv       AUC per manipulation method x member, test split
     table.csv            the full metrics table (split x method x member)
     plots/roc.csv, plots/pr.csv, plots/reliability.csv  long-format curve data, and
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from veracity import metrics
-from veracity.training import PREDICTIONS
+from veracity.training import FRAME_PREDICTIONS, PREDICTIONS, WINDOW_PREDICTIONS
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ def quality_checks(test: pd.DataFrame, roles: dict[str, str]) -> list[QualityChe
     if roles.get("audio") in by:
         checks.append(QualityCheck("voice_family_auc_audio", _method_auc(by[roles["audio"]], "voice"), 0.90, ">="))
     return checks
+
+
+def _clean(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in d.items()}
 
 
 def _plots(test: pd.DataFrame, out: Path) -> None:
@@ -141,7 +146,19 @@ def evaluate(models: Path, members: Sequence[str], out: Path, roles: dict[str, s
     summary: dict[str, Any] = {"members": {}}
     for member, g in test.groupby("member"):
         s = metrics.summarize(g["label"].to_numpy(), g["prob"].to_numpy())
-        summary["members"][member] = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in s.items()}
+        summary["members"][member] = _clean(s)
+        levels = {}
+        for level, name in (("window", WINDOW_PREDICTIONS), ("frame", FRAME_PREDICTIONS)):
+            path = Path(models) / member / name
+            if not path.exists():
+                continue
+            d = pd.read_csv(path)
+            d = d[d.split == "test"]
+            if len(d):
+                s = metrics.summarize(d["label"].to_numpy(), d["prob"].to_numpy())
+                levels[level] = _clean({k: s[k] for k in ("auc", "ap", "eer", "fpr_at_95tpr", "n") if k in s})
+        if levels:
+            summary["members"][member]["levels"] = levels
     checks = quality_checks(test, roles or {})
     summary["quality"] = {c.name: {"value": round(c.value, 4), "bound": c.bound, "kind": c.kind, "passed": c.passed}
                           for c in checks}

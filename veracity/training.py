@@ -46,7 +46,9 @@ MODEL_WEIGHTS = "model.safetensors"
 MODEL_META = "model.json"
 LAST_WEIGHTS = "last.safetensors"
 LAST_META = "last.json"
-PREDICTIONS = "predictions.csv"
+PREDICTIONS = "predictions.csv"  # one row per clip (video level)
+WINDOW_PREDICTIONS = "predictions_window.csv"
+FRAME_PREDICTIONS = "predictions_frame.csv"
 
 
 @dataclass
@@ -134,35 +136,63 @@ def _loss(out: DetectorOutput, batch: Batch, y: torch.Tensor, mask: torch.Tensor
     return loss
 
 
-@torch.no_grad()
+_CLIP_COLUMNS = ["video_id", "split", "method", "label", "video_label", "audio_label"]
+
+
+def _with_clip_columns(ds: WindowDataset, ids: np.ndarray, rest: dict[str, Any]) -> pd.DataFrame:
+    info = {c.video_id: c for c in ds.clips}
+    cols = {"video_id": ids, **{k: [getattr(info[g], k) for g in ids] for k in _CLIP_COLUMNS[1:]}}
+    df = pd.DataFrame({**cols, **rest})
+    df["prob"] = 1 / (1 + np.exp(-df["logit"].to_numpy(dtype=float)))
+    return df
+
+
+def predict_levels(model: torch.nn.Module, ds: WindowDataset, device: torch.device, batch_size: int,
+                   amp: torch.dtype | None = None, pooling: str = "mean") -> dict[str, pd.DataFrame]:
+    """Logits at three levels: ``frame`` (per-frame scores, averaged where windows overlap;
+    empty for detectors without them), ``window`` and ``video`` (windows pooled per clip).
+
+    Frames are indexed by their row in the clip's primary track (the sampled-frame order).
+    """
+    model.eval()
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    scores, items, frames = [], [], []
+    t = ds.contract.frames_per_window
+    with torch.inference_mode():
+        for batch, idx in loader:
+            batch = batch.to(device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                out = model(batch)
+            scores.append(out.logits.float().cpu().numpy())
+            items.append(idx.numpy())
+            if out.frame_scores is not None and out.frame_scores.shape[1] == t:
+                frames.append(out.frame_scores.float().cpu().numpy())
+    if not scores:
+        empty = pd.DataFrame(columns=[*_CLIP_COLUMNS, "logit", "prob"])
+        return {"frame": empty, "window": empty, "video": empty}
+    s, idx = np.concatenate(scores), np.concatenate(items)
+    ids = np.array([ds.item_clip(int(i)).video_id for i in idx])
+    starts = np.array([ds.item_start(int(i)) for i in idx])
+    window = _with_clip_columns(ds, ids, {"start": starts, "logit": s})
+    groups, pooled = metrics.pool(s, ids, how=pooling)
+    video = _with_clip_columns(ds, groups, {"logit": pooled})
+    frame = pd.DataFrame(columns=[*_CLIP_COLUMNS, "frame", "logit", "prob"])
+    if frames:
+        f = np.concatenate(frames)
+        lengths = np.array([ds.item_length(int(i)) for i in idx])
+        rows = pd.DataFrame({"video_id": np.repeat(ids, t), "frame": (starts[:, None] + np.arange(t)).ravel(),
+                             "logit": f.ravel()})
+        rows = rows[np.arange(t)[None, :].repeat(len(idx), 0).ravel() < np.repeat(lengths, t)]  # drop padding
+        rows = rows.groupby(["video_id", "frame"], sort=True, as_index=False)["logit"].mean()
+        frame = _with_clip_columns(ds, rows["video_id"].to_numpy(), {"frame": rows["frame"].to_numpy(),
+                                                                      "logit": rows["logit"].to_numpy()})
+    return {"frame": frame, "window": window, "video": video}
+
+
 def predict(model: torch.nn.Module, ds: WindowDataset, device: torch.device, batch_size: int,
             amp: torch.dtype | None = None, pooling: str = "mean") -> pd.DataFrame:
     """Clip-level logits: window logits pooled per clip (``pooling``: see metrics.pool)."""
-    model.eval()
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    scores, items = [], []
-    for batch, idx in loader:
-        batch = batch.to(device)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            out = model(batch)
-        scores.append(out.logits.float().cpu().numpy())
-        items.append(idx.numpy())
-    if not scores:
-        return pd.DataFrame(columns=["video_id", "split", "method", "label", "video_label", "audio_label", "logit", "prob"])
-    s = np.concatenate(scores)
-    ids = np.array([ds.item_clip(int(i)).video_id for i in np.concatenate(items)])
-    groups, pooled = metrics.pool(s, ids, how=pooling)
-    info = {c.video_id: c for c in ds.clips}
-    return pd.DataFrame({
-        "video_id": groups,
-        "split": [info[g].split for g in groups],
-        "method": [info[g].method for g in groups],
-        "label": [info[g].label for g in groups],
-        "video_label": [info[g].video_label for g in groups],
-        "audio_label": [info[g].audio_label for g in groups],
-        "logit": pooled,
-        "prob": 1 / (1 + np.exp(-pooled)),
-    })
+    return predict_levels(model, ds, device, batch_size, amp, pooling)["video"]
 
 
 def _target_auc(pred: pd.DataFrame, member: MemberConfig) -> float:
@@ -296,7 +326,7 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
                              transform=aug, seed=cfg.seed)
     val_ds = WindowDataset(val_clips, contract)
     test_ds = WindowDataset(test_clips, contract)
-    model = create_detector(member.detector, contract, **member.overrides)
+    model = create_detector(member.detector, contract, pretrained=member.pretrained, **member.overrides)
     lineage = warm_start(model, member, members_dir)
     frozen = [model.parts()[p] for p in lineage] if member.freeze_init else []
     model = model.to(device)
@@ -390,8 +420,12 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
             break
 
     model.load_state_dict(load_file(out / MODEL_WEIGHTS))
-    preds = pd.concat([predict(model, val_ds, device, member.batch_size * 2, amp),
-                       predict(model, test_ds, device, member.batch_size * 2, amp)], ignore_index=True)
+    levels = [predict_levels(model, ds, device, member.batch_size * 2, amp) for ds in (val_ds, test_ds)]
+    for level, path in (("frame", FRAME_PREDICTIONS), ("window", WINDOW_PREDICTIONS)):
+        df = pd.concat([lv[level] for lv in levels], ignore_index=True)
+        df.insert(0, "member", name)
+        df.to_csv(out / path, index=False, float_format="%.6g")
+    preds = pd.concat([lv["video"] for lv in levels], ignore_index=True)
     preds.insert(0, "member", name)
     preds.to_csv(out / PREDICTIONS, index=False)
     test = preds[preds.split == "test"]

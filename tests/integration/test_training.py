@@ -20,7 +20,15 @@ from veracity.config import ExtractConfig, MemberConfig, TrainConfig
 from veracity.contract import DataContract
 from veracity.extract import extract
 from veracity.models import create_detector
-from veracity.training import MODEL_META, MODEL_WEIGHTS, PREDICTIONS, load_member, train
+from veracity.training import (
+    FRAME_PREDICTIONS,
+    MODEL_META,
+    MODEL_WEIGHTS,
+    PREDICTIONS,
+    WINDOW_PREDICTIONS,
+    load_member,
+    train,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +53,15 @@ def test_train_writes_a_rebuildable_member(features: Path, tmp_path: Path) -> No
     assert len(meta["history"]) == 2 and 0 <= meta["best_epoch"] < 2
     preds = pd.read_csv(tmp_path / "v" / PREDICTIONS)
     assert set(preds.split) == {"val", "test"} and preds.prob.between(0, 1).all()
+    # The same scores at window and frame level: every clip has both, and pooling the
+    # windows (mean of logits) gives the clip's score back.
+    windows = pd.read_csv(tmp_path / "v" / WINDOW_PREDICTIONS)
+    frames = pd.read_csv(tmp_path / "v" / FRAME_PREDICTIONS)
+    assert set(windows.video_id) == set(frames.video_id) == set(preds.video_id)
+    assert len(windows) >= len(preds) and len(frames) > len(windows)
+    pooled = windows.groupby("video_id").logit.mean()
+    np.testing.assert_allclose(pooled[preds.video_id].to_numpy(), preds.logit.to_numpy(), rtol=1e-4, atol=1e-5)
+    assert not frames.duplicated(["video_id", "frame"]).any()
     model = load_member(tmp_path / "v")
     assert sum(p.numel() for p in model.parameters()) > 0
     assert res.best_epoch == meta["best_epoch"]
@@ -120,6 +137,18 @@ def test_warm_start_needs_the_source_member_and_a_matching_part(features: Path, 
     wrong_part = MemberConfig(detector="tiny_video", init_from={"audio": "a"}, **FAST)
     with pytest.raises(ValueError, match="has no 'audio' part"):
         train("f", wrong_part, TrainConfig(), features, tmp_path / "f3", members_dir=specialists)
+
+
+def test_member_starts_from_local_pretrained_weights(features: Path, specialists: Path, tmp_path: Path) -> None:
+    source = specialists / "v" / MODEL_WEIGHTS
+    member = MemberConfig(detector="tiny_video", target="video_label", pretrained=str(source),
+                          **{**FAST, "epochs": 1, "lr": 1e-12})
+    train("p", member, TrainConfig(), features, tmp_path / "p")
+    got, want = load_file(tmp_path / "p" / MODEL_WEIGHTS), load_file(source)
+    convs = [k for k in want if k.endswith("conv.weight") or ".conv" in k and k.endswith("weight")]
+    assert convs
+    for k in convs:  # a vanishing learning rate leaves the loaded weights where they were
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
 
 
 def _free_port() -> int:

@@ -206,8 +206,9 @@ class FusionDetector(Detector):
 # ------------------------------------------------------------------------------ variants
 
 _MERGE = ("video", "audio", "sync")
+# The same architecture as the video_specialist variant, so the fusion model can start from it.
 AV_VIDEO = dict(backbone="resnet10t", backbone_kwargs=NARROW_RESNET, use_flow=True, highpass=True,
-                temporal="tconv", temporal_layers=2, dim=128)
+                frame_stride=2, temporal="tconv", temporal_layers=2, dim=128)
 AV_AUDIO = dict(encoder="logmel", encoder_kwargs=LOGMEL, dim=128)
 TINY_VIDEO = dict(backbone="resnet10t", backbone_kwargs=TINY_RESNET, use_flow=True, highpass=True, temporal="tconv",
                   temporal_layers=1, dim=16)
