@@ -42,10 +42,21 @@ def random_batch(contract, batch_size: int, device: torch.device) -> Batch:
     ).to(device)
 
 
-def time_member(detector: str, contract, batch_size: int, steps: int, device: torch.device,
-                amp: torch.dtype | None) -> dict:
-    """Windows per second over ``steps`` optimiser steps (after 2 warm-up steps)."""
-    model = create_detector(detector, contract).to(device).train()
+def time_member(member, contract, steps: int, device: torch.device, amp: torch.dtype | None) -> dict:
+    """Windows and clips per second over ``steps`` optimiser steps (after 2 warm-up steps).
+
+    The member is built as it is trained: its overrides, and its warm-started parts frozen
+    when ``freeze_init`` is set (their weights do not matter for the timing).
+    """
+    batch_size = member.batch_size
+    model = create_detector(member.detector, contract, **member.overrides)
+    if member.freeze_init:
+        for part in member.init_from:
+            model.parts()[part].requires_grad_(False)
+    model = model.to(device).train()
+    if member.freeze_init:
+        for part in member.init_from:
+            model.parts()[part].eval()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     batch = random_batch(contract, batch_size, device)
 
@@ -67,8 +78,11 @@ def time_member(detector: str, contract, batch_size: int, steps: int, device: to
     if device.type == "cuda":
         torch.cuda.synchronize()
     sec = time.perf_counter() - start
-    return {"windows_per_s": round(steps * batch_size / sec, 2), "s_per_step": round(sec / steps, 4),
-            "params": sum(p.numel() for p in model.parameters())}
+    wps = steps * batch_size / sec
+    # An epoch draws windows_per_clip windows from every training clip.
+    return {"windows_per_s": round(wps, 2), "clips_per_s": round(wps / member.windows_per_clip, 2),
+            "s_per_step": round(sec / steps, 4), "params": sum(p.numel() for p in model.parameters()),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
 def main() -> None:
@@ -84,12 +98,12 @@ def main() -> None:
                              "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
                  "contract": contract.to_dict(), "members": {}}
     for name, m in p.train.members.items():
-        row = {"detector": m.detector, "batch_size": m.batch_size,
-               "cpu_fp32": time_member(m.detector, contract, m.batch_size, args.steps, cpu, None)}
+        row = {"detector": m.detector, "batch_size": m.batch_size, "frozen_parts": sorted(m.init_from) if m.freeze_init else [],
+               "cpu_fp32": time_member(m, contract, args.steps, cpu, None)}
         if torch.cuda.is_available():
             gpu = torch.device("cuda")
-            row["cuda_fp32"] = time_member(m.detector, contract, m.batch_size, args.steps * 5, gpu, None)
-            row["cuda_bf16"] = time_member(m.detector, contract, m.batch_size, args.steps * 5, gpu, torch.bfloat16)
+            row["cuda_fp32"] = time_member(m, contract, args.steps * 5, gpu, None)
+            row["cuda_bf16"] = time_member(m, contract, args.steps * 5, gpu, torch.bfloat16)
             row["cuda_bf16_speedup"] = round(row["cuda_bf16"]["windows_per_s"] / row["cuda_fp32"]["windows_per_s"], 3)
         res["members"][name] = row
         print(name, json.dumps(row))

@@ -414,7 +414,9 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
         save_file({k: v.cpu() for k, v in tensors.items()}, out / LAST_WEIGHTS)
         (out / LAST_META).write_text(json.dumps({
             "epoch": epoch, "best_auc": best_auc, "best_epoch": best_epoch, "bad_epochs": bad,
-            "history": history, "optimizer": opt_meta, "scheduler": sched.state_dict()}, default=float))
+            # Without wall times, like model.json: same data and seed, same bytes (DVC hashes them).
+            "history": [{k: v for k, v in h.items() if k != "seconds"} for h in history],
+            "optimizer": opt_meta, "scheduler": sched.state_dict()}, default=float))
         if bad >= member.patience:
             log.info("%s: early stop at epoch %d (best %d, val AUC %.4f)", name, epoch, best_epoch, best_auc)
             break

@@ -75,6 +75,12 @@ def test_training_is_deterministic_on_cpu(features: Path, tmp_path: Path) -> Non
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=0)
+    # DVC hashes the whole member directory: every file must be byte-identical, wall times
+    # (logged to MLflow) included nowhere.
+    names = sorted(p.name for p in (tmp_path / "a1").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "a2").iterdir())
+    for name in names:
+        assert (tmp_path / "a1" / name).read_bytes() == (tmp_path / "a2" / name).read_bytes(), name
 
 
 def test_resume_continues_from_the_last_epoch(features: Path, tmp_path: Path) -> None:
