@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from veracity.models import create_detector
-from veracity.models.video import TemporalEncoder, prepare_frames, widen_input_conv
+from veracity.models.video import TemporalEncoder, prepare_frames, srm_kernels, widen_input_conv
 
 
 def _first_conv(det) -> torch.nn.Conv2d:
@@ -15,11 +16,39 @@ def _first_conv(det) -> torch.nn.Conv2d:
     return bb.get_submodule(bb.pretrained_cfg["first_conv"])
 
 
-@pytest.mark.parametrize(("use_flow", "chans"), [(True, 5), (False, 3)])
-def test_flow_widens_the_first_conv(contract, use_flow, chans):
-    det = create_detector("tiny_video", contract, use_flow=use_flow)
+@pytest.mark.parametrize(("use_flow", "highpass", "chans"), [(True, False, 5), (False, False, 3), (True, True, 8),
+                                                            (False, True, 6)])
+def test_flow_and_highpass_widen_the_first_conv(contract, use_flow, highpass, chans):
+    det = create_detector("tiny_video", contract, use_flow=use_flow, highpass=highpass)
     assert det.branch.frames.in_chans == chans
     assert _first_conv(det).in_channels == chans
+
+
+def test_srm_residuals_ignore_flat_and_smooth_shading_but_see_texture():
+    k = srm_kernels()
+    assert k.shape == (3, 1, 5, 5)
+    torch.testing.assert_close(k.flatten(1).norm(dim=1), torch.ones(3))
+    flat = torch.full((1, 1, 16, 16), 0.7)
+    ramp = torch.linspace(0, 1, 16).view(1, 1, 1, 16).expand(1, 1, 16, 16)  # smooth shading
+    noise = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))  # away from the zero padding
+    assert F.conv2d(flat, k, padding=2)[inner].abs().max() < 1e-5
+    assert F.conv2d(ramp, k, padding=2)[inner].abs().max() < 1e-5
+    assert F.conv2d(noise, k, padding=2)[inner].abs().mean() > 0.3
+
+
+def test_frame_stride_encodes_fewer_frames_and_returns_one_token_per_frame(contract):
+    det = create_detector("tiny_video", contract, frame_stride=2).eval()
+    seen = []
+    det.branch.frames.register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    t = contract.frames_per_window
+    video = torch.randn(2, t, 3, contract.face_size, contract.face_size)
+    flow = torch.zeros(2, t, 2, contract.face_size // 2, contract.face_size // 2)
+    tokens, pooled = det.branch(video, flow)
+    assert seen == [t // 2] and tokens.shape[:2] == (2, t) and pooled.shape[0] == 2
+    assert torch.equal(tokens[:, 0], tokens[:, 1])  # frame 1 shares frame 0's token
+    with pytest.raises(ValueError, match="frame_stride"):
+        create_detector("tiny_video", contract, frame_stride=0)
 
 
 def test_flow_is_upsampled_to_the_crop_in_crop_pixels():
@@ -48,7 +77,7 @@ def test_pretrained_rgb_backbone_loads_into_flow_model(tmp_path, contract, as_di
     src = timm.create_model("resnet10t", pretrained=False, num_classes=7, in_chans=3, **kw)  # with classifier
     path = tmp_path / "model.safetensors"
     save_file(src.state_dict(), str(path))
-    det = create_detector("tiny_video", contract, pretrained=tmp_path if as_dir else path)
+    det = create_detector("tiny_video", contract, highpass=False, pretrained=tmp_path if as_dir else path)
     w_src = src.get_submodule("conv1.0").weight
     w = _first_conv(det).weight
     assert torch.equal(w[:, :3], w_src)
