@@ -96,14 +96,21 @@ def start_run(run_name: str, root: Path | str = ".", tags: dict[str, str] | None
     import mlflow
 
     root = Path(root)
-    mlflow.set_tracking_uri(tracking_uri(root))
-    if mlflow.get_experiment_by_name(experiment) is None:
-        location = None
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
-            location = (root / "mlartifacts").resolve().as_uri()
-        mlflow.create_experiment(experiment, artifact_location=location)
-    mlflow.set_experiment(experiment)
-    all_tags = {"git_commit": git_commit(root) or "unknown", "data_dvc_md5": data_hash(root) or "unknown"}
-    all_tags.update(tags or {})
-    with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
-        yield Tracker(mlflow, run)
+    # MLflow 3 exports the URI given to set_tracking_uri to the environment; note what the
+    # user set, and put it back afterwards so a later run with another root is not misled.
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        mlflow.set_tracking_uri(tracking_uri(root))
+        if mlflow.get_experiment_by_name(experiment) is None:
+            location = None if user_uri else (root / "mlartifacts").resolve().as_uri()
+            mlflow.create_experiment(experiment, artifact_location=location)
+        mlflow.set_experiment(experiment)
+        all_tags = {"git_commit": git_commit(root) or "unknown", "data_dvc_md5": data_hash(root) or "unknown"}
+        all_tags.update(tags or {})
+        with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
+            yield Tracker(mlflow, run)
+    finally:
+        if user_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = user_uri
