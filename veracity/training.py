@@ -148,9 +148,11 @@ def _with_clip_columns(ds: WindowDataset, ids: np.ndarray, rest: dict[str, Any])
 
 
 def predict_levels(model: torch.nn.Module, ds: WindowDataset, device: torch.device, batch_size: int,
-                   amp: torch.dtype | None = None, pooling: str = "mean") -> dict[str, pd.DataFrame]:
+                   amp: torch.dtype | None = None, pooling: str = "mean",
+                   frames_too: bool = True) -> dict[str, pd.DataFrame]:
     """Logits at three levels: ``frame`` (per-frame scores, averaged where windows overlap;
-    empty for detectors without them), ``window`` and ``video`` (windows pooled per clip).
+    empty for detectors without them or when ``frames_too`` is False), ``window`` and
+    ``video`` (windows pooled per clip).
 
     Frames are indexed by their row in the clip's primary track (the sampled-frame order).
     """
@@ -165,7 +167,7 @@ def predict_levels(model: torch.nn.Module, ds: WindowDataset, device: torch.devi
                 out = model(batch)
             scores.append(out.logits.float().cpu().numpy())
             items.append(idx.numpy())
-            if out.frame_scores is not None and out.frame_scores.shape[1] == t:
+            if frames_too and out.frame_scores is not None and out.frame_scores.shape[1] == t:
                 frames.append(out.frame_scores.float().cpu().numpy())
     if not scores:
         empty = pd.DataFrame(columns=[*_CLIP_COLUMNS, "logit", "prob"])
@@ -192,7 +194,8 @@ def predict_levels(model: torch.nn.Module, ds: WindowDataset, device: torch.devi
 def predict(model: torch.nn.Module, ds: WindowDataset, device: torch.device, batch_size: int,
             amp: torch.dtype | None = None, pooling: str = "mean") -> pd.DataFrame:
     """Clip-level logits: window logits pooled per clip (``pooling``: see metrics.pool)."""
-    return predict_levels(model, ds, device, batch_size, amp, pooling)["video"]
+    # Per-epoch validation needs the clip scores only: skip the frame table.
+    return predict_levels(model, ds, device, batch_size, amp, pooling, frames_too=False)["video"]
 
 
 def _target_auc(pred: pd.DataFrame, member: MemberConfig) -> float:
