@@ -260,6 +260,105 @@ class EvaluateConfig(_Section):
     roles: dict[Literal["video", "audio", "fusion", "lipsync"], str] = {}
 
 
+class PoolingConfig(_Section):
+    """How one member's window scores become one video score (see ``metrics.pool``)."""
+
+    how: Literal["mean", "max", "topk", "softmax"] = "mean"
+    k: int = Field(4, ge=1)  # top-k mean: a short manipulated stretch is not diluted by the rest
+    beta: float = Field(5.0, gt=0)  # softmax pooling: log-mean-exp / beta (mean at 0, max at inf)
+
+
+class FusionConfig(_Section):
+    """How calibrated member probabilities become one probability."""
+
+    rule: Literal["weighted_mean", "stacking", "noisy_or"] = "stacking"
+    members: tuple[str, ...] = ()  # members fused (and bundled); empty = every trained member
+    weights: dict[str, float] = {}  # weighted_mean only; a missing member weighs 1
+    # L2 penalty of the logistic stacker: validation has ~90 clips for a handful of inputs.
+    stacking_l2: float = Field(1.0, ge=0)
+
+
+class ThresholdConfig(_Section):
+    """Three-way decision thresholds fitted on validation (REAL / UNCERTAIN / FAKE)."""
+
+    # Share of real validation clips that may be called FAKE.
+    target_fpr: float = Field(0.05, ge=0, lt=1)
+    # Share of all validation clips that land between the two thresholds.
+    target_uncertain: float = Field(0.10, ge=0, lt=1)
+
+
+class CalibrateConfig(_Section):
+    """Everything fitted on validation scores (``veracity calibrate``): pooling per member,
+    per-member calibrators, the fusion rule and the decision thresholds."""
+
+    pooling: dict[str, PoolingConfig] = {}  # member -> rule; a missing member pools by mean
+    # temperature | isotonic | auto (the one with the lower cross-validated Brier on val)
+    method: Literal["temperature", "isotonic", "auto"] = "auto"
+    folds: int = Field(5, ge=2)  # cross-validation folds for method=auto
+    n_bins: int = Field(10, ge=2)  # reliability diagram / ECE bins
+    fusion: FusionConfig = FusionConfig()
+    thresholds: ThresholdConfig = ThresholdConfig()
+
+
+class AttackConfig(_Section):
+    """Robustness sweeps and gradient attacks on held-out clips (``veracity attack``)."""
+
+    split: str = "test"
+    # Video corruptions: H.264 re-encode of the whole frame (then re-extraction) and
+    # corruptions applied to the extracted face crops.
+    crf: tuple[int, ...] = (23, 30, 35, 40)
+    jpeg_quality: tuple[int, ...] = (90, 50, 20)
+    downscale: tuple[float, ...] = (0.75, 0.5, 0.25)  # down by this factor, then back up
+    noise_sigma: tuple[float, ...] = (0.02, 0.05, 0.1)  # Gaussian noise, fraction of full range
+    blur_sigma: tuple[float, ...] = (0.5, 1.0, 2.0)  # Gaussian blur, pixels of the face crop
+    brightness: tuple[float, ...] = (-0.3, -0.15, 0.15, 0.3)  # added to [0, 1] pixels
+    # Audio corruptions.
+    snr_db: tuple[float, ...] = (30.0, 20.0, 10.0)
+    resample_hz: tuple[int, ...] = (8000,)  # down to this rate and back to the contract's
+    lowpass_hz: tuple[float, ...] = (4000.0, 2000.0)
+    gain_db: tuple[float, ...] = (-20.0, 10.0)
+    # Gradient attacks (L-inf): on face crops in [0, 1] pixel units, on the waveform in
+    # full-scale units. PGD is costly on CPU: it runs on the first `attack_clips` clips.
+    fgsm_eps: tuple[float, ...] = (0.5 / 255, 2 / 255)
+    pgd_eps: tuple[float, ...] = (0.5 / 255, 2 / 255)
+    pgd_steps: int = Field(5, ge=1)
+    audio_eps: tuple[float, ...] = (0.0005, 0.002)
+    attack_clips: int = Field(24, ge=2)
+    # The corruption and strength the promotion gate reads (AUC drop of the ensemble).
+    gate_corruption: str = "crf"
+    gate_strength: float = 35
+
+
+class EnsembleConfig(_Section):
+    """The shipped bundle (``veracity ensemble``)."""
+
+    onnx: bool = True  # export the members that ONNX can express, with a parity check
+    onnx_tolerance: float = Field(1e-4, gt=0)  # max abs logit difference accepted
+    # Evidence rules: a video without enough face or audio is ABSTAIN, never REAL.
+    min_face_ratio: float = Field(0.5, ge=0, le=1)
+    min_duration_s: float = Field(1.0, ge=0)
+    require_audio: bool = True  # members that listen cannot score a silent file
+
+
+class RegisterConfig(_Section):
+    """MLflow registration and the promotion gate (``veracity register``)."""
+
+    model_name: str = "veracity-detector"
+    # The candidate becomes champion only if its held-out AUC is not below the champion's
+    # (minus this margin), its ECE is within max_ece and its robustness drop within bound.
+    auc_margin: float = Field(0.0, ge=0)
+    max_ece: float = Field(0.03, gt=0)
+    max_robustness_drop: float = Field(0.05, gt=0)
+
+
+class AnalyzeConfig(_Section):
+    """``veracity analyze`` / the service: how a report is built."""
+
+    batch_size: int = Field(32, ge=1)
+    top_frames: int = Field(5, ge=1)  # most suspicious frames listed (and explained)
+    segment_merge: bool = True  # merge adjacent windows with the same call into one segment
+
+
 class Params(_Section):
     """The whole ``params.yaml``: one field per stage section."""
 
@@ -269,12 +368,20 @@ class Params(_Section):
     extract: ExtractConfig = ExtractConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    calibrate: CalibrateConfig = CalibrateConfig()
+    attack: AttackConfig = AttackConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")  # `register` is taken by ABCMeta
+    analyze: AnalyzeConfig = AnalyzeConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 S = TypeVar("S", bound=BaseModel)
+
+# Sections whose params.yaml name clashes with a pydantic/ABC attribute (field name + "_").
+_ALIASED = ("validate", "register")
 
 
 def parse_override(text: str, section: str | None = None) -> tuple[list[str], Any]:
@@ -288,7 +395,7 @@ def parse_override(text: str, section: str | None = None) -> tuple[list[str], An
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise ConfigError(f"override {text!r} has an empty key")
-    if section is not None and path[0] not in Params.model_fields and path[0] != "validate":
+    if section is not None and path[0] not in Params.model_fields and path[0] not in _ALIASED:
         path = [section, *path]
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
@@ -311,7 +418,7 @@ def _set_in(tree: dict[str, Any], path: list[str], value: Any) -> None:
 def _format_errors(exc: ValidationError, origin: str) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]).replace("validate_", "validate")
+        key = ".".join(str(p).removesuffix("_") if p in [f"{a}_" for a in _ALIASED] else str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             lines.append(f"{origin}: unknown key '{key}'")
         else:
@@ -362,7 +469,7 @@ def load_params(
 
 def section(params: Params, name: str) -> BaseModel:
     """Return one stage's section by its params.yaml name."""
-    return getattr(params, "validate_" if name == "validate" else name)
+    return getattr(params, f"{name}_" if name in _ALIASED else name)
 
 
 def to_plain(model: BaseModel, exclude: set[str] | None = None) -> dict[str, Any]:
