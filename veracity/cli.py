@@ -343,6 +343,42 @@ def evaluate(
             tracker.log_artifact(out, "evaluate")
 
 
+@app.command()
+@_user_errors
+def register(
+    bundle: Annotated[Path, typer.Option(help="Bundle directory written by `veracity ensemble`.")] = Path(
+        "models/bundle"
+    ),
+    out: Annotated[Path, typer.Option(help="Directory for summary.json and model_card.md.")] = Path(
+        "reports/register"
+    ),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Register the bundle in MLflow (alias challenger); promote it to champion if it passes the gate."""
+
+    from veracity.ensemble import BundleError
+    from veracity.tracking import register_bundle
+
+    loaded = load_params(params, set_ or (), "register")
+    cfg = section(loaded, "register")
+    if not (bundle / "bundle.json").is_file():
+        raise StageError(f"{bundle} holds no bundle.json (run `veracity ensemble` first)")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        res = register_bundle(bundle, cfg, card_out=out / "model_card.md")
+    except BundleError as exc:
+        raise StageError(str(exc)) from None
+    (out / "summary.json").write_text(json.dumps(res, indent=2, sort_keys=True))
+    write_resolved(cfg, out)
+    for reason in res["reasons"]:
+        typer.echo(f"  {reason}")
+    if res["promoted"]:
+        typer.echo(f"promoted to champion: version {res['version']}")
+    else:
+        typer.echo(f"stays challenger: version {res['version']} (champion is version {res['champion_version']})")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -1,0 +1,334 @@
+"""Registration: the promotion gate, aliases in a real MLflow registry, the model card, the CLI verb.
+
+Bundles are written by hand (small files + a ``bundle.json`` with their sha256s), so these
+tests exercise the registry and the gate, not the detectors. The analyzer that the pyfunc
+model loads is replaced by a stand-in that reads ``bundle.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from veracity.config import RegisterConfig
+from veracity.modelcard import NA, model_card
+from veracity.tracking import gate_metrics, promotion_gate, register_bundle, tracking_uri
+
+QUIET = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def make_bundle(path: Path, auc: float = 0.95, ece: float = 0.02, drop: float = 0.03) -> Path:
+    """A bundle directory with two members, one ONNX file and correct checksums."""
+    files = {
+        "members/video_specialist.safetensors": b"video weights " + str(auc).encode(),
+        "members/video_specialist.onnx": b"onnx graph",
+        "members/audio_specialist.safetensors": b"audio weights",
+    }
+    for rel, data in files.items():
+        (path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (path / rel).write_bytes(data)
+    spec = {
+        "format": "veracity-bundle",
+        "version": 1,
+        "contract": {"fps": 8, "face_size": 64, "sample_rate": 16000},
+        "members": [
+            {"name": "video_specialist", "detector": "video_specialist", "modality": "video",
+             "target": "video_label", "weights": "members/video_specialist.safetensors",
+             "onnx": "members/video_specialist.onnx", "pooling": {"how": "topk", "k": 4, "beta": 5.0},
+             "calibrator": {"method": "temperature", "temperature": 1.3}},
+            {"name": "audio_specialist", "detector": "audio_specialist", "modality": "audio",
+             "target": "audio_label", "weights": "members/audio_specialist.safetensors", "onnx": None,
+             "pooling": {"how": "mean"},
+             "calibrator": {"method": "isotonic", "isotonic": {"x": [0.0, 0.5, 1.0], "y": [0.0, 0.4, 1.0]}}},
+        ],
+        "fusion": {"rule": "stacking", "members": ["video_specialist", "audio_specialist"]},
+        "thresholds": {"real_below": 0.2, "fake_at": 0.7, "target_fpr": 0.05, "target_uncertain": 0.1,
+                       "val_fpr": 0.04, "val_uncertain": 0.09},
+        "metrics": {
+            "ensemble": {"test": {"auc": auc, "ece": ece, "brier": 0.03, "fpr": 0.04, "uncertain_rate": 0.1, "n": 88},
+                         "per_method": {"faceswap": {"auc": 0.981}, "lipsync": {"auc": 0.912}, "voice_clone": 0.933}},
+            "members": {"video_specialist": {"test": {"auc": 0.9, "ece_before": 0.1, "ece_after": 0.03}},
+                        "audio_specialist": {"test": {"auc": 0.85, "ece_before": 0.2, "ece_after": 0.04}}},
+        },
+        "robustness": {"gate": {"corruption": "crf", "strength": 35, "clean_auc": auc, "auc": auc - drop, "drop": drop},
+                       "worst": {"corruption": "noise", "strength": 0.1, "drop": 0.2}},
+        "lineage": {"git_commit": "abc123def", "data_dvc_md5": "d41d8cd98f00b204e9800998ecf8427e",
+                    "dvc_lock": {"train@video_specialist": "11112222", "train@audio_specialist": "33334444"},
+                    "mlflow_runs": {"video_specialist": "run-video-1", "audio_specialist": "run-audio-1"}},
+        "files": {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()},
+    }
+    (path / "bundle.json").write_text(json.dumps(spec, indent=2))
+    return path
+
+
+class _FakeReport:
+    def __init__(self, path: Path, spec: dict):
+        self.verdict, self.probability, self.reason = "FAKE", 0.875, None
+        self._d = {"path": str(path), "verdict": self.verdict, "probability": self.probability,
+                   "bundle_auc": spec["metrics"]["ensemble"]["test"]["auc"]}
+
+    def to_dict(self) -> dict:
+        return dict(self._d)
+
+
+class _FakeAnalyzer:
+    """Stands in for veracity.analyzer.Analyzer: reads bundle.json, calls everything FAKE."""
+
+    def __init__(self, bundle_dir: Path):
+        self.spec = json.loads((Path(bundle_dir) / "bundle.json").read_text())
+
+    def analyze(self, path: Path) -> _FakeReport:
+        return _FakeReport(path, self.spec)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One MLflow project root (SQLite store) for the module; each test uses its own model name."""
+    root = tmp_path_factory.mktemp("registry")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in QUIET.items():
+            mp.setenv(k, v)
+        # setenv then delenv: the variable is unset now and put back as it was afterwards.
+        mp.setenv("MLFLOW_TRACKING_URI", "unset")
+        mp.delenv("MLFLOW_TRACKING_URI")
+        fake = types.ModuleType("veracity.analyzer")
+        fake.Analyzer = _FakeAnalyzer  # type: ignore[attr-defined]
+        mp.setitem(sys.modules, "veracity.analyzer", fake)
+        yield root
+
+
+def _client(root: Path):
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(root)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _alias(client, name: str, alias: str) -> str:
+    return str(client.get_model_version_by_alias(name, alias).version)
+
+
+# ------------------------------------------------------------------------ promotion flow
+
+
+def test_better_bundles_become_champion_and_a_worse_one_stays_challenger(store: Path, tmp_path: Path) -> None:
+    cfg = RegisterConfig(model_name="flow")
+    a = register_bundle(make_bundle(tmp_path / "a", auc=0.95), cfg, root=store, card_out=tmp_path / "card.md")
+    assert (a["version"], a["promoted"], a["champion_version"], a["previous_champion_version"]) == ("1", True, "1", None)
+    assert a["champion"] is None and a["candidate"] == pytest.approx({"auc": 0.95, "ece": 0.02, "robustness_drop": 0.03})
+
+    b = register_bundle(make_bundle(tmp_path / "b", auc=0.97), cfg, root=store)
+    assert (b["version"], b["promoted"], b["champion_version"], b["previous_champion_version"]) == ("2", True, "2", "1")
+    assert b["champion"] == pytest.approx({"auc": 0.95, "ece": 0.02, "robustness_drop": 0.03})
+
+    c = register_bundle(make_bundle(tmp_path / "c", auc=0.90), cfg, root=store)
+    assert (c["version"], c["promoted"], c["champion_version"], c["previous_champion_version"]) == ("3", False, "2", "2")
+    assert any(r.startswith("FAIL auc") and "0.9000" in r and "0.9700" in r for r in c["reasons"])
+
+    client = _client(store)
+    assert _alias(client, "flow", "champion") == "2"
+    assert _alias(client, "flow", "challenger") == "3"
+    v3 = client.get_model_version("flow", "3")
+    assert v3.tags["gate"] == "failed" and "FAIL auc" in v3.tags["gate_reasons"]
+    assert client.get_model_version("flow", "2").tags["gate"] == "passed"
+    # The gate metrics live on the version's run, per-method AUCs included; the card is attached.
+    run = client.get_run(c["run_id"])
+    assert run.data.metrics["test_auc"] == pytest.approx(0.90)
+    assert run.data.metrics["test_auc.faceswap"] == pytest.approx(0.981)
+    assert run.data.metrics["test_auc.voice_clone"] == pytest.approx(0.933)
+    assert run.data.tags["stage"] == "register"
+    assert "model_card.md" in [f.path for f in client.list_artifacts(c["run_id"])]
+    assert "version 1" in (tmp_path / "card.md").read_text()
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def test_the_champion_alias_loads_the_champion_bundle_as_a_pyfunc(store: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    cfg = RegisterConfig(model_name="served")
+    register_bundle(make_bundle(tmp_path / "a", auc=0.95), cfg, root=store)
+    register_bundle(make_bundle(tmp_path / "b", auc=0.96), cfg, root=store)
+    register_bundle(make_bundle(tmp_path / "c", auc=0.91), cfg, root=store)  # stays challenger
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not really a video")
+    import pandas as pd
+
+    mlflow.set_tracking_uri(tracking_uri(store))
+    try:
+        model = mlflow.pyfunc.load_model("models:/served@champion")
+        out = model.predict(pd.DataFrame({"path": [str(clip), str(tmp_path / "missing.mp4")]}))
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    assert list(out.columns) == ["path", "verdict", "probability", "reason", "report"]
+    assert out["verdict"].tolist() == ["FAKE", "ABSTAIN"]
+    assert out["probability"].iloc[0] == pytest.approx(0.875) and pd.isna(out["probability"].iloc[1])
+    assert out["reason"].iloc[1] == "file_not_found"
+    assert json.loads(out["report"].iloc[0])["bundle_auc"] == pytest.approx(0.96)  # version 2's bundle
+    assert not list((store / "mlartifacts").rglob("*.pkl"))  # logged as code: nothing to unpickle
+    sig = model.metadata.signature
+    assert sig.inputs.input_names() == ["path"]
+    assert sig.outputs.input_names() == ["path", "verdict", "probability", "reason", "report"]
+
+
+def test_a_poorly_calibrated_candidate_is_not_promoted_despite_better_auc(store: Path, tmp_path: Path) -> None:
+    cfg = RegisterConfig(model_name="calib", max_ece=0.03)
+    assert register_bundle(make_bundle(tmp_path / "a", auc=0.95), cfg, root=store)["promoted"]
+    res = register_bundle(make_bundle(tmp_path / "b", auc=0.99, ece=0.05), cfg, root=store)
+    assert not res["promoted"] and res["champion_version"] == "1"
+    assert any(r.startswith("PASS auc") for r in res["reasons"])
+    assert any(r.startswith("FAIL ece") and "0.0500" in r for r in res["reasons"])
+    assert _alias(_client(store), "calib", "champion") == "1"
+
+
+def test_a_first_candidate_failing_the_gate_leaves_no_champion(store: Path, tmp_path: Path) -> None:
+    cfg = RegisterConfig(model_name="fragile")
+    res = register_bundle(make_bundle(tmp_path / "a", drop=0.2), cfg, root=store)
+    assert not res["promoted"] and res["champion_version"] is None
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException):
+        _client(store).get_model_version_by_alias("fragile", "champion")
+
+
+def test_a_tampered_bundle_is_refused_naming_the_file(store: Path, tmp_path: Path) -> None:
+    from veracity.ensemble import BundleError
+
+    bundle = make_bundle(tmp_path / "t")
+    (bundle / "members/audio_specialist.safetensors").write_bytes(b"audio weights, edited")
+    with pytest.raises(BundleError, match="members/audio_specialist.safetensors"):
+        register_bundle(bundle, RegisterConfig(model_name="tampered"), root=store)
+    (bundle / "members/audio_specialist.safetensors").unlink()
+    with pytest.raises(BundleError, match="members/audio_specialist.safetensors"):
+        register_bundle(bundle, RegisterConfig(model_name="tampered"), root=store)
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException):  # nothing was registered
+        _client(store).get_registered_model("tampered")
+
+
+# ---------------------------------------------------------------------------- the gate
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "margin", "passed"),
+    [
+        ({"auc": 0.8, "ece": 0.01, "robustness_drop": 0.01}, None, 0.0, True),  # no champion: AUC not compared
+        ({"auc": 0.95, "ece": 0.01, "robustness_drop": 0.01}, {"auc": 0.95}, 0.0, True),  # equal AUC passes
+        ({"auc": 0.9499, "ece": 0.01, "robustness_drop": 0.01}, {"auc": 0.95}, 0.0, False),
+        ({"auc": 0.96, "ece": 0.01, "robustness_drop": 0.01}, {"auc": 0.97}, 0.01, True),  # exactly at margin
+        ({"auc": 0.959, "ece": 0.01, "robustness_drop": 0.01}, {"auc": 0.97}, 0.01, False),
+        ({"auc": 0.99, "ece": 0.03, "robustness_drop": 0.05}, {"auc": 0.9}, 0.0, True),  # both limits inclusive
+        ({"auc": 0.99, "ece": 0.0301, "robustness_drop": 0.01}, {"auc": 0.9}, 0.0, False),
+        ({"auc": 0.99, "ece": 0.01, "robustness_drop": 0.0501}, {"auc": 0.9}, 0.0, False),
+        ({"auc": 0.99, "ece": 0.01, "robustness_drop": 0.01}, {"auc": None}, 0.0, True),  # champion AUC unknown
+        ({"auc": None, "ece": 0.01, "robustness_drop": 0.01}, None, 0.0, False),  # missing metric fails
+        ({"auc": 0.99, "ece": 0.01}, None, 0.0, False),
+    ],
+)
+def test_promotion_gate_boundaries(candidate: dict, champion: dict | None, margin: float, passed: bool) -> None:
+    cfg = RegisterConfig(auc_margin=margin, max_ece=0.03, max_robustness_drop=0.05)
+    ok, reasons = promotion_gate(candidate, champion, cfg)
+    assert ok is passed
+    assert len(reasons) == 3  # one sentence per check, passing ones included
+    assert [r.split()[1] for r in reasons] == ["auc:", "ece:", "robustness_drop:"]
+    assert all(r.startswith(("PASS", "FAIL")) for r in reasons)
+    assert any(r.startswith("FAIL") for r in reasons) is not passed
+
+
+def test_gate_reasons_give_the_figures() -> None:
+    cfg = RegisterConfig(auc_margin=0.01, max_ece=0.03, max_robustness_drop=0.05)
+    ok, reasons = promotion_gate({"auc": 0.9, "ece": 0.04, "robustness_drop": 0.02}, {"auc": 0.95}, cfg)
+    assert not ok
+    assert reasons[0] == "FAIL auc: 0.9000 < champion 0.9500 - margin 0.0100 = 0.9400"
+    assert reasons[1] == "FAIL ece: 0.0400 > max_ece 0.0300"
+    assert reasons[2] == "PASS robustness_drop: 0.0200 <= max_robustness_drop 0.0500"
+
+
+def test_gate_metrics_read_from_the_bundle(tmp_path: Path) -> None:
+    spec = json.loads((make_bundle(tmp_path, auc=0.93, ece=0.025, drop=0.04) / "bundle.json").read_text())
+    assert gate_metrics(spec) == pytest.approx({"auc": 0.93, "ece": 0.025, "robustness_drop": 0.04})
+    assert gate_metrics({}) == {"auc": None, "ece": None, "robustness_drop": None}
+
+
+# ---------------------------------------------------------------------------- model card
+
+
+def test_model_card_lists_members_methods_thresholds_and_lineage(tmp_path: Path) -> None:
+    spec = json.loads((make_bundle(tmp_path) / "bundle.json").read_text())
+    card = model_card(spec, extra={"model_name": "veracity-detector", "version": "4", "promoted": True,
+                                   "champion_version": "4", "reasons": ["PASS auc: 0.9500"]})
+    assert card.startswith("# Model card: veracity-detector")
+    assert "| video_specialist | video_specialist | video | video_label | topk (k=4, beta=5) | temperature (T=1.3) " \
+           "| 0.9 | 0.1 | 0.03 |" in card
+    assert "| audio_specialist | audio_specialist | audio | audio_label | mean | isotonic (3 knots) |" in card
+    assert "| faceswap | 0.981 |" in card and "| lipsync | 0.912 |" in card and "| voice_clone | 0.933 |" in card
+    assert "stacking" in card and "REAL below 0.2, FAKE at or above 0.7" in card
+    assert "| false-positive rate (REAL called FAKE) | 0.05 | 0.04 |" in card
+    assert "| gate | crf | 35 |" in card and "| worst | noise | 0.1 |" in card
+    assert "abc123def" in card and "d41d8cd98f00b204e9800998ecf8427e" in card
+    assert "| train@video_specialist | 11112222 |" in card and "| audio_specialist | run-audio-1 |" in card
+    assert "version 4" in card and "PASS auc: 0.9500" in card
+    assert "synthetic" in card and "validation" in card
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {},
+        {"members": [{"name": "m"}], "metrics": {"ensemble": {"test": {}}}},
+        {"members": "oops", "metrics": [], "thresholds": None, "robustness": {"gate": None}, "lineage": "x",
+         "fusion": 3, "data": {"splits": {"train": 10, "val": 5, "test": 5}}},
+        {"members": [None, {"name": "m", "pooling": "mean", "calibrator": {"method": "isotonic"}}],
+         "metrics": {"ensemble": {"per_method": {"faceswap": None, "lipsync": {"auc": float("nan")}}}}},
+    ],
+)
+def test_model_card_renders_missing_fields_as_na(spec: dict) -> None:
+    card = model_card(spec)
+    assert card.startswith("# Model card")
+    assert NA in card
+    for heading in ("## Members", "## AUC per manipulation method", "## Robustness", "## Lineage"):
+        assert heading in card
+
+
+# ------------------------------------------------------------------------------ CLI verb
+
+
+def test_cli_register_writes_summary_and_refuses_a_tampered_bundle(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from veracity.cli import app
+
+    monkeypatch.chdir(store)  # the store is ./mlflow.db
+    bundle, out = make_bundle(tmp_path / "bundle"), tmp_path / "out"
+    (tmp_path / "params.yaml").write_text("register:\n  model_name: ignored\n  max_ece: 0.03\n")
+    args = ["register", "--bundle", str(bundle), "--out", str(out), "--params", str(tmp_path / "params.yaml"),
+            "--set", "model_name=cli"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model_name"] == "cli" and summary["version"] == "1" and summary["promoted"] is True
+    assert "promoted to champion: version 1" in result.output
+    assert "PASS ece: 0.0200 <= max_ece 0.0300" in result.output
+    assert "video_specialist" in (out / "model_card.md").read_text()
+
+    worse = make_bundle(tmp_path / "worse", auc=0.5)
+    result = CliRunner().invoke(app, [*args[:2], str(worse), *args[3:]])
+    assert result.exit_code == 0, result.output
+    assert "stays challenger: version 2" in result.output
+
+    (bundle / "members/video_specialist.onnx").write_bytes(b"swapped graph")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "members/video_specialist.onnx" in result.output and "Traceback" not in result.output

@@ -1,0 +1,254 @@
+"""The model card of a bundle: a Markdown page written from ``bundle.json`` alone.
+
+``veracity register`` attaches it to the MLflow run and writes it next to the registration
+summary. Every figure comes from the bundle (metrics, thresholds, robustness, lineage), so
+the card describes exactly what is registered; a field the bundle lacks shows as ``n/a``.
+The layout follows Mitchell et al., "Model Cards for Model Reporting" (FAT* 2019).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+NA = "n/a"
+
+
+def _get(tree: Any, *keys: Any, default: Any = None) -> Any:
+    """``tree[k1][k2]...`` or ``default`` when any level is missing or not a mapping."""
+    node = tree
+    for key in keys:
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        else:
+            return default
+    return default if node is None else node
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or value == "":
+        return NA
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return NA if math.isnan(value) else f"{value:.{digits}g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_fmt(v, digits) for v in value) if value else NA
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v, digits)}" for k, v in value.items()) if value else NA
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    return _fmt(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    rows = list(rows)
+    if not rows:
+        rows = [[NA] * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _pooling(p: Any) -> str:
+    if not isinstance(p, dict):
+        return _fmt(p)
+    how = p.get("how", NA)
+    rest = {k: v for k, v in p.items() if k != "how"}
+    return f"{how} ({_fmt(rest)})" if rest else str(how)
+
+
+def _calibrator(c: Any) -> str:
+    if not isinstance(c, dict):
+        return _fmt(c)
+    method = c.get("method") or NA
+    if method == "temperature" and c.get("temperature") is not None:
+        return f"temperature (T={_fmt(c['temperature'], 3)})"
+    if method == "isotonic":
+        knots = len(_get(c, "isotonic", "x", default=[]) or [])
+        return f"isotonic ({knots} knots)" if knots else "isotonic"
+    return str(method)
+
+
+def _auc(value: Any) -> Any:
+    """A per-method entry is either ``{"auc": x, ...}`` or the AUC itself."""
+    return value.get("auc") if isinstance(value, dict) else value
+
+
+def _members(bundle: dict) -> list[dict]:
+    members = bundle.get("members") if isinstance(bundle, dict) else None
+    return [m for m in members if isinstance(m, dict)] if isinstance(members, list) else []
+
+
+def model_card(bundle: dict, extra: dict | None = None) -> str:
+    """Render the model card of a bundle.
+
+    Args:
+        bundle: the parsed ``bundle.json``; any field may be missing.
+        extra: registration facts to show on top (``model_name``, ``version``, ``run_id``,
+            ``promoted``, ``champion_version``, ``reasons``), and an optional ``title``.
+
+    Returns:
+        The card as Markdown (ends with a newline).
+    """
+    bundle = bundle if isinstance(bundle, dict) else {}
+    extra = extra or {}
+    metrics = _get(bundle, "metrics", default={})
+    ens_test = _get(metrics, "ensemble", "test", default={})
+    members = _members(bundle)
+    title = extra.get("title") or f"Model card: {extra.get('model_name') or 'veracity-detector'}"
+    out: list[str] = [f"# {title}", ""]
+    out.append(
+        "Multimodal deepfake video detector: an ensemble of face, motion and voice members whose "
+        "calibrated scores are fused into one probability and a verdict FAKE, UNCERTAIN, REAL or "
+        "ABSTAIN."
+    )
+    out.append("")
+
+    if any(k in extra for k in ("model_name", "version", "run_id", "promoted", "reasons")):
+        out += ["## Registration", ""]
+        promoted = extra.get("promoted")
+        status = NA if promoted is None else ("champion" if promoted else "challenger (gate failed)")
+        out += [
+            f"- Registered model: {_fmt(extra.get('model_name'))}, version {_fmt(extra.get('version'))}",
+            f"- Status: {status}; champion version {_fmt(extra.get('champion_version'))}",
+            f"- MLflow run: {_fmt(extra.get('run_id'))}",
+        ]
+        reasons = extra.get("reasons") or []
+        if reasons:
+            out.append("- Promotion gate:")
+            out += [f"  - {r}" for r in reasons]
+        out.append("")
+
+    source = _get(bundle, "data", "source", default=_get(bundle, "contract", "source"))
+    out += [
+        "## Intended use and limits",
+        "",
+        "- Use: flag video files (face on screen, speech on the track) whose face, motion or voice "
+        "looks manipulated, as a triage aid for a human reviewer.",
+        "- Training data: "
+        + (
+            f"`{source}` corpus." if source and source != "synthetic"
+            else "by default the project's procedural synthetic audio-visual corpus (face swap, "
+            "reenactment, lip-sync, cloned and vocoded voices). Figures below describe that corpus; "
+            "accuracy on real footage is unknown until the model is evaluated on a real dataset."
+        ),
+        "- Probabilities are calibrated, and thresholds chosen, on the validation split; the figures "
+        "are measured on the held-out test split, whose identities appear in no other split.",
+        "- A file without enough face or audio evidence is ABSTAIN (with a reason), never REAL.",
+        "- Not for: sole evidence in legal, journalistic or identity decisions; manipulation "
+        "families absent from training; still images.",
+        "",
+    ]
+
+    out += ["## Data", ""]
+    splits = _get(bundle, "data", "splits", default=None) or _get(bundle, "data", "split_sizes", default=None)
+    if isinstance(splits, dict) and splits:
+        out += _table(["split", "clips"], [[k, v] for k, v in splits.items()])
+    else:
+        out.append(f"- Split sizes: {NA}")
+    out.append("")
+    out.append(f"- Test clips scored by the ensemble: {_fmt(_get(ens_test, 'n'))}")
+    out.append(f"- Raw corpus (DVC md5): {_fmt(_get(bundle, 'lineage', 'data_dvc_md5'))}")
+    contract = _get(bundle, "contract", default={})
+    if isinstance(contract, dict) and contract:
+        keys = [k for k in ("fps", "frames_per_window", "face_size", "sample_rate", "audio_seconds") if k in contract]
+        shown = {k: contract[k] for k in keys} if keys else contract
+        out.append(f"- Data contract: {_fmt(shown)}")
+    else:
+        out.append(f"- Data contract: {NA}")
+    out.append("")
+
+    out += ["## Members", ""]
+    rows = []
+    for m in members:
+        name = m.get("name")
+        mtest = _get(metrics, "members", name, "test", default={})
+        rows.append([
+            name, m.get("detector"), m.get("modality"), m.get("target"), _pooling(m.get("pooling")),
+            _calibrator(m.get("calibrator")), _get(mtest, "auc"), _get(mtest, "ece_before"),
+            _get(mtest, "ece_after", default=_get(mtest, "ece")),
+        ])
+    out += _table(
+        ["member", "detector", "modality", "target", "pooling", "calibrator", "test AUC", "ECE before", "ECE after"],
+        rows,
+    )
+    out.append("")
+
+    fusion = _get(bundle, "fusion", default={})
+    th = _get(bundle, "thresholds", default={})
+    out += ["## Fusion and thresholds", ""]
+    out.append(f"- Fusion rule: {_fmt(_get(fusion, 'rule'))} over {_fmt(_get(fusion, 'members'))}")
+    out.append(
+        f"- Verdict: REAL below {_fmt(_get(th, 'real_below'))}, FAKE at or above {_fmt(_get(th, 'fake_at'))}, "
+        "UNCERTAIN in between (ABSTAIN when evidence is missing)."
+    )
+    out.append("")
+    out += _table(
+        ["", "target", "validation"],
+        [
+            ["false-positive rate (REAL called FAKE)", _get(th, "target_fpr"), _get(th, "val_fpr")],
+            ["uncertain rate", _get(th, "target_uncertain"), _get(th, "val_uncertain")],
+        ],
+    )
+    out.append("")
+
+    out += ["## Held-out performance (test split)", ""]
+    out += _table(
+        ["AUC", "ECE", "Brier", "FPR", "uncertain rate", "clips"],
+        [[_get(ens_test, k) for k in ("auc", "ece", "brier", "fpr", "uncertain_rate", "n")]],
+    )
+    out.append("")
+
+    out += ["## AUC per manipulation method", ""]
+    per_method = _get(metrics, "ensemble", "per_method", default={})
+    out += _table(
+        ["method", "AUC"],
+        [[k, _auc(v)] for k, v in sorted(per_method.items())] if isinstance(per_method, dict) else [],
+    )
+    out.append("")
+
+    out += ["## Calibration", ""]
+    out.append(
+        f"- Ensemble on test: ECE {_fmt(_get(ens_test, 'ece'))}, Brier {_fmt(_get(ens_test, 'brier'))}. "
+        "Each member's calibrator was fitted on validation scores only."
+    )
+    for m in members:
+        mtest = _get(metrics, "members", m.get("name"), "test", default={})
+        out.append(
+            f"- {_fmt(m.get('name'))}: {_calibrator(m.get('calibrator'))}; ECE {_fmt(_get(mtest, 'ece_before'))} "
+            f"before, {_fmt(_get(mtest, 'ece_after', default=_get(mtest, 'ece')))} after"
+        )
+    out.append("")
+
+    gate = _get(bundle, "robustness", "gate", default={})
+    worst = _get(bundle, "robustness", "worst", default={})
+    out += ["## Robustness", ""]
+    out += _table(
+        ["", "corruption", "strength", "clean AUC", "AUC", "AUC drop"],
+        [
+            ["gate", _get(gate, "corruption"), _get(gate, "strength"), _get(gate, "clean_auc"), _get(gate, "auc"),
+             _get(gate, "drop")],
+            ["worst", _get(worst, "corruption"), _get(worst, "strength"), _get(worst, "clean_auc"),
+             _get(worst, "auc"), _get(worst, "drop")],
+        ],
+    )
+    out.append("")
+
+    lineage = _get(bundle, "lineage", default={})
+    out += ["## Lineage", ""]
+    out.append(f"- Git commit: {_fmt(_get(lineage, 'git_commit'))}")
+    out.append(f"- Raw corpus (data.dvc md5): {_fmt(_get(lineage, 'data_dvc_md5'))}")
+    out.append(f"- Bundle format: {_fmt(bundle.get('format'))} v{_fmt(bundle.get('version'))}")
+    out.append("")
+    stages = _get(lineage, "dvc_lock", default={})
+    out += _table(["DVC stage", "md5"], sorted(stages.items()) if isinstance(stages, dict) else [])
+    out.append("")
+    runs = _get(lineage, "mlflow_runs", default={})
+    out += _table(["MLflow run of", "run id"], sorted(runs.items()) if isinstance(runs, dict) else [])
+    out.append("")
+    return "\n".join(out)
