@@ -312,6 +312,81 @@ def train(
 
 @app.command()
 @_user_errors
+def calibrate(
+    models: Annotated[Path, typer.Option(help="Directory holding one folder per trained member.")] = Path("models"),
+    out: Annotated[Path, typer.Option(help="Directory for calibration.json.")] = Path("models/calibration"),
+    reports: Annotated[Path, typer.Option(help="Directory for metrics, reliability and scores.")] = Path(
+        "reports/calibrate"),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Fit pooling, per-member calibrators, fusion and REAL/UNCERTAIN/FAKE thresholds on validation."""
+    from veracity.calibration import calibrate as run_calibrate
+
+    loaded = load_params(params, set_ or (), "calibrate")
+    try:
+        rep = run_calibrate(models, loaded.train.members, loaded.calibrate, out, reports)
+    except (FileNotFoundError, ValueError) as exc:
+        raise StageError(str(exc)) from None
+    write_resolved(loaded.calibrate, out)
+    typer.echo("member             method       ECE test before -> after   Brier before -> after   target AUC")
+    for name, m in rep["members"].items():
+        t = m["test"]
+        typer.echo(f"{name:18s} {m['method']:12s} {t['ece_before']:.4f} -> {t['ece_after']:.4f}"
+                   f"          {t['brier_before']:.4f} -> {t['brier_after']:.4f}        {t['auc']:.4f}")
+    e = rep["ensemble"]
+    typer.echo(f"fusion {e['rule']}: val AUC {e['val']['auc']:.4f}, test AUC {e['test']['auc']:.4f}, "
+               f"test ECE {e['test']['ece']:.4f}")
+    th = e["thresholds"]
+    typer.echo(f"thresholds: REAL < {th['real_below']:.4f} <= UNCERTAIN < {th['fake_at']:.4f} <= FAKE; "
+               f"val FPR {th['val_fpr']:.4f} (target {th['target_fpr']:g}), "
+               f"val uncertain {th['val_uncertain_rate']:.4f} (target {th['target_uncertain']:g})")
+
+
+@app.command()
+@_user_errors
+def ensemble(
+    models: Annotated[Path, typer.Option(help="Directory holding one folder per trained member.")] = Path("models"),
+    calibration: Annotated[Path, typer.Option(help="calibration.json from `veracity calibrate`.")] = Path(
+        "models/calibration/calibration.json"),
+    features: Annotated[Path, typer.Option(help="Extracted features (test split scored).")] = Path("data/features"),
+    robustness: Annotated[Path | None, typer.Option(help="summary.json from `veracity attack`.")] = Path(
+        "reports/attack/summary.json"),
+    out: Annotated[Path, typer.Option(help="Bundle directory to write.")] = Path("models/bundle"),
+    reports: Annotated[Path, typer.Option(help="Directory for metrics.json and scores.csv.")] = Path(
+        "reports/ensemble"),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Assemble the bundle, score the test split through it, export ONNX, save and verify."""
+    import logging
+
+    from veracity.ensemble import BundleError, build_bundle
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    loaded = load_params(params, set_ or (), "ensemble")
+    for path in (calibration, robustness):
+        if path is not None and not path.is_file():
+            raise StageError(f"{path} does not exist; run the stage that writes it first (dvc repro)")
+    try:
+        res = build_bundle(models, calibration, features, loaded.ensemble, loaded.extract, out, reports,
+                           robustness=robustness, calibrate_report=Path("reports/calibrate/metrics.json")
+                           if Path("reports/calibrate/metrics.json").is_file() else None)
+    except (BundleError, FileNotFoundError, ValueError) as exc:
+        raise StageError(str(exc)) from None
+    ens = res["ensemble"]["test"]
+    typer.echo(f"bundle written to {out}: test AUC {ens['auc']:.4f}, ECE {ens['ece']:.4f}, FPR {ens['fpr']:.4f}, "
+               f"uncertain {ens['uncertain_rate']:.4f} ({ens['n']} clips)")
+    typer.echo("test AUC per method: " + ", ".join(f"{k} {v['auc']:.3f}" for k, v in res["ensemble"]["per_method"].items()))
+    typer.echo("members: " + ", ".join(f"{k} {v['test']['auc']:.3f}" for k, v in res["members"].items()))
+    if "onnx" in res:
+        typer.echo("ONNX parity (max abs logit diff): " + ", ".join(f"{k} {v:.2g}" for k, v in res["onnx"].items()))
+    for c in res["_checks"]:
+        typer.echo(f"  {'PASS' if c.passed else 'FAIL'} {c.name}: {c.value:.4f} (needs {c.kind} {c.bound})")
+
+
+@app.command()
+@_user_errors
 def evaluate(
     models: Annotated[Path, typer.Option(help="Directory holding one folder per trained member.")] = Path("models"),
     out: Annotated[Path, typer.Option(help="Directory for metrics.json, tables and plots.")] = Path("reports/evaluate"),

@@ -338,6 +338,11 @@ class EnsembleConfig(_Section):
     min_face_ratio: float = Field(0.5, ge=0, le=1)
     min_duration_s: float = Field(1.0, ge=0)
     require_audio: bool = True  # members that listen cannot score a silent file
+    # Quality bars the stage prints (PASS/FAIL) for the held-out split.
+    min_auc: float = Field(0.98, ge=0, le=1)
+    max_ece: float = Field(0.03, gt=0)
+    fpr_tolerance: float = Field(0.005, ge=0)  # |validation FPR - target| allowed
+    max_gate_drop: float = Field(0.05, gt=0)  # ensemble AUC drop under attack.gate_* allowed
 
 
 class RegisterConfig(_Section):

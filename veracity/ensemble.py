@@ -611,3 +611,160 @@ def _json_default(obj: object) -> object:
     if isinstance(obj, tuple | set):
         return list(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+@dataclass(frozen=True)
+class QualityCheck:
+    """One printed quality bar of the ensemble stage."""
+
+    name: str
+    value: float
+    bound: float
+    kind: str  # ">=", "<=", "within"
+
+    @property
+    def passed(self) -> bool:
+        if not math.isfinite(self.value):
+            return False
+        return self.value >= self.bound if self.kind == ">=" else self.value <= self.bound
+
+
+def window_table(bundle: Bundle, clips: Sequence[Any], batch_size: int = 32) -> pd.DataFrame:
+    """Every member's logit for every window of ``clips``, through the bundle's forward."""
+    from torch.utils.data import DataLoader
+
+    from veracity.data import WindowDataset, collate
+
+    ds = WindowDataset(clips, bundle.contract)
+    rows: list[pd.DataFrame] = []
+    for batch, idx in DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate):
+        logits = bundle.window_logits(batch)
+        info = [ds.item_clip(int(i)) for i in idx]
+        base = pd.DataFrame({"video_id": [c.video_id for c in info], "start": [ds.item_start(int(i)) for i in idx],
+                             "split": [c.split for c in info], "method": [c.method for c in info],
+                             "label": [c.label for c in info], "video_label": [c.video_label for c in info],
+                             "audio_label": [c.audio_label for c in info]})
+        for name, z in logits.items():
+            rows.append(base.assign(member=name, logit=z.astype(np.float64)))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def _method_aucs(table: pd.DataFrame, col: str) -> dict[str, dict[str, float]]:
+    from veracity import metrics
+
+    real = table[table["method"] == "real"]
+    out = {}
+    for method in sorted(set(table["method"]) - {"real"}):
+        part = pd.concat([real, table[table["method"] == method]])
+        out[method] = {"auc": metrics.roc_auc(part["label"], part[col]), "n_fake": int((table["method"] == method).sum())}
+    return out
+
+
+def build_bundle(models: Path | str, calibration: Path | str, features: Path | str, cfg: Any, extract_cfg: Any,
+                 out: Path | str, reports: Path | str, robustness: Path | str | None = None,
+                 calibrate_report: Path | str | None = None, root: Path | str = ".") -> dict[str, Any]:
+    """The ``ensemble`` stage: assemble, evaluate on the test split, export, save, verify.
+
+    The test-split scores come from the bundle's own forward pass (not the training
+    predictions), so what is measured is what ships; they are also compared with the
+    training run's window predictions as a consistency check.
+
+    Returns:
+        The metrics written to ``reports/metrics.json`` (with the quality checks).
+    """
+    from veracity import metrics
+    from veracity.config import to_plain
+    from veracity.data import collate, load_clips
+    from veracity.tracking import data_hash
+
+    models, out, reports = Path(models), Path(out), Path(reports)
+    cal = json.loads(Path(calibration).read_text())
+    bundle = Bundle.assemble(models, cal, Evidence(cfg.min_face_ratio, cfg.min_duration_s, cfg.require_audio))
+    clips = load_clips(features, ["test"], extract_cfg.usable_statuses)
+    if not clips:
+        raise BundleError(f"no usable test clips under {features}")
+    windows = window_table(bundle, clips)
+    consistency = {}
+    for name in bundle.names:
+        ref = pd.read_csv(models / name / "predictions_window.csv")
+        both = windows[windows["member"] == name].merge(ref[ref["split"] == "test"], on=["video_id", "start"],
+                                                         suffixes=("", "_train"))
+        consistency[name] = float(np.max(np.abs(both["logit"] - both["logit_train"]))) if len(both) else math.nan
+    table = bundle.score_table(windows)
+    y = table["label"].to_numpy(np.float64)
+    p = table["prob"].to_numpy()
+    th = bundle.thresholds
+    member_auc = {n: metrics.roc_auc(y, table[f"p_{n}"]) for n in bundle.names}
+    ens = {"auc": metrics.roc_auc(y, p), "ap": metrics.average_precision(y, p), "ece": metrics.ece(y, p, 10),
+           "brier": metrics.brier(y, p), **th.rates(p, y)}
+    cal_report = json.loads(Path(calibrate_report).read_text()) if calibrate_report else {}
+    rob = json.loads(Path(robustness).read_text()) if robustness else {}
+    gate = rob.get("gate", {})
+    member_metrics = {n: {"test": {"auc": member_auc[n],
+                                   **{k: v for k, v in cal_report.get("members", {}).get(n, {}).get("test", {}).items()
+                                      if k != "auc"},
+                                   "target_auc": cal_report.get("members", {}).get(n, {}).get("test", {}).get("auc")},
+                          "consistency_max_abs_logit_diff": consistency[n]} for n in bundle.names}
+    result = {"ensemble": {"test": ens, "val": {k[4:]: v for k, v in th.to_dict().items() if k.startswith("val_")},
+                           "per_method": _method_aucs(table, "prob")},
+              "members": member_metrics}
+    best = max(bundle.names, key=lambda n: member_auc[n])
+    checks = [
+        QualityCheck(f"ensemble test AUC >= best member ({best}, {member_auc[best]:.4f})", ens["auc"], member_auc[best], ">="),
+        QualityCheck("ensemble test AUC", ens["auc"], cfg.min_auc, ">="),
+        QualityCheck("ensemble test ECE after calibration", ens["ece"], cfg.max_ece, "<="),
+        QualityCheck(f"|validation FPR - target {th.target_fpr:g}|", abs(th.val.get("fpr", math.nan) - th.target_fpr),
+                     cfg.fpr_tolerance, "<="),
+        QualityCheck(f"ensemble AUC drop under {gate.get('corruption', '?')} {gate.get('strength', '?')}",
+                     float(gate.get("drop", math.nan)), cfg.max_gate_drop, "<="),
+    ]
+    result["checks"] = [{"name": c.name, "value": c.value, "bound": c.bound, "kind": c.kind, "passed": c.passed}
+                        for c in checks]
+    lineage = {"data_dvc_md5": data_hash(root), "dvc_lock": _member_hashes(Path(root) / "dvc.lock", bundle.names)}
+    splits = pd.read_csv(Path(features) / "index.csv")
+    data = {"clips_by_split": {str(k): int(v) for k, v in splits["split"].value_counts().sort_index().items()}}
+    example, _ = collate([_first_windows(clips, bundle.contract, 4)[i] for i in range(4)])
+    bundle.save(out, extra={"extract": to_plain(extract_cfg, exclude={"workers"}), "metrics": result,
+                            "robustness": rob, "lineage": lineage, "data": data},
+                onnx=cfg.onnx, onnx_tolerance=cfg.onnx_tolerance, example=example)
+    reloaded = Bundle.load(out)  # checksums verified on the written files
+    ref_logits = bundle.window_logits(example)
+    got = reloaded.window_logits(example)
+    result["reload_max_abs_logit_diff"] = max(float(np.max(np.abs(got[n] - ref_logits[n]))) for n in bundle.names)
+    onnx_members = [m["name"] for m in reloaded.spec["members"] if m.get("onnx")]
+    if onnx_members:
+        via_onnx = Bundle.load(out, runtime="onnx").window_logits(example)
+        result["onnx"] = {n: float(np.max(np.abs(via_onnx[n] - ref_logits[n]))) for n in onnx_members}
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "metrics.json").write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
+    table.to_csv(reports / "scores.csv", index=False, float_format="%.6g")
+    result["_checks"] = checks
+    return result
+
+
+def _first_windows(clips: Sequence[Any], contract: DataContract, n: int) -> Any:
+    from veracity.data import WindowDataset
+
+    ds = WindowDataset(list(clips)[: max(1, n)], contract)
+    if len(ds) < n:
+        raise BundleError(f"need {n} windows for the export example, the test split has {len(ds)}")
+    return ds
+
+
+def _member_hashes(lock: Path, names: Sequence[str]) -> dict[str, str]:
+    """The md5 that dvc.lock records for each member's model directory."""
+    import yaml
+
+    if not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    found = {}
+    for stage, body in stages.items():
+        for o in body.get("outs", []) or []:
+            path = str(o.get("path", ""))
+            if path.startswith("models/") and path.split("/", 1)[1] in names:
+                found[stage] = o.get("md5")
+    return dict(sorted(found.items()))

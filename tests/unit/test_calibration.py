@@ -1,0 +1,106 @@
+"""Pooling, temperature scaling and isotonic calibration (veracity.calibration)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from veracity import metrics
+from veracity.calibration import (
+    PROB_EPS,
+    Calibrator,
+    Pooling,
+    cross_validated_brier,
+    fit_calibrator,
+    fit_isotonic,
+    fit_temperature,
+    logit,
+    sigmoid,
+    target_mask,
+)
+
+
+def _overconfident(n=400, scale=4.0, seed=0):
+    """Labels drawn from sigmoid(z) but reported as scale * z: a model that is too sure."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, n)
+    y = (rng.random(n) < sigmoid(z)).astype(float)
+    return scale * z, y
+
+
+def test_pooling_rules_match_metrics_pool():
+    s = np.array([0.0, 1.0, 5.0, -2.0])
+    assert Pooling("mean").one(s) == pytest.approx(1.0)
+    assert Pooling("max").one(s) == pytest.approx(5.0)
+    assert Pooling("topk", k=2).one(s) == pytest.approx(3.0)
+    soft = Pooling("softmax", beta=5.0).one(s)
+    assert Pooling("mean").one(s) < soft < 5.0
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        Pooling("median")
+    with pytest.raises(ValueError, match="empty"):
+        Pooling("mean").one([])
+
+
+def test_pooling_round_trips_through_json():
+    p = Pooling("softmax", k=3, beta=2.5)
+    assert Pooling.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+
+
+def test_temperature_scaling_recovers_the_overconfidence_factor():
+    z, y = _overconfident(4000, scale=4.0)
+    cal = fit_temperature(z, y)
+    assert cal.temperature == pytest.approx(4.0, rel=0.15)
+    assert metrics.ece(y, cal.prob(z), 10) < metrics.ece(y, sigmoid(z), 10)
+    # Temperature keeps the ranking: AUC is unchanged.
+    assert metrics.roc_auc(y, cal.prob(z)) == pytest.approx(metrics.roc_auc(y, z))
+
+
+def test_isotonic_is_monotone_and_stored_as_breakpoints():
+    z, y = _overconfident(600)
+    cal = fit_isotonic(z, y)
+    grid = np.linspace(z.min() - 5, z.max() + 5, 500)
+    p = cal.prob(grid)
+    assert np.all(np.diff(p) >= 0)
+    assert p.min() >= PROB_EPS and p.max() <= 1 - PROB_EPS
+    back = Calibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    np.testing.assert_allclose(back.prob(grid), p)
+
+
+def test_calibrator_rejects_bad_parameters():
+    with pytest.raises(ValueError, match="temperature"):
+        Calibrator("temperature", temperature=0.0)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        Calibrator("isotonic", x=(0.0, 1.0), y=(0.9, 0.1))
+    with pytest.raises(ValueError, match="unknown calibration method"):
+        Calibrator("platt")
+
+
+def test_fit_needs_both_classes():
+    with pytest.raises(ValueError, match="both classes"):
+        fit_temperature([0.1, 0.2, 0.3], [1, 1, 1])
+
+
+def test_auto_picks_the_lower_cross_validated_brier():
+    z, y = _overconfident(300, scale=3.0, seed=1)
+    cal, cv = fit_calibrator(z, y, "auto", folds=5)
+    assert set(cv) == {"temperature", "isotonic"}
+    assert cal.method == min(cv, key=cv.get)
+    assert cv[cal.method] == pytest.approx(cross_validated_brier(z, y, cal.method, 5))
+
+
+def test_auto_falls_back_to_temperature_with_too_few_of_a_class():
+    z = np.array([-2.0, -1.0, 0.5, 3.0, 2.0])
+    y = np.array([0, 0, 0, 0, 1.0])
+    cal, cv = fit_calibrator(z, y, "auto")
+    assert cal.method == "temperature" and cv == {}
+
+
+def test_logit_stays_finite_at_the_edges():
+    assert np.all(np.isfinite(logit(np.array([0.0, 1.0, 0.5]))))
+    assert sigmoid(np.array([-1000.0, 1000.0])).tolist() == [0.0, 1.0]
+
+
+def test_target_mask_keeps_reals_and_target_methods():
+    m = target_mask(["real", "lipsync", "faceswap"], ("lipsync",))
+    assert m.tolist() == [True, True, False]
+    assert target_mask(["real", "faceswap"], None).all()

@@ -1,0 +1,133 @@
+"""Fusion rules, three-way thresholds, agreement and bundle checksums (veracity.ensemble)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from veracity.calibration import Calibrator, sigmoid
+from veracity.ensemble import (
+    BundleError,
+    Fusion,
+    Thresholds,
+    agreement,
+    calibrate_torch,
+    fit_fusion,
+    fit_stacking,
+    fit_thresholds,
+    sha256_file,
+    verify_bundle,
+)
+
+
+def test_noisy_or_and_weighted_mean():
+    p = np.array([[0.5, 0.5], [0.0, 0.9]])
+    nor = Fusion("noisy_or", ("a", "b"))
+    np.testing.assert_allclose(nor.raw(p), [0.75, 0.9])
+    wm = Fusion("weighted_mean", ("a", "b"), weights=(3.0, 1.0))
+    np.testing.assert_allclose(wm.raw(p), [0.5, 0.225])
+
+
+def test_stacking_learns_to_trust_the_informative_member():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500).astype(float)
+    good = sigmoid(3 * (2 * y - 1) + rng.normal(0, 1, 500))
+    noise = rng.random(500)
+    coef, _ = fit_stacking(np.c_[good, noise], y, l2=1.0)
+    assert coef[0] > 0.5 and abs(coef[1]) < 0.2
+
+
+def test_fit_fusion_rules_and_json_round_trip():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200).astype(float)
+    probs = np.c_[sigmoid(2 * (2 * y - 1) + rng.normal(0, 1, 200)), rng.random(200)]
+    for rule in ("stacking", "noisy_or", "weighted_mean"):
+        f = fit_fusion(probs, y, ["a", "b"], rule)
+        back = Fusion.from_dict(json.loads(json.dumps(f.to_dict())))
+        np.testing.assert_allclose(back.prob(probs), f.prob(probs))
+        # The torch path (gradient attacks) computes the same probabilities.
+        np.testing.assert_allclose(f.prob_torch(torch.tensor(probs)).numpy(), f.prob(probs), atol=1e-6)
+
+
+def test_fusion_validates_its_shape():
+    with pytest.raises(ValueError, match="one weight per member"):
+        Fusion("weighted_mean", ("a", "b"), weights=(1.0,))
+    with pytest.raises(ValueError, match="member columns"):
+        Fusion("noisy_or", ("a", "b")).raw(np.ones((2, 3)) * 0.5)
+
+
+def test_isotonic_torch_matches_numpy():
+    cal = Calibrator("isotonic", x=(-2.0, 0.0, 1.0, 3.0), y=(0.05, 0.2, 0.6, 0.95))
+    z = np.linspace(-4, 4, 41)
+    np.testing.assert_allclose(calibrate_torch(cal, torch.tensor(z)).numpy(), cal.prob(z), atol=1e-9)
+
+
+def test_thresholds_hit_the_fpr_target_exactly_when_it_is_a_whole_count():
+    rng = np.random.default_rng(2)
+    p_real, p_fake = rng.beta(2, 5, 40), rng.beta(5, 2, 60)
+    p = np.r_[p_real, p_fake]
+    y = np.r_[np.zeros(40), np.ones(60)]
+    th = fit_thresholds(p, y, target_fpr=0.05, target_uncertain=0.10)
+    assert th.val["fpr"] == pytest.approx(0.05)  # 2 of 40
+    assert th.val["uncertain_rate"] == pytest.approx(0.10)
+    assert th.real_below <= th.fake_at
+    assert th.verdict(th.fake_at) == "FAKE" and th.verdict(th.real_below - 1e-9) == "REAL"
+
+
+def test_thresholds_never_exceed_the_fpr_target():
+    y = np.r_[np.zeros(24), np.ones(10)]
+    p = np.r_[np.linspace(0, 0.6, 24), np.linspace(0.4, 1, 10)]
+    th = fit_thresholds(p, y, 0.05, 0.0)
+    assert th.val["fpr"] <= 0.05  # 1/24 is the largest step under 5%
+    assert th.real_below == th.fake_at  # no uncertain band asked for
+
+
+def test_thresholds_round_trip_and_validate():
+    th = Thresholds(0.2, 0.7, val={"fpr": 0.05})
+    assert Thresholds.from_dict(th.to_dict()) == th
+    with pytest.raises(ValueError, match="real_below <= fake_at"):
+        Thresholds(0.8, 0.3)
+
+
+def test_agreement_scores():
+    mods = {"v": "video", "a": "audio", "s": "av"}
+    a = agreement({"v": 0.9, "a": 0.1, "s": 0.8}, 0.85, mods)
+    assert a["model_agreement"] == pytest.approx(2 / 3)
+    assert a["modality_agreement"] == pytest.approx(0.2)
+    assert a["model_spread"] == pytest.approx(0.8)
+    assert agreement({"v": 0.9}, 0.9, {"v": "video"})["modality_agreement"] is None
+
+
+def _bundle_dir(tmp_path):
+    root = tmp_path / "b"
+    (root / "members").mkdir(parents=True)
+    (root / "members" / "m.safetensors").write_bytes(b"weights")
+    spec = {"format": "veracity-bundle", "version": 1,
+            "files": {"members/m.safetensors": sha256_file(root / "members" / "m.safetensors")}}
+    (root / "bundle.json").write_text(json.dumps(spec))
+    return root
+
+
+def test_verify_bundle_accepts_a_matching_bundle(tmp_path):
+    assert verify_bundle(_bundle_dir(tmp_path))["format"] == "veracity-bundle"
+
+
+def test_verify_bundle_names_a_tampered_file(tmp_path):
+    root = _bundle_dir(tmp_path)
+    (root / "members" / "m.safetensors").write_bytes(b"weightz")
+    with pytest.raises(BundleError, match=r"members/m\.safetensors does not match its sha256"):
+        verify_bundle(root)
+
+
+def test_verify_bundle_refuses_missing_and_unlisted_files(tmp_path):
+    root = _bundle_dir(tmp_path)
+    (root / "extra.bin").write_bytes(b"x")
+    with pytest.raises(BundleError, match="extra.bin is not listed"):
+        verify_bundle(root)
+    (root / "extra.bin").unlink()
+    (root / "members" / "m.safetensors").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        verify_bundle(root)
+    with pytest.raises(BundleError, match="not a bundle"):
+        verify_bundle(tmp_path / "nowhere")
