@@ -444,7 +444,9 @@ def register(
         res = register_bundle(bundle, cfg, card_out=out / "model_card.md")
     except BundleError as exc:
         raise StageError(str(exc)) from None
-    (out / "summary.json").write_text(json.dumps(res, indent=2, sort_keys=True))
+    # summary.json is a DVC metric: run ids (new on every run) stay in MLflow and the model card.
+    summary = {k: v for k, v in res.items() if k != "run_id"}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     write_resolved(cfg, out)
     for reason in res["reasons"]:
         typer.echo(f"  {reason}")

@@ -146,7 +146,7 @@ def model_card(bundle: dict, extra: dict | None = None) -> str:
     ]
 
     out += ["## Data", ""]
-    splits = _get(bundle, "data", "splits", default=None) or _get(bundle, "data", "split_sizes", default=None)
+    splits = _get(bundle, "data", "clips_by_split", default=None)
     if isinstance(splits, dict) and splits:
         out += _table(["split", "clips"], [[k, v] for k, v in splits.items()])
     else:

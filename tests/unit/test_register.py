@@ -287,7 +287,7 @@ def test_model_card_lists_members_methods_thresholds_and_lineage(tmp_path: Path)
         {},
         {"members": [{"name": "m"}], "metrics": {"ensemble": {"test": {}}}},
         {"members": "oops", "metrics": [], "thresholds": None, "robustness": {"gate": None}, "lineage": "x",
-         "fusion": 3, "data": {"splits": {"train": 10, "val": 5, "test": 5}}},
+         "fusion": 3, "data": {"clips_by_split": {"train": 10, "val": 5, "test": 5}}},
         {"members": [None, {"name": "m", "pooling": "mean", "calibrator": {"method": "isotonic"}}],
          "metrics": {"ensemble": {"per_method": {"faceswap": None, "lipsync": {"auc": float("nan")}}}}},
     ],
