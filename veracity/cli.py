@@ -456,6 +456,57 @@ def register(
         typer.echo(f"stays challenger: version {res['version']} (champion is version {res['champion_version']})")
 
 
+@app.command()
+@_user_errors
+def analyze(
+    path: Annotated[Path, typer.Argument(help="A video file, or a directory of video files.")],
+    bundle: Annotated[Path, typer.Option(help="Bundle directory (written by `veracity ensemble`).")] = Path(
+        "models/bundle"
+    ),
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Add Grad-CAM overlays, audio anomaly segments, modality agreement.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (a list for a directory), not text.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Write one <name>.json per file here (overlays below).")] = None,
+    runtime: Annotated[str, typer.Option(help="torch, or onnx for the members exported to ONNX.")] = "torch",
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Analyse a video, or every video of a directory: verdict, probability, members, timeline.
+
+    Every file gets a report (ABSTAIN with a reason when it cannot be judged); the exit
+    code is 0 when all did. A bundle that fails its checksums is refused (exit 2).
+    """
+    from veracity.analyzer import VIDEO_EXTENSIONS, Analyzer, report_text, video_files
+    from veracity.ensemble import BundleError
+
+    cfg = section(load_params(params, set_ or (), "analyze"), "analyze")
+    if runtime not in ("torch", "onnx"):
+        raise StageError(f"--runtime must be torch or onnx, got {runtime!r}")
+    files = video_files(path) if path.is_dir() else [path]
+    if path.is_dir() and not files:
+        raise StageError(f"{path} holds no video files ({' '.join(VIDEO_EXTENSIONS)})")
+    try:
+        analyzer = Analyzer(bundle, device=device, runtime=runtime, cfg=cfg)
+    except BundleError as exc:
+        raise StageError(f"cannot use the bundle: {exc}") from None
+    stems = [f.stem for f in files]
+    reports = []
+    for f in files:
+        # <stem>.json, or <file name>.json when two files share a stem (a.mp4, a.mov).
+        name = f.stem if stems.count(f.stem) == 1 else f.name
+        report = analyzer.analyze(f, explain=explain, explain_dir=out / name if out is not None and explain else None)
+        reports.append(report.to_dict())
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{name}.json").write_text(json.dumps(reports[-1], indent=1) + "\n")
+        if not as_json:
+            typer.echo(report_text(report) + "\n")
+    if as_json:
+        typer.echo(json.dumps(reports if path.is_dir() else reports[0], indent=1))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

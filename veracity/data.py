@@ -37,6 +37,9 @@ class ClipInfo:
     method: str
     split: str
     has_audio: bool
+    # Which face track the windows follow; None = the primary track (the main speaker).
+    # The analyzer sets it to score every kept person of a clip separately.
+    track: int | None = None
 
 
 def load_clips(features: Path | str, splits: Sequence[str] | None = None,
@@ -92,7 +95,7 @@ class WindowDataset(Dataset):
     def _rows(self, i: int) -> np.ndarray:
         if i not in self._records:
             rec = ClipRecord(self.clips[i].record)
-            self._records[i] = (rec, rec.track_crops())
+            self._records[i] = (rec, rec.track_crops(self.clips[i].track))
         return self._records[i][1]
 
     def _plan(self) -> list[tuple[int, int]]:
@@ -143,7 +146,10 @@ class WindowDataset(Dataset):
         faces = np.asarray(rec.array("faces")[sel]) if len(sel) else np.zeros((0, c.face_size, c.face_size, 3), np.uint8)
         flow = rec.array("flow")
         flow = np.asarray(flow[sel], dtype=np.float32) if len(sel) and flow.ndim == 4 else None
-        video_present = bool(len(sel)) and rec.primary_track() is not None
+        if clip.track is None:
+            video_present = bool(len(sel)) and rec.primary_track() is not None
+        else:  # an explicit track is a face unless it is the centre-crop fallback (-1)
+            video_present = bool(len(sel)) and clip.track >= 0
         if len(sel) < t:  # short clip: repeat the last crop (and zero motion) to fill the window
             pad = t - len(sel)
             faces = np.concatenate([faces, np.repeat(faces[-1:] if len(faces) else

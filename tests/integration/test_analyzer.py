@@ -1,0 +1,281 @@
+"""The analyzer end to end with a tiny real bundle: reports, abstentions, persons, CLI, ONNX.
+
+The bundle is built once for the module the way the pipeline builds it: the tiny corpus
+is extracted, a tiny video member and a tiny audio member are trained for one epoch,
+``calibrate`` fits pooling/calibrators/fusion/thresholds, and the bundle is assembled and
+saved with ONNX exports and the extraction settings. Test media that the corpus lacks
+(no face, no audio, two people, random bytes) are made here from the synthetic renderer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from veracity.analyzer import REASONS, Analyzer, Report
+from veracity.calibration import calibrate
+from veracity.cli import app
+from veracity.config import (
+    AnalyzeConfig,
+    CalibrateConfig,
+    ExtractConfig,
+    MemberConfig,
+    TrainConfig,
+    to_plain,
+)
+from veracity.contract import DataContract
+from veracity.corpus.synth.families import ClipSpec, render
+from veracity.corpus.synth.identity import sample_identity
+from veracity.data import WindowDataset, collate, load_clips
+from veracity.ensemble import Bundle, BundleError, Evidence, Fusion
+from veracity.extract import extract
+from veracity.media.encode import write_mp4
+from veracity.training import train
+
+pytestmark = pytest.mark.integration
+
+CONTRACT = DataContract(fps=12.5, frames_per_window=8, face_size=32)
+EXTRACT = ExtractConfig(workers=2, min_duration_s=0.5)
+ONE_EPOCH = dict(epochs=1, batch_size=8, windows_per_clip=1, augment=False)
+VERDICTS = {"FAKE", "UNCERTAIN", "REAL", "ABSTAIN"}
+runner = CliRunner()
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real bundle (video + audio member, stacking, thresholds, ONNX) from the tiny corpus."""
+    root = tmp_path_factory.mktemp("analyzer_bundle")
+    extract(EXTRACT, CONTRACT, tiny_corpus / "manifest.csv", root / "features")
+    members = {"video": MemberConfig(detector="tiny_video", target="video_label", **ONE_EPOCH),
+               "audio": MemberConfig(detector="tiny_audio", target="audio_label", **ONE_EPOCH)}
+    for name, member in members.items():
+        train(name, member, TrainConfig(), root / "features", root / "models" / name)
+    calibrate(root / "models", members, CalibrateConfig(method="temperature"), root / "calibration", root / "reports")
+    spec = json.loads((root / "calibration" / "calibration.json").read_text())
+    bundle = Bundle.assemble(root / "models", spec, evidence=Evidence(min_face_ratio=0.5, min_duration_s=0.5))
+    ds = WindowDataset(load_clips(root / "features", ["val"])[:2], CONTRACT)
+    example, _ = collate([ds[i] for i in range(min(4, len(ds)))])
+    return bundle.save(root / "bundle", extra={"extract": to_plain(EXTRACT)}, onnx=True, example=example)
+
+
+@pytest.fixture(scope="module")
+def analyzer(bundle_dir: Path) -> Analyzer:
+    return Analyzer(bundle_dir, device="cpu")
+
+
+def _person(name: str, seed: int, size: int = 96, seconds: float = 1.6) -> tuple[list[np.ndarray], np.ndarray]:
+    ident = sample_identity(name, np.random.default_rng(seed))
+    clip = render(ClipSpec(name, "real", ident, None, seconds, 25, size, size, 16000, 20, 2.0, seed))
+    return list(clip.frames), clip.audio
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Files the corpus lacks: two people side by side, no face, no audio, random bytes."""
+    d = tmp_path_factory.mktemp("analyzer_media")
+    a_frames, a_audio = _person("left", 1)
+    b_frames, _ = _person("right", 2)
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, 96)[None, :, None] * np.ones((96, 1, 3))
+    no_face = [np.clip(ramp + rng.normal(0, 20, ramp.shape), 0, 255).astype(np.uint8) for _ in range(40)]
+    files = {
+        "two": write_mp4(d / "two_people.mp4", [np.concatenate(p, axis=1) for p in zip(a_frames, b_frames,
+                                                                                          strict=True)], 25, a_audio),
+        "no_face": write_mp4(d / "gradient.mp4", no_face, 25, a_audio),
+        "no_audio": write_mp4(d / "mute.mp4", a_frames, 25, None),
+        "corrupt": d / "random.mp4",
+    }
+    files["corrupt"].write_bytes(rng.bytes(4096))
+    return files
+
+
+def _videos(tiny_corpus: Path) -> list[Path]:
+    return sorted((tiny_corpus / "videos").glob("*.mp4"))
+
+
+def _check_schema(r: Report, bundle_dir: Path) -> None:
+    d = r.to_dict()
+    json.dumps(d, allow_nan=False)  # plain JSON, no NaN
+    assert r.verdict in VERDICTS and r.verdict != "ABSTAIN" and r.reason is None
+    assert 0.0 <= r.probability <= 1.0
+    th = r.thresholds
+    assert r.verdict == ("FAKE" if r.probability >= th["fake_at"] else
+                         "REAL" if r.probability < th["real_below"] else "UNCERTAIN")
+    assert set(r.members) == {"video", "audio"}
+    assert all(0 <= m["probability"] <= 1 and m["modality"] in ("video", "audio") for m in r.members.values())
+    assert set(r.modalities) == {"video", "audio"} and r.agreement["modality_agreement"] is not None
+    duration = r.media["duration_s"]
+    assert duration > 0 and r.media["width"] == 96 and r.media["has_audio"] is True
+    segs = r.timeline
+    assert segs and segs[0]["start_s"] >= 0 and segs[-1]["end_s"] <= duration + 1e-6
+    for s in segs:
+        assert s["start_s"] < s["end_s"] and s["verdict"] in VERDICTS - {"ABSTAIN"} and 0 <= s["probability"] <= 1
+    for a, b in zip(segs, segs[1:], strict=False):
+        assert a["end_s"] <= b["start_s"] + 1e-9  # ordered, non-overlapping
+        assert a["verdict"] != b["verdict"]  # merged when equal
+    assert 1 <= len(r.top_frames) <= 5
+    assert all(0 <= f["time_s"] <= duration for f in r.top_frames)
+    assert len({f["frame"] for f in r.top_frames}) == len(r.top_frames)
+    assert {"extract_s", "forward_s", "total_s"} <= set(r.timings)
+    assert r.bundle["sha256"] == hashlib.sha256((bundle_dir / "bundle.json").read_bytes()).hexdigest()
+    assert len(r.persons) == 1 and r.person == r.persons[0]["track"]
+
+
+# ------------------------------------------------------------------------------ reports
+
+
+def test_report_schema_on_corpus_clips(analyzer: Analyzer, bundle_dir: Path, tiny_corpus: Path) -> None:
+    for path in _videos(tiny_corpus)[:2]:
+        _check_schema(analyzer.analyze(path), bundle_dir)
+
+
+def test_same_file_twice_gives_the_same_probability(analyzer: Analyzer, tiny_corpus: Path) -> None:
+    path = _videos(tiny_corpus)[3]
+    first, second = analyzer.analyze(path), analyzer.analyze(path)
+    assert first.probability == second.probability and first.timeline == second.timeline
+
+
+@pytest.mark.parametrize(("kind", "reason"), [("no_face", "no_face"), ("corrupt", "corrupt"), ("no_audio", "no_audio")])
+def test_files_that_cannot_be_judged_abstain(analyzer: Analyzer, media: dict[str, Path], kind: str,
+                                             reason: str) -> None:
+    r = analyzer.analyze(media[kind])
+    assert (r.verdict, r.reason, r.probability) == ("ABSTAIN", reason, None)
+    assert r.reason in REASONS and r.message and "Traceback" not in r.message
+    json.dumps(r.to_dict(), allow_nan=False)
+
+
+def test_missing_file_is_not_found(analyzer: Analyzer, tmp_path: Path) -> None:
+    r = analyzer.analyze(tmp_path / "nowhere.mp4")
+    assert (r.verdict, r.reason, r.probability) == ("ABSTAIN", "not_found", None)
+
+
+def test_a_video_only_bundle_judges_a_mute_file(analyzer: Analyzer, media: dict[str, Path]) -> None:
+    b = analyzer.bundle
+    video = [m for m in b.members if m.modality == "video"]
+    only = Bundle(b.contract, video, Fusion("weighted_mean", ("video",), weights=(1.0,)), b.thresholds, b.evidence,
+                  spec=b.spec)
+    r = Analyzer(only).analyze(media["no_audio"])
+    assert r.verdict in {"FAKE", "UNCERTAIN", "REAL"} and set(r.members) == {"video"}
+
+
+def test_an_unexpected_failure_is_abstain_error_and_leaves_no_files(analyzer: Analyzer, tiny_corpus: Path,
+                                                                     tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert analyzer.analyze(_videos(tiny_corpus)[0]).verdict != "ABSTAIN"
+
+    def boom(batch):
+        raise RuntimeError("simulated device failure\nsecond line")
+
+    monkeypatch.setattr(analyzer.bundle, "window_logits", boom)
+    r = analyzer.analyze(_videos(tiny_corpus)[0])
+    assert (r.verdict, r.reason, r.probability) == ("ABSTAIN", "error", None)
+    assert "simulated device failure" in r.message and "second line" not in r.message
+    assert list(scratch.iterdir()) == []  # the extraction directories were removed both times
+
+
+def test_two_people_are_scored_separately(analyzer: Analyzer, media: dict[str, Path]) -> None:
+    r = analyzer.analyze(media["two"])
+    assert r.verdict != "ABSTAIN", r.message
+    assert len(r.persons) == 2 and len({p["track"] for p in r.persons}) == 2
+    worst = max(r.persons, key=lambda p: p["probability"])
+    assert r.person == worst["track"] and r.probability == worst["probability"] and r.verdict == worst["verdict"]
+    # Each person's frames come from their own half of the picture.
+    for p in r.persons:
+        xs = {(f["box"][0] + f["box"][2]) / 2 >= 96 for f in p["top_frames"]}
+        assert len(xs) == 1
+
+
+def test_analyze_many_keeps_order_and_goes_on(analyzer: Analyzer, media: dict[str, Path], tiny_corpus: Path,
+                                              tmp_path: Path) -> None:
+    paths = [_videos(tiny_corpus)[0], media["corrupt"], tmp_path / "gone.mp4", _videos(tiny_corpus)[1]]
+    reports = analyzer.analyze_many(paths)
+    assert [r.path for r in reports] == [str(p) for p in paths]
+    assert [r.reason for r in reports] == [None, "corrupt", "not_found", None]
+
+
+def test_explain_writes_overlays_and_audio_segments(analyzer: Analyzer, tiny_corpus: Path, tmp_path: Path) -> None:
+    r = analyzer.analyze(_videos(tiny_corpus)[2], explain=True, explain_dir=tmp_path / "x")
+    ex = r.explanations
+    assert ex is not None and ex["gradcam_member"] == "video"
+    assert len(ex["overlays"]) == len(r.top_frames)
+    for o, f in zip(ex["overlays"], r.top_frames, strict=True):
+        img = cv2.imread(o["png"])
+        assert o["time_s"] == f["time_s"] and img is not None and img.shape == (128, 128, 3)  # 32 px crop x 4
+    assert ex["modality_agreement"] == pytest.approx(r.agreement["modality_agreement"])
+    for s in ex["audio_segments"]:
+        assert 0 <= s["start_s"] < s["end_s"] and s["max_prob"] >= r.thresholds["fake_at"]
+    assert analyzer.analyze(_videos(tiny_corpus)[2]).explanations is None
+
+
+# ------------------------------------------------------------------------------ bundle and runtimes
+
+
+def test_a_tampered_bundle_is_refused_naming_the_file(bundle_dir: Path, tmp_path: Path) -> None:
+    bad = shutil.copytree(bundle_dir, tmp_path / "bundle")
+    weights = bad / "members" / "audio.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="members/audio.safetensors"):
+        Analyzer(bad, device="cpu")
+
+
+def test_onnx_runtime_matches_torch(analyzer: Analyzer, bundle_dir: Path, tiny_corpus: Path) -> None:
+    onnx = Analyzer(bundle_dir, device="cpu", runtime="onnx")
+    assert set(onnx.identity["runtime"].values()) == {"onnx"}
+    path = _videos(tiny_corpus)[4]
+    assert onnx.analyze(path).probability == pytest.approx(analyzer.analyze(path).probability, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def test_cli_json_for_a_directory(bundle_dir: Path, media: dict[str, Path], tiny_corpus: Path, tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(_videos(tiny_corpus)[0], d / "b_good.mp4")
+    shutil.copy(media["corrupt"], d / "a_bad.mp4")
+    (d / "notes.txt").write_text("not a video")
+    params = tmp_path / "params.yaml"
+    params.write_text("analyze:\n  top_frames: 2\n")
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["analyze", str(d), "--bundle", str(bundle_dir), "--json", "--explain", "--out", str(out),
+                              "--device", "cpu", "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    reports = json.loads(res.stdout)
+    assert [Path(r["path"]).name for r in reports] == ["a_bad.mp4", "b_good.mp4"]
+    assert reports[0]["verdict"] == "ABSTAIN" and reports[0]["reason"] == "corrupt"
+    assert reports[1]["verdict"] in VERDICTS - {"ABSTAIN"} and len(reports[1]["top_frames"]) <= 2
+    assert json.loads((out / "b_good.json").read_text())["probability"] == reports[1]["probability"]
+    assert (out / "a_bad.json").is_file() and len(list((out / "b_good").glob("*.png"))) == len(reports[1]["top_frames"])
+    text = runner.invoke(app, ["analyze", str(d / "b_good.mp4"), "--bundle", str(bundle_dir), "--device", "cpu",
+                               "--params", str(params)])
+    assert text.exit_code == 0 and "verdict:" in text.stdout and "timeline:" in text.stdout
+
+
+def test_cli_refuses_a_bad_bundle_cleanly(tiny_corpus: Path, tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("{}\n")
+    res = runner.invoke(app, ["analyze", str(_videos(tiny_corpus)[0]), "--bundle", str(tmp_path / "none"),
+                              "--params", str(tmp_path / "p.yaml")])
+    assert res.exit_code != 0 and "bundle.json is missing" in res.output and "Traceback" not in res.output
+
+
+def test_analyze_config_limits_top_frames(bundle_dir: Path, tiny_corpus: Path) -> None:
+    a = Analyzer(bundle_dir, device="cpu", cfg=AnalyzeConfig(top_frames=1, segment_merge=False))
+    r = a.analyze(_videos(tiny_corpus)[0])
+    assert len(r.top_frames) == 1
+    assert sum(s["windows"] for s in r.timeline) == len(r.timeline)  # one window per segment when not merged

@@ -1,0 +1,624 @@
+"""File -> report: the one inference path of Veracity (CLI ``veracity analyze``, MLflow, service).
+
+A file goes through exactly the code the training data went through, so nothing differs
+between what was evaluated and what is served:
+
+1. **Extraction**: :func:`veracity.extract.extract_clip` streams the file into a record in
+   a temporary directory (frames at the contract's fps with their true timestamps, face
+   tracks and crops, optical flow, 16 kHz audio, voice activity), with the extraction
+   settings the bundle was trained with (``bundle.json["extract"]``).
+2. **Evidence rules**: a file that does not exist, cannot be decoded, is too short or too
+   long, shows no face often enough, or has no audio when the bundle listens, gets
+   ``ABSTAIN`` with that reason and no probability. A video without a face is never REAL.
+3. **Windows** of each kept face track (:class:`veracity.data.WindowDataset`, evaluation
+   stride) -> :meth:`Bundle.window_logits` in batches -> :meth:`Bundle.score` (pooling,
+   calibration, fusion, thresholds). Every kept person is scored on their own; the
+   report's call is the most suspicious person's.
+4. **Report**: verdict, calibrated probability, thresholds, per-member and per-modality
+   scores, agreement, a timeline of segments (each window scored as a one-window video),
+   the most suspicious frames with timestamps, per-person results, media facts, timings,
+   the bundle's identity and, on request, explanations (:mod:`veracity.explain`).
+
+Nothing here raises for a bad file: any failure inside :meth:`Analyzer.analyze` becomes
+``ABSTAIN`` with reason ``error`` and a one-line message. Only a bad bundle raises
+(:class:`veracity.ensemble.BundleError`, when the analyzer is built).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from veracity.config import AnalyzeConfig, ExtractConfig
+from veracity.data import ClipInfo, WindowDataset, collate
+from veracity.ensemble import BUNDLE_JSON, Bundle, BundleError, Scored, sha256_file
+from veracity.extract import extract_clip, fingerprint, prefetch
+from veracity.features import ClipRecord, record_dir
+
+__all__ = ["REASONS", "VIDEO_EXTENSIONS", "Analyzer", "BundleError", "Report", "report_text", "video_files"]
+
+log = logging.getLogger(__name__)
+
+REPORT_VERSION = 1
+# Why a file may get ABSTAIN (extraction statuses, plus the analyzer's own).
+REASONS = ("not_found", "empty", "corrupt", "unsupported", "no_video", "too_small", "too_short", "too_long",
+           "no_face", "no_audio", "silent", "error")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
+_CLIP_ID = "clip"
+
+
+@dataclass
+class Report:
+    """What an analysis returns (DESIGN §3 "Report").
+
+    Attributes:
+        path: the file analysed.
+        verdict: ``FAKE``, ``UNCERTAIN``, ``REAL`` or ``ABSTAIN``.
+        probability: calibrated fused probability of fake (None for ABSTAIN).
+        reason: why it abstained (one of :data:`REASONS`), else None.
+        message: one line for people.
+        thresholds: ``{real_below, fake_at}`` used for the call.
+        members: per member: modality, pooled logit and calibrated probability.
+        modalities: per modality, the highest calibrated member probability.
+        agreement: model agreement, model spread and modality agreement.
+        person: track id of the person the call is about (the most suspicious one).
+        persons: every kept face track scored on its own (see :meth:`Analyzer.analyze`).
+        timeline: segments ``{start_s, end_s, probability, verdict, windows}`` in time order.
+        top_frames: the most suspicious frames ``{time_s, frame, track, window_probability,
+            frame_score, box}``.
+        media: duration, fps, size, audio, frames sampled, face ratio.
+        timings: seconds spent per step.
+        bundle: identity of the bundle (sha256 of ``bundle.json``), members, runtime.
+        explanations: Grad-CAM overlays, audio anomaly segments, modality agreement
+            (only when asked for).
+        status: the extraction status of the file.
+    """
+
+    path: str
+    verdict: str
+    probability: float | None
+    reason: str | None = None
+    message: str = ""
+    thresholds: dict[str, float] = field(default_factory=dict)
+    members: dict[str, dict[str, Any]] = field(default_factory=dict)
+    modalities: dict[str, float] = field(default_factory=dict)
+    agreement: dict[str, float | None] = field(default_factory=dict)
+    person: int | None = None
+    persons: list[dict[str, Any]] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    top_frames: list[dict[str, Any]] = field(default_factory=list)
+    media: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    bundle: dict[str, Any] = field(default_factory=dict)
+    explanations: dict[str, Any] | None = None
+    status: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (numbers as plain floats/ints, NaN as None, paths as strings)."""
+        return {"version": REPORT_VERSION, **_plain(asdict(self))}
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, Path):
+        return obj.as_posix()
+    return obj
+
+
+def video_files(directory: Path | str) -> list[Path]:
+    """Video files directly inside ``directory`` (by extension), sorted by name."""
+    return sorted(p for p in Path(directory).iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def extract_config_of(spec: Mapping[str, Any]) -> ExtractConfig:
+    """The extraction settings a bundle was trained with (``bundle.json["extract"]``).
+
+    Keys this version does not know are dropped (a newer bundle still loads); a bundle
+    without the entry gets the defaults, never the caller's ``params.yaml``.
+    """
+    raw = spec.get("extract")
+    if not isinstance(raw, Mapping):
+        return ExtractConfig()
+    known = {k: v for k, v in raw.items() if k in ExtractConfig.model_fields}
+    return ExtractConfig(**known)
+
+
+@dataclass
+class _Window:
+    start: int  # first row of the track's crops
+    length: int  # real (not padded) frames
+    start_s: float
+    end_s: float
+
+
+@dataclass
+class _Person:
+    track: int
+    scored: Scored
+    windows: list[_Window]
+    window_logits: dict[str, np.ndarray]
+    window_probs: np.ndarray  # fused probability of each window scored alone
+    member_window_probs: dict[str, np.ndarray]  # calibrated, each window alone
+    dataset: WindowDataset
+    rows: np.ndarray
+    frame_scores: dict[str, np.ndarray]  # (n_windows, T) per-frame logits of members that see faces
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    top_frames: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Abstain(Exception):  # noqa: N818 - control flow inside the analyzer, never escapes
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+class Analyzer:
+    """Analyse video files with a bundle.
+
+    Args:
+        bundle: a loaded :class:`Bundle`, or the path of a bundle directory (loaded and
+            verified here).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``...; ignored for a
+            loaded bundle.
+        runtime: ``torch``, or ``onnx`` to run members that have an ONNX file with ONNX
+            Runtime; ignored for a loaded bundle.
+        cfg: batch size, number of suspicious frames, segment merging.
+
+    Raises:
+        BundleError: the bundle directory is missing, malformed, or a file does not match
+            its checksum (the message names the file).
+    """
+
+    def __init__(self, bundle: Bundle | str | Path, device: str = "auto", runtime: str = "torch",
+                 cfg: AnalyzeConfig | None = None):
+        self.cfg = cfg or AnalyzeConfig()
+        self._lock = threading.Lock()
+        if isinstance(bundle, Bundle):
+            self.bundle = bundle
+        else:
+            self.bundle = Bundle.load(bundle, resolve_device(device), runtime)
+        b = self.bundle
+        self.contract = b.contract
+        self.extract_cfg = extract_config_of(b.spec)
+        self.fingerprint = fingerprint(self.extract_cfg, self.contract)
+        spec_file = Path(b.root) / BUNDLE_JSON if b.root is not None else None
+        self.identity = {
+            "sha256": sha256_file(spec_file) if spec_file is not None and spec_file.is_file() else None,
+            "path": str(b.root) if b.root is not None else None,
+            "members": b.names,
+            "fusion": b.fusion.rule,
+            "runtime": {m.name: "onnx" if m.onnx_session is not None else "torch" for m in b.members},
+            "device": str(b.device),
+        }
+
+    # ------------------------------------------------------------------ public API
+
+    def analyze(self, path: Path | str, explain: bool = False, explain_dir: Path | None = None) -> Report:
+        """Analyse one file; never raises for a bad file (ABSTAIN with a reason instead).
+
+        Args:
+            path: the video file.
+            explain: add Grad-CAM overlays, audio anomaly segments and modality agreement.
+            explain_dir: where overlay PNGs go (with ``explain``); None writes none.
+
+        Returns:
+            The :class:`Report`.
+        """
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        media: dict[str, Any] = {}
+        try:
+            report = self._analyze(Path(path), explain, explain_dir, timings, media)
+        except _Abstain as ab:
+            report = self._abstain(path, ab.reason, ab.message, media)
+        except Exception as exc:  # noqa: BLE001 - a report, never a traceback, never REAL
+            log.debug("analysis of %s failed", path, exc_info=True)
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            report = self._abstain(path, "error", f"analysis failed: {type(exc).__name__}: {text}"[:500], media)
+        timings["total_s"] = time.perf_counter() - t0
+        report.timings = {k: round(v, 4) for k, v in timings.items()}
+        return report
+
+    def analyze_many(self, paths: Iterable[Path | str], explain: bool = False,
+                     explain_dir: Path | None = None) -> list[Report]:
+        """Analyse files in order; a bad file gets its ABSTAIN report and the rest go on.
+
+        With ``explain_dir``, each file's overlays go to ``explain_dir/<file stem>``.
+        """
+        reports = []
+        for p in paths:
+            sub = Path(explain_dir) / _safe_name(Path(p).stem) if explain_dir is not None else None
+            reports.append(self.analyze(p, explain=explain, explain_dir=sub))
+        return reports
+
+    # ------------------------------------------------------------------ internals
+
+    def _abstain(self, path: Path | str, reason: str, message: str, media: dict[str, Any]) -> Report:
+        return Report(path=str(path), verdict="ABSTAIN", probability=None, reason=reason, message=message,
+                      thresholds=self._thresholds(), media=dict(media), bundle=dict(self.identity),
+                      status=media.get("status"))
+
+    def _thresholds(self) -> dict[str, float]:
+        th = self.bundle.thresholds
+        return {"real_below": float(th.real_below), "fake_at": float(th.fake_at)}
+
+    def _analyze(self, path: Path, explain: bool, explain_dir: Path | None, timings: dict[str, float],
+                 media: dict[str, Any]) -> Report:
+        if not path.exists():
+            raise _Abstain("not_found", f"no such file: {path}")
+        if not path.is_file():
+            raise _Abstain("not_found", f"not a regular file: {path}")
+        # Removed on every exit path; a failed removal never turns a report into an error.
+        with tempfile.TemporaryDirectory(prefix="veracity-analyze-", ignore_cleanup_errors=True) as tmp:
+            out = Path(tmp)
+            row = {"video_id": _CLIP_ID, "path": str(path.resolve())}
+            t = time.perf_counter()
+            idx = extract_clip(row, path.resolve().parent, out, self.extract_cfg, self.contract, self.fingerprint)
+            timings["extract_s"] = time.perf_counter() - t
+            media.update(_media_facts(idx))
+            rec = ClipRecord(record_dir(out, _CLIP_ID))
+            self._check_evidence(idx, rec, media)
+            # The models run one file at a time (extraction above runs in parallel): the
+            # frame-score hooks must see only this file's windows when threads share the analyzer.
+            with self._lock:
+                persons = [self._score_person(rec, media, track, timings) for track in _kept_tracks(rec)]
+                if not persons:  # _check_evidence guarantees one, but never call REAL without a face
+                    raise _Abstain("no_face", "no face track lasted long enough to be judged")
+                best = max(persons, key=lambda p: (p.scored.probability, -p.track))
+                t = time.perf_counter()
+                for p in persons:
+                    p.timeline = self._timeline(p, media)
+                    p.top_frames = self._top_frames(p, rec)
+                timings["report_s"] = time.perf_counter() - t
+                explanations = None
+                if explain:
+                    t = time.perf_counter()
+                    explanations = self._explain(best, rec, explain_dir, path)
+                    timings["explain_s"] = time.perf_counter() - t
+        s = best.scored
+        n = len(persons)
+        who = f" (person {best.track}, the most suspicious of {n})" if n > 1 else ""
+        return Report(
+            path=str(path), verdict=s.verdict, probability=float(s.probability), reason=None,
+            message=f"{s.verdict.lower()}: calibrated probability of manipulation {s.probability:.3f}{who}",
+            thresholds=self._thresholds(), members=self._members(s), modalities=dict(s.modality_probs),
+            agreement=dict(s.agreement), person=best.track, persons=[self._person_dict(p) for p in persons],
+            timeline=best.timeline, top_frames=[_public(f) for f in best.top_frames], media=dict(media), bundle=dict(self.identity),
+            explanations=explanations, status=media.get("status"))
+
+    def _check_evidence(self, idx: Mapping[str, Any], rec: ClipRecord, media: dict[str, Any]) -> None:
+        """Raise :class:`_Abstain` when the file cannot be judged (DESIGN §3: no face is never REAL)."""
+        ev = self.bundle.evidence
+        status, message = str(idx.get("status")), str(idx.get("message", ""))
+        listens = self.bundle.needs_audio and ev.require_audio
+        if status == "missing":
+            raise _Abstain("not_found", message)
+        if status in ("no_audio", "silent"):
+            if listens:
+                raise _Abstain(status, f"{message}; the bundle's audio members cannot judge it")
+        elif status != "ok":
+            raise _Abstain(status, message)
+        face_ratio = float(idx.get("face_ratio") or 0.0)
+        if face_ratio < ev.min_face_ratio:
+            raise _Abstain("no_face", f"a face was found in {face_ratio:.0%} of sampled frames "
+                                      f"(the bundle needs {ev.min_face_ratio:.0%})")
+        if not _kept_tracks(rec):
+            raise _Abstain("no_face", "no face track lasted long enough to be judged")
+        duration = media.get("duration_s")
+        if duration is None:
+            duration = float(idx.get("n_frames") or 0) / self.contract.fps
+        if duration < ev.min_duration_s:
+            raise _Abstain("too_short", f"{duration:.2f} s is shorter than the bundle's minimum "
+                                        f"{ev.min_duration_s:g} s")
+        if listens and not media.get("has_audio"):
+            raise _Abstain("no_audio", "the file has no audio stream; the bundle's audio members cannot judge it")
+
+    def _score_person(self, rec: ClipRecord, media: Mapping[str, Any], track: int,
+                      timings: dict[str, float]) -> _Person:
+        b, c = self.bundle, self.contract
+        clip = ClipInfo(video_id=_CLIP_ID, record=rec.path, label=0, video_label=math.nan, audio_label=math.nan,
+                        method="unknown", split="analyze", has_audio=bool(media.get("has_audio")), track=track)
+        ds = WindowDataset([clip], c)
+        if len(ds) == 0:
+            raise _Abstain("too_short", "no model window fits the file")
+        logits: dict[str, list[np.ndarray]] = {m: [] for m in b.names}
+        # Per-frame scores of the members that look at faces, caught on their way out of the
+        # forward pass that window_logits runs anyway (the suspicious frames cost nothing).
+        caught: dict[str, list[np.ndarray]] = {m.name: [] for m in b.members if m.modality in ("video", "av")
+                                               and m.model is not None and m.onnx_session is None}
+        hooks = [m.model.register_forward_hook(_catch_frame_scores(caught[m.name]))
+                 for m in b.members if m.name in caught and m.model is not None]
+        bs = self.cfg.batch_size
+        # The next batch is cut from the record on a background thread while the members
+        # run on this one (the same bounded prefetch as extraction: memory stays flat).
+        batches = (collate([ds[i] for i in range(s, min(s + bs, len(ds)))])[0] for s in range(0, len(ds), bs))
+        prep = fwd = 0.0
+        try:
+            t = time.perf_counter()
+            for batch in prefetch(batches, depth=2):
+                t1 = time.perf_counter()
+                out = b.window_logits(batch)
+                prep += t1 - t  # waiting for windows the prefetch had not cut yet
+                t = time.perf_counter()
+                fwd += t - t1
+                for m in b.names:
+                    logits[m].append(np.asarray(out[m], dtype=np.float32).reshape(-1))
+        finally:
+            for h in hooks:
+                h.remove()
+        frame_scores = {name: np.concatenate(v) for name, v in caught.items() if v}
+        frame_scores = {name: v for name, v in frame_scores.items() if v.shape[0] == len(ds)}
+        timings["windows_s"] = timings.get("windows_s", 0.0) + prep
+        timings["forward_s"] = timings.get("forward_s", 0.0) + fwd
+        wl = {m: np.concatenate(v) for m, v in logits.items()}
+        t = time.perf_counter()
+        scored = b.score(wl)
+        n = len(ds)
+        per_window = [b.score({m: wl[m][i : i + 1] for m in b.names}) for i in range(n)]
+        timings["score_s"] = timings.get("score_s", 0.0) + time.perf_counter() - t
+        rows = rec.track_crops(track)
+        times = np.asarray(rec.array("times"), dtype=np.float64)
+        crop_frame = np.asarray(rec.array("crop_frame"))
+        dt = 1.0 / c.fps
+        windows = []
+        for i in range(n):
+            start, length = ds.item_start(i), ds.item_length(i)
+            f0, f1 = int(crop_frame[rows[start]]), int(crop_frame[rows[start + length - 1]])
+            windows.append(_Window(start, length, float(times[f0]), float(times[f1]) + dt))
+        return _Person(track=track, scored=scored, windows=windows, window_logits=wl,
+                       window_probs=np.array([w.probability for w in per_window]),
+                       member_window_probs={m: np.array([w.member_probs[m] for w in per_window]) for m in b.names},
+                       dataset=ds, rows=rows, frame_scores=frame_scores)
+
+    def _timeline(self, p: _Person, media: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Non-overlapping segments: each instant belongs to the window whose centre is nearest."""
+        th = self.bundle.thresholds
+        w = p.windows
+        centres = [(x.start_s + x.end_s) / 2 for x in w]
+        duration = media.get("duration_s")
+        limit = float(duration) if duration else max(x.end_s for x in w)
+        segs: list[dict[str, Any]] = []
+        for i, x in enumerate(w):
+            s = x.start_s if i == 0 else max(segs[-1]["end_s"], (centres[i - 1] + centres[i]) / 2)
+            e = x.end_s if i == len(w) - 1 else (centres[i] + centres[i + 1]) / 2
+            s, e = min(max(s, 0.0), limit), min(max(e, 0.0), limit)
+            if e <= s and segs:
+                continue  # a window wholly inside its neighbours' halves adds no time of its own
+            prob = float(p.window_probs[i])
+            verdict = th.verdict(prob)
+            if self.cfg.segment_merge and segs and segs[-1]["verdict"] == verdict and abs(segs[-1]["end_s"] - s) < 1e-9:
+                segs[-1]["end_s"] = e
+                segs[-1]["probability"] = max(segs[-1]["probability"], prob)
+                segs[-1]["windows"] += 1
+            else:
+                segs.append({"start_s": s, "end_s": e, "probability": prob, "verdict": verdict, "windows": 1})
+        return segs
+
+    def _video_member(self, p: _Person) -> Any | None:
+        """The member whose frames explain a call: the most suspicious video (else audio-visual) member."""
+        from veracity.explain import find_frame_encoder
+
+        for modality in ("video", "av"):
+            cands = [m for m in self.bundle.members if m.modality == modality and m.model is not None
+                     and find_frame_encoder(m.model) is not None]
+            if cands:
+                return max(cands, key=lambda m: p.scored.member_probs[m.name])
+        return None
+
+    def _top_frames(self, p: _Person, rec: ClipRecord) -> list[dict[str, Any]]:
+        """The ``cfg.top_frames`` most suspicious frames, from the most suspicious windows.
+
+        Inside a window the frame with the highest per-frame score of the video member wins
+        (the window's middle frame when no member scores frames); a frame already chosen
+        from an overlapping window is not listed twice.
+        """
+        k = self.cfg.top_frames
+        order = sorted(range(len(p.windows)), key=lambda i: (-p.window_probs[i], i))
+        cand = order[: max(2 * k, k + 2)]
+        member = self._video_member(p)
+        frame_scores: dict[int, np.ndarray] = {}
+        if member is not None and member.name in p.frame_scores:
+            frame_scores = {i: p.frame_scores[member.name][i] for i in cand}
+        elif member is not None and cand:  # e.g. the member runs in ONNX Runtime: score the candidates again
+            for s in range(0, len(cand), self.cfg.batch_size):
+                part = cand[s : s + self.cfg.batch_size]
+                batch, _ = collate([p.dataset[i] for i in part])
+                with torch.inference_mode():
+                    out = member.model(batch.to(self.bundle.device))
+                if out.frame_scores is None:
+                    break
+                fs = out.frame_scores.float().cpu().numpy()
+                frame_scores.update({i: fs[j] for j, i in enumerate(part)})
+        times = np.asarray(rec.array("times"), dtype=np.float64)
+        crop_frame = np.asarray(rec.array("crop_frame"))
+        boxes = rec.array("crop_box")
+        ranked: dict[int, list[int]] = {}
+        for i in cand:
+            w = p.windows[i]
+            if i in frame_scores:
+                ranked[i] = sorted(range(w.length), key=lambda t, s=frame_scores[i]: (-s[t], t))
+            else:
+                mid = w.length // 2
+                ranked[i] = sorted(range(w.length), key=lambda t, m=mid: (abs(t - m), t))
+        chosen: list[dict[str, Any]] = []
+        seen: set[int] = set()
+        # First the best frame of each window in window order; a short file with fewer
+        # windows than wanted frames then gives its windows' next best frames.
+        for per_window in (1, max((len(r) for r in ranked.values()), default=0)):
+            for i in cand:
+                w = p.windows[i]
+                taken = sum(1 for f in chosen if f["window"] == i)
+                for t in ranked[i]:
+                    if len(chosen) >= k or taken >= per_window:
+                        break
+                    row = int(p.rows[w.start + t])
+                    frame = int(crop_frame[row])
+                    if frame in seen:
+                        continue
+                    seen.add(frame)
+                    taken += 1
+                    chosen.append({
+                        "time_s": float(times[frame]), "frame": frame, "track": p.track, "window": i,
+                        "window_frame": t, "window_probability": float(p.window_probs[i]),
+                        "frame_score": float(frame_scores[i][t]) if i in frame_scores else None,
+                        "member": member.name if member is not None and i in frame_scores else None,
+                        "box": [float(v) for v in np.asarray(boxes[row])], "_row": row,
+                    })
+        return chosen
+
+    def _explain(self, p: _Person, rec: ClipRecord, explain_dir: Path | None, path: Path) -> dict[str, Any]:
+        from veracity.explain import audio_anomaly_segments, member_grad_cam, overlay
+
+        b = self.bundle
+        out: dict[str, Any] = {"overlays": [], "gradcam_member": None, "audio_segments": [],
+                               "audio_members": [m.name for m in b.members if m.modality == "audio"],
+                               "modality_probs": dict(p.scored.modality_probs),
+                               "modality_agreement": p.scored.agreement.get("modality_agreement"),
+                               "model_agreement": p.scored.agreement.get("model_agreement"),
+                               "notes": []}
+        member = self._video_member(p)
+        if member is None:
+            out["notes"].append("no member looks at faces: no Grad-CAM")
+        elif p.top_frames:
+            out["gradcam_member"] = member.name
+            batch, _ = collate([p.dataset[f["window"]] for f in p.top_frames])
+            heat = member_grad_cam(member.model, batch, [f["window_frame"] for f in p.top_frames])
+            faces = rec.array("faces")
+            for rank, (f, h) in enumerate(zip(p.top_frames, heat, strict=True)):
+                entry = {"time_s": f["time_s"], "frame": f["frame"], "track": f["track"], "rank": rank,
+                         "peak_yx": [float(v) / h.shape[0] for v in np.unravel_index(int(np.argmax(h)), h.shape)],
+                         "mean_heat": float(h.mean()), "png": None}
+                if explain_dir is not None:
+                    name = f"{_safe_name(path.stem)}_p{f['track']}_{rank:02d}_t{f['time_s']:.2f}s.png"
+                    entry["png"] = str(overlay(np.asarray(faces[f["_row"]]), h, Path(explain_dir) / name))
+                out["overlays"].append(entry)
+            if explain_dir is None:
+                out["notes"].append("no explain_dir given: heatmaps computed, no PNG written")
+        audio = [m.name for m in b.members if m.modality == "audio"]
+        if audio:
+            worst = np.max(np.stack([p.member_window_probs[m] for m in audio]), axis=0)
+            spans = [(w.start_s, w.end_s) for w in p.windows]
+            out["audio_segments"] = audio_anomaly_segments(spans, worst, b.thresholds.fake_at)
+        else:
+            out["notes"].append("no audio member: no audio anomaly segments")
+        return out
+
+    def _members(self, s: Scored) -> dict[str, dict[str, Any]]:
+        return {m.name: {"modality": m.modality, "logit": float(s.member_logits[m.name]),
+                         "probability": float(s.member_probs[m.name])} for m in self.bundle.members}
+
+    def _person_dict(self, p: _Person) -> dict[str, Any]:
+        s = p.scored
+        return {"track": p.track, "verdict": s.verdict, "probability": float(s.probability),
+                "members": self._members(s), "modalities": dict(s.modality_probs), "agreement": dict(s.agreement),
+                "windows": len(p.windows), "start_s": p.windows[0].start_s, "end_s": p.windows[-1].end_s,
+                "timeline": p.timeline, "top_frames": [_public(f) for f in p.top_frames]}
+
+
+def _catch_frame_scores(store: list[np.ndarray]) -> Any:
+    def hook(_module: torch.nn.Module, _inputs: Any, out: Any) -> None:
+        scores = getattr(out, "frame_scores", None)
+        if isinstance(scores, torch.Tensor):
+            store.append(scores.detach().float().cpu().numpy())
+
+    return hook
+
+
+def _public(frame: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in frame.items() if not k.startswith("_")}
+
+
+def _kept_tracks(rec: ClipRecord) -> list[int]:
+    """Kept face tracks, the primary (longest) first."""
+    kept = [t for t in rec.meta.get("tracks", []) if t.get("kept")]
+    kept.sort(key=lambda t: (-int(t["n_frames"]), int(t["track_id"])))
+    return [int(t["track_id"]) for t in kept]
+
+
+def _media_facts(idx: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("duration_s", "src_fps", "width", "height", "rotation", "has_audio", "audio_s", "n_frames",
+            "face_ratio", "n_tracks", "speech_ratio")
+    out = {k: idx.get(k) for k in keys if idx.get(k) is not None}
+    if "src_fps" in out:
+        out["fps"] = out.pop("src_fps")
+    out["has_audio"] = bool(idx.get("has_audio"))
+    out["status"] = idx.get("status")
+    if idx.get("warning"):
+        out["warning"] = idx["warning"]
+    return _plain(out)
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:100] or "file"
+
+
+def report_text(report: Report) -> str:
+    """A readable block for one report (the CLI's default output)."""
+    r = report
+    lines = [f"{r.path}"]
+    if r.verdict == "ABSTAIN":
+        lines.append(f"  verdict: ABSTAIN ({r.reason}): {r.message}")
+    else:
+        th = r.thresholds
+        lines.append(f"  verdict: {r.verdict}  probability {r.probability:.3f}  "
+                     f"(REAL < {th.get('real_below', float('nan')):.3f} <= UNCERTAIN < "
+                     f"{th.get('fake_at', float('nan')):.3f} <= FAKE)")
+        lines.append("  members: " + "; ".join(f"{n} ({m['modality']}) p={m['probability']:.3f} z={m['logit']:+.2f}"
+                                              for n, m in r.members.items()))
+        ag = r.agreement
+        mods = ", ".join(f"{k} {v:.3f}" for k, v in r.modalities.items())
+        agree = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in ag.items() if v is not None)
+        lines.append(f"  modalities: {mods}" + (f"; {agree}" if agree else ""))
+        if len(r.persons) > 1:
+            lines.append("  persons: " + ", ".join(f"#{p['track']} {p['verdict']} {p['probability']:.3f}"
+                                                   for p in r.persons))
+        lines.append("  timeline:")
+        for s in r.timeline:
+            lines.append(f"    {s['start_s']:7.2f} - {s['end_s']:7.2f} s  {s['verdict']:<9} {s['probability']:.3f}")
+        if r.top_frames:
+            lines.append("  most suspicious frames: " + ", ".join(
+                f"{f['time_s']:.2f} s ({f['window_probability']:.3f})" for f in r.top_frames))
+        if r.explanations:
+            pngs = [o["png"] for o in r.explanations.get("overlays", []) if o.get("png")]
+            segs = r.explanations.get("audio_segments", [])
+            lines.append(f"  explanations: {len(pngs)} overlay(s)"
+                         + (f" in {Path(pngs[0]).parent}" if pngs else "")
+                         + "; audio anomalies: "
+                         + (", ".join(f"{s['start_s']:.2f}-{s['end_s']:.2f} s" for s in segs) or "none"))
+    if r.media.get("duration_s") is not None:
+        lines.append(f"  media: {r.media.get('duration_s', 0):.2f} s, {r.media.get('width')}x{r.media.get('height')}, "
+                     f"audio {'yes' if r.media.get('has_audio') else 'no'}")
+    if r.timings:
+        lines.append("  timings: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in r.timings.items()))
+    return "\n".join(lines)
+
