@@ -23,8 +23,6 @@ import pandas as pd
 CODE_PATH = Path(__file__)  # what ``log_model(python_model=...)`` is given
 INPUT_COLUMN = "path"
 OUTPUT_COLUMNS = ("path", "verdict", "probability", "reason", "report")
-# A path the serving process cannot read: the row abstains instead of failing the batch.
-MISSING_FILE_REASON = "file_not_found"
 
 
 def signature() -> Any:
@@ -75,17 +73,14 @@ class VeracityModel(mlflow.pyfunc.PythonModel):
 
         Returns:
             A DataFrame with columns ``path, verdict, probability, reason, report`` where
-            ``report`` is the JSON of ``Report.to_dict()``. A path that does not exist gives
-            ``ABSTAIN`` with reason ``file_not_found`` (the rest of the batch still runs).
+            ``report`` is the JSON of ``Report.to_dict()``. A bad or missing file gives
+            ``ABSTAIN`` with the Analyzer's reason (``not_found``, ``corrupt``, ...), and the
+            rest of the batch still runs.
         """
         if self.analyzer is None:
             self.load_context(context)
         rows = []
         for path in _paths(model_input):
-            if not Path(path).is_file():
-                report = {"path": path, "verdict": "ABSTAIN", "probability": None, "reason": MISSING_FILE_REASON}
-                rows.append({**report, "report": json.dumps(report)})
-                continue
             result = self.analyzer.analyze(Path(path))
             rows.append({
                 "path": path,

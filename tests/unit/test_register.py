@@ -73,7 +73,9 @@ def make_bundle(path: Path, auc: float = 0.95, ece: float = 0.02, drop: float = 
 
 class _FakeReport:
     def __init__(self, path: Path, spec: dict):
-        self.verdict, self.probability, self.reason = "FAKE", 0.875, None
+        # The real Analyzer's contract for a missing file: ABSTAIN/not_found, no probability.
+        found = Path(path).is_file()
+        self.verdict, self.probability, self.reason = ("FAKE", 0.875, None) if found else ("ABSTAIN", None, "not_found")
         self._d = {"path": str(path), "verdict": self.verdict, "probability": self.probability,
                    "bundle_auc": spec["metrics"]["ensemble"]["test"]["auc"]}
 
@@ -172,7 +174,7 @@ def test_the_champion_alias_loads_the_champion_bundle_as_a_pyfunc(store: Path, t
     assert list(out.columns) == ["path", "verdict", "probability", "reason", "report"]
     assert out["verdict"].tolist() == ["FAKE", "ABSTAIN"]
     assert out["probability"].iloc[0] == pytest.approx(0.875) and pd.isna(out["probability"].iloc[1])
-    assert out["reason"].iloc[1] == "file_not_found"
+    assert out["reason"].iloc[1] == "not_found"  # the Analyzer's reason, passed through
     assert json.loads(out["report"].iloc[0])["bundle_auc"] == pytest.approx(0.96)  # version 2's bundle
     assert not list((store / "mlartifacts").rglob("*.pkl"))  # logged as code: nothing to unpickle
     sig = model.metadata.signature
