@@ -507,6 +507,63 @@ def analyze(
         typer.echo(json.dumps(reports if path.is_dir() else reports[0], indent=1))
 
 
+@app.command()
+@_user_errors
+def attack(
+    models: Annotated[Path, typer.Option(help="Directory holding one folder per trained member.")] = Path("models"),
+    calibration: Annotated[Path, typer.Option(help="calibration.json from `veracity calibrate`.")] = Path(
+        "models/calibration/calibration.json"),
+    features: Annotated[Path, typer.Option(help="Extracted features (the attack.split clips are used).")] = Path(
+        "data/features"),
+    manifest_path: Annotated[Path, typer.Option("--manifest", help="Manifest CSV (source files to re-encode).")] = Path(
+        "data/manifest/manifest.csv"),
+    out: Annotated[Path, typer.Option(help="Directory for robustness.csv, summary.json and plots.")] = Path(
+        "reports/attack"),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Robustness of every member and the fused ensemble: re-encode, corruptions, FGSM/PGD."""
+    import logging
+    import math
+
+    from veracity.attack import ENSEMBLE, AttackError, run_attack
+    from veracity.ensemble import BundleError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    loaded = load_params(params, set_ or (), "attack")
+    for path, what in ((calibration, "calibration file (run `veracity calibrate` first)"),
+                       (features / "index.csv", "features index (run `veracity extract` first)"),
+                       (manifest_path, "manifest (run `veracity corpus` first)")):
+        if not path.is_file():
+            raise StageError(f"{what}: {path} does not exist")
+    try:
+        summary = run_attack(models, calibration, features, manifest_path, Path(loaded.corpus.root), loaded.attack,
+                             loaded.extract, out)
+    except (AttackError, BundleError, FileNotFoundError) as exc:
+        raise StageError(str(exc)) from None
+
+    def num(v: float | None) -> str:
+        return "  nan" if v is None or not math.isfinite(v) else f"{v:.3f}"
+
+    import pandas as pd
+
+    table = pd.read_csv(out / "robustness.csv")
+    ens = table[table["target"] == ENSEMBLE]
+    typer.echo("clean AUC: " + ", ".join(f"{k} {num(v)}" for k, v in summary["clean"].items()))
+    typer.echo("ensemble AUC (drop) per condition and strength:")
+    for name, rows in ens.groupby("name", sort=False):
+        cells = "  ".join(f"{r.strength:g}: {num(r.auc)} ({num(r.drop)})" for r in rows.itertuples())
+        typer.echo(f"  {name:11s} {cells}")
+    if summary["failed_extractions"]:
+        _err(f"{summary['failed_extractions']} re-encoded clips could not be extracted (left out of their rows)")
+    gate, bound = summary["gate"], loaded.register_.max_robustness_drop
+    drop = gate["drop"]
+    ok = drop is not None and drop <= bound
+    shown = "not measured" if drop is None else f"{drop:.3f}"
+    typer.echo(f"{'PASS' if ok else 'FAIL'} ensemble AUC drop under {gate['corruption']} {gate['strength']:g}: "
+               f"{shown} (needs <= {bound:g})")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
