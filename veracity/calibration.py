@@ -7,8 +7,9 @@ Networks", ICML 2017) or isotonic regression (Zadrozny & Elkan, KDD 2002). Both 
 handful of numbers (a temperature; isotonic breakpoints), written as JSON and never
 pickled, so a bundle handed to someone else carries no executable state.
 
-``method="auto"`` picks, per member, the calibrator with the lower cross-validated Brier
-score on validation: isotonic is more flexible but overfits ~90 clips more easily.
+``method="auto"`` picks, per member, the calibrator with the lower cross-validated
+log-loss on validation: isotonic is more flexible but overfits ~100 clips more easily,
+and its flat ends give 0 or 1 to clips that are merely unusual.
 """
 
 from __future__ import annotations
@@ -160,10 +161,12 @@ def _check_fit_input(z: np.ndarray, y: np.ndarray) -> None:
 FITTERS = {"temperature": fit_temperature, "isotonic": fit_isotonic}
 
 
-def cross_validated_brier(logits: Any, y_true: Any, method: str, folds: int = 5, seed: int = 0) -> float:
-    """Brier score of ``method`` fitted on k-1 folds and scored on the held-out fold.
+def cross_validated_nll(logits: Any, y_true: Any, method: str, folds: int = 5, seed: int = 0) -> float:
+    """Log-loss of ``method`` fitted on k-1 folds and scored on the held-out fold.
 
-    Folds are stratified by label, so every training part has both classes.
+    Log-loss, not Brier: a calibrator that says 0.9999 and is wrong on an unseen clip must
+    lose, and Brier caps that mistake at 1. Folds are stratified by label, so every
+    training part has both classes.
     """
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(y_true, dtype=np.int64)
@@ -178,15 +181,15 @@ def cross_validated_brier(logits: Any, y_true: Any, method: str, folds: int = 5,
         if not test.any():
             continue
         pred[test] = FITTERS[method](z[~test], y[~test]).prob(z[test])
-    return metrics.brier(y, pred)
+    return float(-np.mean(y * np.log(pred) + (1 - y) * np.log1p(-pred)))
 
 
 def fit_calibrator(logits: Any, y_true: Any, method: str = "auto", folds: int = 5,
                    seed: int = 0) -> tuple[Calibrator, dict[str, float]]:
-    """Fit the calibrator ``method`` (or choose one by cross-validated Brier for ``auto``).
+    """Fit the calibrator ``method`` (or choose one by cross-validated log-loss for ``auto``).
 
     Returns:
-        The calibrator and the cross-validated Brier of each candidate (empty unless auto).
+        The calibrator and the cross-validated log-loss of each candidate (empty unless auto).
     """
     if method != "auto":
         return FITTERS[method](logits, y_true), {}
@@ -195,7 +198,7 @@ def fit_calibrator(logits: Any, y_true: Any, method: str = "auto", folds: int = 
     k = int(min(folds, np.sum(y == 0), np.sum(y == 1)))
     if k < 2:
         return fit_temperature(logits, y_true), {}
-    cv = {m: cross_validated_brier(logits, y_true, m, k, seed) for m in FITTERS}
+    cv = {m: cross_validated_nll(logits, y_true, m, k, seed) for m in FITTERS}
     best = min(cv, key=lambda m: (cv[m], m != "temperature"))  # ties go to the simpler model
     return FITTERS[best](logits, y_true), cv
 
@@ -293,7 +296,7 @@ def calibrate(models: Path | str, members: Mapping[str, Any], cfg: Any, out: Pat
             pool_auc[how] = metrics.roc_auc(a[target][akeep], a["z"][akeep])
         report["members"][name] = {
             "target": target, "pooling": pooling.to_dict(), "method": cal.method,
-            "temperature": cal.temperature if cal.method == "temperature" else None, "cv_brier": cv,
+            "temperature": cal.temperature if cal.method == "temperature" else None, "cv_log_loss": cv,
             "val_auc_by_pooling": pool_auc,
             "val": {**calibration_report(y[val], raw[val], p[val], cfg.n_bins), "auc": metrics.roc_auc(y[val], p[val])},
             "test": {**calibration_report(y[test], raw[test], p[test], cfg.n_bins),

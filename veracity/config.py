@@ -292,7 +292,7 @@ class CalibrateConfig(_Section):
     per-member calibrators, the fusion rule and the decision thresholds."""
 
     pooling: dict[str, PoolingConfig] = {}  # member -> rule; a missing member pools by mean
-    # temperature | isotonic | auto (the one with the lower cross-validated Brier on val)
+    # temperature | isotonic | auto (the one with the lower cross-validated log-loss on val)
     method: Literal["temperature", "isotonic", "auto"] = "auto"
     folds: int = Field(5, ge=2)  # cross-validation folds for method=auto
     n_bins: int = Field(10, ge=2)  # reliability diagram / ECE bins

@@ -10,7 +10,7 @@ from veracity.calibration import (
     PROB_EPS,
     Calibrator,
     Pooling,
-    cross_validated_brier,
+    cross_validated_nll,
     fit_calibrator,
     fit_isotonic,
     fit_temperature,
@@ -80,12 +80,12 @@ def test_fit_needs_both_classes():
         fit_temperature([0.1, 0.2, 0.3], [1, 1, 1])
 
 
-def test_auto_picks_the_lower_cross_validated_brier():
+def test_auto_picks_the_lower_cross_validated_nll():
     z, y = _overconfident(300, scale=3.0, seed=1)
     cal, cv = fit_calibrator(z, y, "auto", folds=5)
     assert set(cv) == {"temperature", "isotonic"}
     assert cal.method == min(cv, key=cv.get)
-    assert cv[cal.method] == pytest.approx(cross_validated_brier(z, y, cal.method, 5))
+    assert cv[cal.method] == pytest.approx(cross_validated_nll(z, y, cal.method, 5))
 
 
 def test_auto_falls_back_to_temperature_with_too_few_of_a_class():
