@@ -378,7 +378,9 @@ def ensemble(
     typer.echo(f"bundle written to {out}: test AUC {ens['auc']:.4f}, ECE {ens['ece']:.4f}, FPR {ens['fpr']:.4f}, "
                f"uncertain {ens['uncertain_rate']:.4f} ({ens['n']} clips)")
     typer.echo("test AUC per method: " + ", ".join(f"{k} {v['auc']:.3f}" for k, v in res["ensemble"]["per_method"].items()))
-    typer.echo("members: " + ", ".join(f"{k} {v['test']['auc']:.3f}" for k, v in res["members"].items()))
+    typer.echo("members, test AUC on all fakes (on their own target): " + ", ".join(
+        f"{k} {v['test']['auc']:.3f} ({v['test'].get('target_auc') or float('nan'):.3f})"
+        for k, v in res["members"].items()))
     if "onnx" in res:
         typer.echo("ONNX parity (max abs logit diff): " + ", ".join(f"{k} {v:.2g}" for k, v in res["onnx"].items()))
     for c in res["_checks"]:

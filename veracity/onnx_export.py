@@ -9,6 +9,8 @@ batch; otherwise the bundle records why and the member stays PyTorch-only.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import warnings
 from dataclasses import dataclass
@@ -77,7 +79,8 @@ def export_member(model: nn.Module, example: Batch, path: Path | str, tolerance:
     try:
         with torch.inference_mode():
             ref = wrapper(*tensors).float().numpy()
-        with warnings.catch_warnings():
+        # The exporter prints progress and optimiser notes to stdout: keep stage output readable.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             batch_dim = torch.export.Dim("batch", min=1, max=4096)
             prog = torch.onnx.export(wrapper, tensors, input_names=list(names), output_names=["logits"],
