@@ -19,7 +19,9 @@ compared with the clean scores of the same clips:
 - **Gradient attacks** (FGSM, PGD; L-inf) on the face crops and on the waveform, against
   each member that sees the field and against the fused ensemble, on a balanced subset of
   ``attack.attack_clips`` clips. Each window is attacked on its own; the flow channels keep
-  their clean values (Farneback is not differentiable).
+  their clean values (Farneback is not differentiable). Against the ensemble, gradients
+  follow a smooth, unclamped stand-in of calibration and fusion (BPDA, see
+  :func:`fused_logit_fn`): isotonic steps and probability clamps would otherwise hide members.
 
 A member that does not see a corrupted field (a video-only member under an audio
 corruption) keeps its clean window logits; its rows say ``affected = False``.
@@ -54,13 +56,15 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from scipy.optimize import minimize
 
 from veracity import metrics
-from veracity.calibration import target_mask
+from veracity.calibration import Calibrator, target_mask
 from veracity.config import AttackConfig, ExtractConfig, write_resolved
 from veracity.contract import DataContract
 from veracity.data import ClipInfo, WindowDataset, collate, load_clips
-from veracity.ensemble import Bundle, calibrate_torch
+from veracity.ensemble import Bundle, Fusion, calibrate_torch
 from veracity.features import ClipRecord
 from veracity.media.flow import flow_sequence
 from veracity.models.base import Batch
@@ -318,25 +322,81 @@ def target_aucs(bundle: Bundle, table: pd.DataFrame, ids: Iterable[str] | None =
 # ----------------------------------------------------------------------- attacks
 
 
-def fused_logit_fn(bundle: Bundle, field: str, clean: Batch) -> Callable[[Batch], torch.Tensor]:
+def surrogate_logodds(cal: Calibrator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A smooth, unclamped stand-in for ``logit(cal.prob(z))``, for gradients only.
+
+    Identity and temperature calibrators are their own log-odds (``z``, ``z / T``) without
+    the clamp to [1e-4, 1 - 1e-4] (which zeroes the gradient of a confident member). An
+    isotonic calibrator, a staircase with zero gradient on every step, is replaced by the
+    line ``a z + b`` of the logistic curve closest (soft cross-entropy) to its breakpoints.
+    """
+    if cal.method == "identity":
+        return lambda z: z
+    if cal.method == "temperature":
+        return lambda z: z / cal.temperature
+    x, y = np.asarray(cal.x, np.float64), np.clip(np.asarray(cal.y, np.float64), 1e-4, 1 - 1e-4)
+    a, b = 1.0, 0.0
+    if x.size >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0:
+        def loss(theta: np.ndarray) -> float:
+            u = theta[0] * x + theta[1]
+            return float(np.mean(np.logaddexp(0.0, u) - y * u))
+
+        a, b = (float(v) for v in minimize(loss, np.array([1.0, 0.0]), method="Nelder-Mead").x)
+    a = max(a, 1e-3)  # increasing, like the map it stands in for
+    return lambda z: a * z + b
+
+
+def surrogate_fused_logit(fusion: Fusion, ells: torch.Tensor) -> torch.Tensor:
+    """The fusion rule on members' log-odds ``ells`` (n, m), in log-odds and without clamps.
+
+    The fusion's final calibrator is left out: it is monotone, so it does not change the
+    sign of a window's gradient, which is all FGSM and PGD follow.
+    """
+    if fusion.rule == "stacking":
+        c = torch.tensor(fusion.coef, dtype=ells.dtype, device=ells.device)
+        return ells @ c + fusion.intercept
+    if fusion.rule == "weighted_mean":
+        logw = torch.log(torch.tensor(fusion.weights, dtype=ells.dtype, device=ells.device))
+        log_p = torch.logsumexp(logw + F.logsigmoid(ells), dim=1)
+        log_q = torch.logsumexp(logw + F.logsigmoid(-ells), dim=1)
+        return log_p - log_q
+    log_q = F.logsigmoid(-ells).sum(dim=1)  # noisy-or: 1 - p = prod(1 - p_i)
+    return torch.log(-torch.expm1(log_q).clamp_max(-1e-30)) - log_q
+
+
+def fused_logit_fn(bundle: Bundle, field: str, clean: Batch, bpda: bool = True) -> Callable[[Batch], torch.Tensor]:
     """Logit of :meth:`Bundle.fused_window_prob`, for attacks on ``field`` of ``clean``.
 
     Members that do not read ``field`` get the same logits whatever the perturbation, so
     theirs are computed once from ``clean`` (without a graph) instead of at every step; the
-    result equals ``logit(bundle.fused_window_prob(batch))``.
+    value equals ``logit(bundle.fused_window_prob(batch))``.
+
+    The exact fused probability is a poor thing to differentiate: isotonic calibrators are
+    staircases (zero gradient on every step) and calibrated probabilities are clamped to
+    [1e-4, 1 - 1e-4] (zero gradient for a confident member), so the members behind them
+    vanish from the attack (gradient masking: on the default corpus the ensemble looked
+    untouched by audio PGD while its audio member alone fell to AUC 0.05). With ``bpda``
+    (Athalye, Carlini and Wagner, "Obfuscated Gradients Give a False Sense of Security",
+    ICML 2018) the value is unchanged but the gradient follows :func:`surrogate_logodds`
+    and :func:`surrogate_fused_logit`.
     """
     with torch.no_grad():
         fixed = {m.name: m.model(clean).logits.float() for m in bundle.members
                  if not sees(m.modality, field) and m.model is not None}
+    surrogate = {m.name: surrogate_logodds(m.calibrator) for m in bundle.members}
 
     def fn(b: Batch) -> torch.Tensor:
-        cols = []
+        cols, ells = [], []
         for m in bundle.members:
             assert m.model is not None
             z = fixed[m.name] if m.name in fixed else m.model(b).logits.float()
             cols.append(calibrate_torch(m.calibrator, z))
-        p = bundle.fusion.prob_torch(torch.stack(cols, dim=1))
-        return torch.logit(p.clamp(1e-6, 1 - 1e-6))
+            ells.append(surrogate[m.name](z))
+        value = torch.logit(bundle.fusion.prob_torch(torch.stack(cols, dim=1)).clamp(1e-6, 1 - 1e-6))
+        if not bpda:
+            return value
+        grad_path = surrogate_fused_logit(bundle.fusion, torch.stack(ells, dim=1))
+        return grad_path + (value - grad_path).detach()
 
     return fn
 

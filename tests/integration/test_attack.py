@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,14 +18,15 @@ from veracity.attack import (
     attack_window_scores,
     fused_logit_fn,
     run_attack,
+    surrogate_fused_logit,
     video_table,
     window_scores,
 )
-from veracity.calibration import calibrate
+from veracity.calibration import Calibrator, calibrate
 from veracity.config import AttackConfig, CalibrateConfig, ExtractConfig, MemberConfig, TrainConfig
 from veracity.contract import DataContract
 from veracity.data import WindowDataset, collate, load_clips
-from veracity.ensemble import Bundle
+from veracity.ensemble import Bundle, Fusion
 from veracity.extract import extract
 from veracity.training import train
 
@@ -182,6 +184,36 @@ def test_pgd_pushes_the_ensemble_further_than_fgsm_and_clean(setting, bundle: Bu
     clean_loss, fgsm_loss, pgd_loss = loss("clean", 0), loss("fgsm", 0.5 / 255), loss("pgd", 8 / 255)
     assert fgsm_loss >= clean_loss - 1e-6
     assert pgd_loss > fgsm_loss and pgd_loss > clean_loss
+
+
+def test_isotonic_steps_do_not_mask_the_ensemble_gradient(setting) -> None:
+    b = Bundle.assemble(setting["models"], json.loads(setting["calibration"].read_text()))
+    flat = Calibrator("isotonic", x=(-60.0, -50.0, 50.0, 60.0), y=(0.1, 0.5, 0.5, 0.9))  # flat where logits are
+    for m in b.members:
+        m.model.eval().requires_grad_(False)
+        if m.name in ("a", "f"):  # every member that hears the audio
+            m.calibrator = flat
+    ds = WindowDataset(load_clips(setting["features"], ["test"])[:2], CONTRACT)
+    batch, _ = collate([ds[i] for i in range(len(ds))])
+
+    def grad(fn) -> tuple[torch.Tensor, torch.Tensor]:
+        audio = batch.audio.clone().requires_grad_(True)
+        out = fn(dataclasses.replace(batch, audio=audio))
+        return out.detach(), torch.autograd.grad(out.sum(), audio)[0]
+
+    plain_value, plain_grad = grad(fused_logit_fn(b, "audio", batch, bpda=False))
+    value, g = grad(fused_logit_fn(b, "audio", batch))
+    torch.testing.assert_close(value, plain_value)  # same scores...
+    assert plain_grad.abs().max() == 0 and g.abs().max() > 0  # ...but a gradient to follow
+
+
+@pytest.mark.parametrize("rule", ["stacking", "weighted_mean", "noisy_or"])
+def test_the_gradient_path_is_the_fusion_rule_in_log_odds(rule: str) -> None:
+    fusion = Fusion(rule, ("x", "y", "z"), weights=(1.0, 2.0, 0.5), coef=(0.7, -0.2, 1.3), intercept=0.3)
+    ells = torch.linspace(-4, 4, 12, dtype=torch.float64).reshape(4, 3)
+    raw = fusion.raw(torch.sigmoid(ells).numpy())
+    want = np.log(raw) - np.log1p(-raw)  # unclamped, unlike calibration.logit
+    np.testing.assert_allclose(surrogate_fused_logit(fusion, ells).numpy(), want, rtol=1e-6, atol=1e-6)
 
 
 def test_summary_gate_matches_the_table(result) -> None:
