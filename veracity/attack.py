@@ -652,7 +652,7 @@ def run_attack(models: Path, calibration: Path, features: Path, manifest: Path, 
 
     rows: list[dict[str, Any]] = []
     crf_rows: list[dict[str, Any]] = []
-    failed = 0
+    failed: dict[int, int] = {}
     # H.264 re-encode + re-extraction: every member sees a new file.
     t0 = time.perf_counter()
     if cfg.crf:
@@ -664,7 +664,7 @@ def run_attack(models: Path, calibration: Path, features: Path, manifest: Path, 
                 t1 = time.perf_counter()
                 ok = load_clips(fdir, [cfg.split], extract_cfg.usable_statuses)
                 n_failed = len(clips) - len(ok)
-                failed += n_failed
+                failed[crf] = n_failed
                 if n_failed:
                     bad = pd.read_csv(fdir / "index.csv")
                     bad = bad[~bad["video_id"].isin({c.video_id for c in ok})]
@@ -744,8 +744,8 @@ def _row_dict(row: pd.Series) -> dict[str, Any]:
     return d
 
 
-def _summary(table: pd.DataFrame, clean: Mapping[str, tuple[float, int]], cfg: AttackConfig, failed: int,
-             n_clips: int, n_attack: int) -> dict[str, Any]:
+def _summary(table: pd.DataFrame, clean: Mapping[str, tuple[float, int]], cfg: AttackConfig,
+             failed: Mapping[int, int], n_clips: int, n_attack: int) -> dict[str, Any]:
     ens = table[table["target"] == ENSEMBLE]
     gate_name = {**CROP_KEYS, **AUDIO_KEYS}.get(cfg.gate_corruption, cfg.gate_corruption)
     match = ens[(ens["name"] == gate_name) & np.isclose(ens["strength"].astype(float), float(cfg.gate_strength))]
@@ -764,4 +764,8 @@ def _summary(table: pd.DataFrame, clean: Mapping[str, tuple[float, int]], cfg: A
         d = ens.loc[ens["name"] == name, "drop"].dropna()
         per_kind[name] = _round(d.max()) if len(d) else None
     return {"clean": {k: _round(v[0]) for k, v in clean.items()}, "gate": gate, "worst": worst,
-            "per_kind": per_kind, "failed_extractions": int(failed), "n_clips": n_clips, "attack_clips": n_attack}
+            "per_kind": per_kind, "failed_extractions": int(sum(failed.values())),
+            # Re-encoded clips that extraction could not use (e.g. no face found at a high CRF),
+            # left out of that CRF's rows (their clean AUC is taken on the same clips).
+            "failed_by_crf": {str(k): int(v) for k, v in failed.items()}, "n_clips": n_clips,
+            "attack_clips": n_attack}

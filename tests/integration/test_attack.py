@@ -108,7 +108,7 @@ def test_every_condition_strength_and_target_has_one_row(result) -> None:
     assert (att["n_clips"] <= SWEEP.attack_clips).all() and (corr.loc[corr["target"] == ENSEMBLE, "n_clips"] > 8).all()
     plot = pd.read_csv(out / "plots" / "auc_vs_strength.csv")
     assert list(plot.columns) == ["name", "strength", "target", "auc"] and len(plot) == len(table)
-    assert summary["failed_extractions"] == 0
+    assert summary["failed_extractions"] == 0 and summary["failed_by_crf"] == {"35": 0}
 
 
 def test_aucs_are_probabilities_and_nan_only_without_both_classes(setting, result) -> None:
