@@ -79,8 +79,9 @@ def export_member(model: nn.Module, example: Batch, path: Path | str, tolerance:
     try:
         with torch.inference_mode():
             ref = wrapper(*tensors).float().numpy()
-        # The exporter prints progress and optimiser notes to stdout: keep stage output readable.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        # The exporter prints progress and optimiser notes: keep the stage's output readable.
+        with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
+              contextlib.redirect_stderr(io.StringIO())):
             warnings.simplefilter("ignore")
             batch_dim = torch.export.Dim("batch", min=1, max=4096)
             prog = torch.onnx.export(wrapper, tensors, input_names=list(names), output_names=["logits"],

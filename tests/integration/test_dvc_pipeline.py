@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,7 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = {"video_specialist": "tiny_video", "audio_specialist": "tiny_audio", "lipsync": "tiny_lipsync",
         "av_fusion": "tiny_fusion"}
 STAGES = ("corpus", "validate", "extract", "validate_features", "train@video_specialist",
-          "train@audio_specialist", "train@lipsync", "train_fusion@av_fusion", "evaluate")
+          "train@audio_specialist", "train@lipsync", "train_fusion@av_fusion", "evaluate", "calibrate", "attack",
+          "ensemble", "register")
 
 
 def test_every_member_has_exactly_one_training_stage() -> None:
@@ -58,6 +60,10 @@ def project(tmp_path: Path, tiny_corpus: Path) -> Path:
     # The same members and stages as the real pipeline, with tiny detectors and one epoch.
     for name, tiny in TINY.items():
         params["train"]["members"][name].update(detector=tiny, epochs=1, windows_per_clip=1, batch_size=8)
+    # One strength per corruption and short attacks: the stages run as in the real DAG, smaller.
+    params["attack"].update(crf=[35], jpeg_quality=[50], downscale=[0.5], noise_sigma=[0.05], blur_sigma=[1.0],
+                            brightness=[0.2], snr_db=[10], resample_hz=[8000], lowpass_hz=[2000], gain_db=[-20],
+                            fgsm_eps=[0.01], pgd_eps=[0.01], pgd_steps=2, audio_eps=[0.002], attack_clips=4)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(tiny_corpus, root / "data" / "raw")
     _run(["git", "init", "-q"], root)
@@ -80,6 +86,17 @@ def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) 
     metrics = _run([*dvc, "metrics", "show"], project)
     assert "True" in metrics  # summary.json: success
     assert "reports/evaluate/metrics.json" in metrics and "best_val_auc" in metrics
+    for path in ("reports/calibrate/metrics.json", "reports/attack/summary.json", "reports/ensemble/metrics.json",
+                 "reports/register/summary.json"):
+        assert path in metrics
+    # The bundle is complete and verifies; the registry has a champion (the first candidate
+    # passes the gate unless its ECE or robustness misses the bounds, and tiny members may).
+    from veracity.ensemble import verify_bundle
+
+    spec = verify_bundle(project / "models" / "bundle")
+    assert {m["name"] for m in spec["members"]} == set(TINY)
+    summary = json.loads((project / "reports" / "register" / "summary.json").read_text())
+    assert summary["version"] == "1" and summary["model_name"] == "veracity-detector"
     plots = _run([*dvc, "plots", "show", "-o", "plots_html"], project)
     html = (project / "plots_html" / "index.html").read_text()
     assert "plots_html" in plots and "video_specialist" in html and "tpr" in html
