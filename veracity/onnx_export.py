@@ -88,6 +88,7 @@ def export_member(model: nn.Module, example: Batch, path: Path | str, tolerance:
                                      dynamic_shapes=(tuple({0: batch_dim} for _ in names),),
                                      opset_version=18, dynamo=True, verbose=False)
             prog.save(str(path))
+        _strip_trace_metadata(path)
         session = ort_session(path)
         got = session.run(["logits"], _feed(names, session, example))[0]
         diff = float(np.max(np.abs(got.astype(np.float64) - ref)))
@@ -97,6 +98,19 @@ def export_member(model: nn.Module, example: Batch, path: Path | str, tolerance:
     if not np.isfinite(diff) or diff > tolerance:
         return ExportResult(False, diff, f"parity {diff:.3g} above tolerance {tolerance:g}")
     return ExportResult(True, diff)
+
+
+def _strip_trace_metadata(path: Path) -> None:
+    """Drop the per-node stack traces the exporter records: they hold absolute source paths,
+    so the same model exported from two checkouts would differ byte for byte."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graphs = [model.graph, *model.functions]
+    for g in graphs:
+        for node in g.node:
+            del node.metadata_props[:]
+    onnx.save(model, str(path))
 
 
 def ort_session(path: Path | str) -> Any:
