@@ -338,8 +338,7 @@ def calibrate(models: Path | str, members: Mapping[str, Any], cfg: Any, out: Pat
                  "brier": metrics.brier(y[is_test], fused_p[is_test]), **th.rates(fused_p[is_test], y[is_test])},
         "thresholds": th.to_dict(),
     }
-    for stage in ("after",):
-        rel_rows += reliability_rows("ensemble", "test", y[is_test], fused_p[is_test], cfg.n_bins, stage)
+    rel_rows += reliability_rows("ensemble", "test", y[is_test], fused_p[is_test], cfg.n_bins, "after")
     spec.update(fusion=fusion.to_dict(), thresholds=th.to_dict())
     out.mkdir(parents=True, exist_ok=True)
     reports.mkdir(parents=True, exist_ok=True)
