@@ -97,6 +97,18 @@ def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) 
     assert {m["name"] for m in spec["members"]} == set(TINY)
     summary = json.loads((project / "reports" / "register" / "summary.json").read_text())
     assert summary["version"] == "1" and summary["model_name"] == "veracity-detector"
+    # The registered pyfunc runs the real Analyzer on the real bundle artifact.
+    clip = sorted((project / "data" / "raw" / "videos").glob("*.mp4"))[0]
+    code = ("import mlflow, pandas as pd, json, sys; mlflow.set_tracking_uri('sqlite:///mlflow.db');"
+            "m = mlflow.pyfunc.load_model('models:/veracity-detector/1');"
+            "o = m.predict(pd.DataFrame({'path': [sys.argv[1], 'missing.mp4']}));"
+            "print(json.dumps(o[['verdict', 'reason']].to_dict('records')))")
+    proc = subprocess.run([sys.executable, "-c", code, str(clip)], cwd=project, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert rows[0]["verdict"] in {"FAKE", "UNCERTAIN", "REAL", "ABSTAIN"}
+    assert rows[1] == {"verdict": "ABSTAIN", "reason": "not_found"}
     plots = _run([*dvc, "plots", "show", "-o", "plots_html"], project)
     html = (project / "plots_html" / "index.html").read_text()
     assert "plots_html" in plots and "video_specialist" in html and "tpr" in html
