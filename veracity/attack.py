@@ -629,18 +629,13 @@ def run_attack(models: Path, calibration: Path, features: Path, manifest: Path, 
     # Clean windows and the in-memory corruptions, one pass over the clips.
     conds: dict[Any, tuple[TransformFactory | None, Sequence[str]]] = {"clean": (None, bundle.names)}
     sweeps: list[tuple[Condition, str]] = []
-    for key, name in CROP_KEYS.items():
-        for s in getattr(cfg, key):
-            c = Condition("corruption", name, _strength(s), "video")
-            conds[c] = (lambda ds, n=name, s=s: CropCorruption(n, s, ds), [n_ for n_ in bundle.names
-                                                                            if sees(mods[n_], "video")])
-            sweeps.append((c, "video"))
-    for key, name in AUDIO_KEYS.items():
-        for s in getattr(cfg, key):
-            c = Condition("corruption", name, _strength(s), "audio")
-            conds[c] = (lambda ds, n=name, s=s: AudioCorruption(n, s, ds), [n_ for n_ in bundle.names
-                                                                             if sees(mods[n_], "audio")])
-            sweeps.append((c, "audio"))
+    for field, keys, transform in (("video", CROP_KEYS, CropCorruption), ("audio", AUDIO_KEYS, AudioCorruption)):
+        affected = [n for n in bundle.names if sees(mods[n], field)]
+        for key, name in keys.items():
+            for s in getattr(cfg, key):
+                c = Condition("corruption", name, _strength(s), field)
+                conds[c] = (lambda ds, t=transform, n=name, s=s: t(n, s, ds), affected)
+                sweeps.append((c, field))
     timings: dict[Any, float] = {}
     t0 = time.perf_counter()
     scored = window_scores(bundle, clips, contract, conds, timings=timings)

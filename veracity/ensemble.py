@@ -726,7 +726,8 @@ def build_bundle(models: Path | str, calibration: Path | str, features: Path | s
     lineage = {"data_dvc_md5": data_hash(root), "dvc_lock": _member_hashes(Path(root) / "dvc.lock", bundle.names)}
     splits = pd.read_csv(Path(features) / "index.csv")
     data = {"clips_by_split": {str(k): int(v) for k, v in splits["split"].value_counts().sort_index().items()}}
-    example, _ = collate([_first_windows(clips, bundle.contract, 4)[i] for i in range(4)])
+    first = _first_windows(clips, bundle.contract, 4)
+    example, _ = collate([first[i] for i in range(4)])
     bundle.save(out, extra={"extract": to_plain(extract_cfg, exclude={"workers"}), "metrics": result,
                             "robustness": rob, "lineage": lineage, "data": data},
                 onnx=cfg.onnx, onnx_tolerance=cfg.onnx_tolerance, example=example)
