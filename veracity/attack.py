@@ -242,7 +242,7 @@ def _chunks(items: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
 def window_scores(bundle: Bundle, clips: Sequence[ClipInfo], contract: DataContract,
                   conditions: Mapping[Any, tuple[TransformFactory | None, Sequence[str]]],
                   batch_size: int = BATCH_SIZE, chunk_clips: int = CHUNK_CLIPS,
-                  timings: dict[Any, float] | None = None) -> dict[Any, pd.DataFrame]:
+                  timings: dict[Any, float] | None = None, stride: int | None = None) -> dict[Any, pd.DataFrame]:
     """Window logits of some members under several transforms, reading each window once.
 
     Clips are taken ``chunk_clips`` at a time; the clean windows of a chunk are loaded once
@@ -258,13 +258,14 @@ def window_scores(bundle: Bundle, clips: Sequence[ClipInfo], contract: DataContr
         batch_size: windows per forward pass.
         chunk_clips: clips held in memory at once.
         timings: if given, seconds spent per condition are added to it (for the log).
+        stride: frames between windows (default: half a window, as evaluation).
 
     Returns:
         key -> DataFrame with ``member, video_id, start, logit``, one row per window and member.
     """
     parts: dict[Any, list[pd.DataFrame]] = {k: [] for k in conditions}
     for chunk in _chunks(list(clips), chunk_clips):
-        ds = WindowDataset(chunk, contract)
+        ds = WindowDataset(chunk, contract, eval_stride=stride)
         samples = [ds[i] for i in range(len(ds))]
         ids = np.array([ds.item_clip(i).video_id for i in range(len(ds))], dtype=object)
         starts = np.array([ds.item_start(i) for i in range(len(ds))], dtype=np.int64)
@@ -325,7 +326,8 @@ def target_aucs(bundle: Bundle, table: pd.DataFrame, ids: Iterable[str] | None =
 def surrogate_logodds(cal: Calibrator) -> Callable[[torch.Tensor], torch.Tensor]:
     """A smooth, unclamped stand-in for ``logit(cal.prob(z))``, for gradients only.
 
-    Identity and temperature calibrators are their own log-odds (``z``, ``z / T``) without
+    Identity, temperature and Platt calibrators are their own log-odds (``z``, ``z / T``,
+    ``a z + b``) without
     the clamp to [1e-4, 1 - 1e-4] (which zeroes the gradient of a confident member). An
     isotonic calibrator, a staircase with zero gradient on every step, is replaced by the
     line ``a z + b`` of the logistic curve closest (soft cross-entropy) to its breakpoints.
@@ -334,6 +336,8 @@ def surrogate_logodds(cal: Calibrator) -> Callable[[torch.Tensor], torch.Tensor]
         return lambda z: z
     if cal.method == "temperature":
         return lambda z: z / cal.temperature
+    if cal.method == "platt":
+        return lambda z: cal.slope * z + cal.bias
     x, y = np.asarray(cal.x, np.float64), np.clip(np.asarray(cal.y, np.float64), 1e-4, 1 - 1e-4)
     a, b = 1.0, 0.0
     if x.size >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0:
@@ -403,7 +407,7 @@ def fused_logit_fn(bundle: Bundle, field: str, clean: Batch, bpda: bool = True) 
 
 def attack_window_scores(bundle: Bundle, clips: Sequence[ClipInfo], contract: DataContract, target: str,
                          field: str, method: str, eps: float, steps: int, batch_size: int = BATCH_SIZE,
-                         seed: int = SEED) -> pd.DataFrame:
+                         seed: int = SEED, stride: int | None = None) -> pd.DataFrame:
     """Window logits of the members that read ``field`` after attacking each window.
 
     Args:
@@ -419,6 +423,7 @@ def attack_window_scores(bundle: Bundle, clips: Sequence[ClipInfo], contract: Da
         batch_size: windows attacked together (each window still independently: the loss is
             a mean over windows, whose gradients do not mix).
         seed: base seed of PGD's random start.
+        stride: frames between windows (default: half a window, as evaluation).
 
     Returns:
         ``member, video_id, start, logit`` rows for the attacked member, or for every member
@@ -428,7 +433,7 @@ def attack_window_scores(bundle: Bundle, clips: Sequence[ClipInfo], contract: Da
     if target != ENSEMBLE and target not in members:
         raise ValueError(f"unknown attack target {target!r}; members: {bundle.names}")
     names = ([n for n, m in members.items() if sees(m.modality, field)] if target == ENSEMBLE else [target])
-    ds = WindowDataset(clips, contract)
+    ds = WindowDataset(clips, contract, eval_stride=stride)
     rows = []
     for bi, lo in enumerate(range(0, len(ds), batch_size)):
         idx = list(range(lo, min(lo + batch_size, len(ds))))
@@ -638,7 +643,7 @@ def run_attack(models: Path, calibration: Path, features: Path, manifest: Path, 
                 sweeps.append((c, field))
     timings: dict[Any, float] = {}
     t0 = time.perf_counter()
-    scored = window_scores(bundle, clips, contract, conds, timings=timings)
+    scored = window_scores(bundle, clips, contract, conds, timings=timings, stride=cfg.window_stride)
     t_mem = time.perf_counter() - t0
     clean_w = scored.pop("clean")
     clean_table = video_table(bundle, clean_w, clips)
@@ -667,7 +672,8 @@ def run_attack(models: Path, calibration: Path, features: Path, manifest: Path, 
                                 "; ".join(f"{r.video_id}: {r.status}" for r in bad.head(5).itertuples()))
                 cond = Condition("corruption", "crf", crf, "av")
                 if ok:
-                    w = window_scores(bundle, ok, contract, {"x": (None, bundle.names)})["x"]
+                    w = window_scores(bundle, ok, contract, {"x": (None, bundle.names)},
+                                      stride=cfg.window_stride)["x"]
                     ids = [c.video_id for c in ok]
                     aucs = target_aucs(bundle, video_table(bundle, w, ok))
                     crf_rows += _rows_for(cond, bundle, aucs, target_aucs(bundle, clean_table, ids),
@@ -707,7 +713,8 @@ def run_attack(models: Path, calibration: Path, features: Path, manifest: Path, 
         targets = [n for n in bundle.names if sees(mods[n], field)] + [ENSEMBLE]
         for target in targets:
             t1 = time.perf_counter()
-            w = attack_window_scores(bundle, subset, contract, target, field, method, float(eps), cfg.pgd_steps)
+            w = attack_window_scores(bundle, subset, contract, target, field, method, float(eps), cfg.pgd_steps,
+                                     stride=cfg.window_stride)
             ran = set(w["member"])
             full = pd.concat([w, clean_sub_w[~clean_sub_w["member"].isin(ran)]], ignore_index=True)
             aucs = target_aucs(bundle, video_table(bundle, full, subset))

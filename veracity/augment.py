@@ -78,3 +78,77 @@ class Augment:
                 audio = audio + rng.normal(0, rms / 10 ** (snr / 20), audio.shape).astype(np.float32)
             sample["audio"] = torch.from_numpy(np.clip(audio, -1, 1).astype(np.float32))
         return sample
+
+
+def self_blend(video: torch.Tensor, contract: DataContract, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Self-blended pseudo-fakes (Shiohara & Yamasaki, CVPR 2022) from real face windows.
+
+    Each window's crops are blended with an altered copy of themselves through a soft
+    elliptical mask: the inner face (as a face swap replaces it) or the mouth (as
+    reenactment re-renders it). The copy is resampled (resolution loss), colour shifted
+    (imperfect colour transfer), blurred (mouth) and slightly misaligned, frame by frame.
+    Identity, pose, motion and audio stay those of the real window, so the only thing that
+    separates it from its source is the blending trace: a detector trained on these pairs
+    has to learn that trace instead of who the training identities are. Mask and
+    alteration are drawn per window and kept over its frames, as a swap keeps its
+    settings over a clip.
+
+    Args:
+        video: (B, T, 3, S, S) normalised crops of real faces.
+        contract: normalisation constants.
+        generator: random source (reproducible training).
+
+    Returns:
+        The blended windows, same shape and normalisation.
+    """
+    b, t, _, s, _ = video.shape
+    dev = video.device
+
+    def u(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator).to(dev)
+
+    mean = torch.tensor(contract.mean, device=dev).view(1, 1, 3, 1, 1)
+    std = torch.tensor(contract.std, device=dev).view(1, 1, 3, 1, 1)
+    px = video.float() * std + mean
+    mouth = u(b) < 0.25
+
+    # The altered source, per window.
+    src = []
+    for i in range(b):
+        x = px[i]
+        if mouth[i]:
+            k = 5
+            sigma = float(0.6 + 0.8 * u(1))
+            g = torch.exp(-0.5 * ((torch.arange(k, device=dev) - k // 2) / sigma) ** 2)
+            g = (g / g.sum()).view(1, 1, 1, k)
+            x = F.conv2d(F.pad(x.reshape(-1, 1, s, s), (k // 2, k // 2, 0, 0), mode="replicate"), g)
+            x = F.conv2d(F.pad(x, (0, 0, k // 2, k // 2), mode="replicate"), g.transpose(-1, -2)).reshape(t, 3, s, s)
+        else:
+            side = max(8, int(round(s / float(1.3 + 1.0 * u(1)))))
+            x = F.interpolate(F.interpolate(x, size=(side, side), mode="area"), size=(s, s), mode="bilinear",
+                              align_corners=False)
+        src.append(x)
+    src = torch.stack(src)
+    src = src + (u(b, 1, 3, 1, 1) - 0.5) * 0.12 * (~mouth).view(b, 1, 1, 1, 1)
+    # Misalignment: a per-window offset plus per-frame jitter, in pixels.
+    shift = (u(b, 1, 2) - 0.5) * 2.0 + torch.randn(b, t, 2, generator=generator).to(dev) * 0.4
+    theta = torch.zeros(b * t, 2, 3, device=dev)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = (shift * 2.0 / s).reshape(b * t, 2)
+    grid = F.affine_grid(theta, [b * t, 3, s, s], align_corners=False)
+    src = F.grid_sample(src.reshape(b * t, 3, s, s), grid, padding_mode="border",
+                        align_corners=False).reshape(b, t, 3, s, s)
+
+    # The mask: an ellipse around the inner face or the mouth, feathered by a random width.
+    ys, xs = torch.meshgrid((torch.arange(s, device=dev) + 0.5) / s, (torch.arange(s, device=dev) + 0.5) / s,
+                            indexing="ij")
+    cx = 0.5 + (u(b) - 0.5) * 0.08
+    cy = torch.where(mouth, 0.76 + (u(b) - 0.5) * 0.06, 0.58 + (u(b) - 0.5) * 0.08)
+    ax = torch.where(mouth, 0.13 + 0.06 * u(b), 0.22 + 0.08 * u(b))
+    ay = torch.where(mouth, 0.07 + 0.04 * u(b), 0.27 + 0.08 * u(b))
+    r = torch.sqrt(((xs - cx.view(b, 1, 1)) / ax.view(b, 1, 1)) ** 2 + ((ys - cy.view(b, 1, 1)) / ay.view(b, 1, 1)) ** 2)
+    soft = 0.03 + 0.2 * u(b)
+    mask = torch.sigmoid((1.0 - r) / soft.view(b, 1, 1))
+    mask = (mask * torch.where(u(b) < 0.75, 1.0, 0.5 + 0.5 * u(b)).view(b, 1, 1)).view(b, 1, 1, s, s)
+    out = px * (1 - mask) + src * mask
+    return ((out.clamp(0, 1) - mean) / std).to(video.dtype)

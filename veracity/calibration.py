@@ -3,13 +3,24 @@
 Each member's window logits are pooled to one video logit (:class:`Pooling`, rules of
 :func:`veracity.metrics.pool`) and mapped to a probability by a calibrator fitted on the
 validation split: temperature scaling (Guo et al., "On Calibration of Modern Neural
-Networks", ICML 2017) or isotonic regression (Zadrozny & Elkan, KDD 2002). Both are a
-handful of numbers (a temperature; isotonic breakpoints), written as JSON and never
-pickled, so a bundle handed to someone else carries no executable state.
+Networks", ICML 2017), Platt scaling (Platt 1999: a slope and a bias) or isotonic
+regression (Zadrozny & Elkan, KDD 2002). Every one is fitted to Platt's smoothed targets,
+(N+ + 1) / (N+ + 2) for fakes and 1 / (N- + 2) for reals, not to 0 and 1: members often
+separate the ~100 validation clips perfectly, and then a maximum-likelihood fit on hard
+labels sends the temperature to its bound (or isotonic to a 0/1 step). The calibrated
+probabilities of every clip beyond the validation extremes then round to the same 1e-4
+or 1 - 1e-4: a test clip that a member ranks correctly but less confidently than any
+validation clip (a fake from an unseen identity) becomes a tie, and fusion cannot
+recover what calibration erased. All are a handful of numbers
+(a temperature; slope and bias; isotonic breakpoints), written as JSON and never pickled,
+so a bundle handed to someone else carries no executable state.
 
-``method="auto"`` picks, per member, the calibrator with the lower cross-validated
+``method="auto"`` picks, per member, the calibrator with the lowest cross-validated
 log-loss on validation: isotonic is more flexible but overfits ~100 clips more easily,
-and its flat ends give 0 or 1 to clips that are merely unusual.
+and its flat ends give 0 or 1 to clips that are merely unusual (and ties between them,
+which no later fusion can undo). Temperature scaling cannot move the decision point
+away from logit 0; Platt scaling can, for members (lip-sync) whose logits are centred
+elsewhere.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from sklearn.isotonic import IsotonicRegression
 
 from veracity import metrics
@@ -32,7 +43,7 @@ from veracity import metrics
 # exactly 0 or 1 on validation, and a downstream logit (stacking) must stay finite.
 PROB_EPS = 1e-4
 
-Method = Literal["identity", "temperature", "isotonic"]
+Method = Literal["identity", "temperature", "platt", "isotonic"]
 
 
 def logit(p: np.ndarray | float) -> np.ndarray:
@@ -83,22 +94,28 @@ class Calibrator:
     """Maps a pooled logit to a calibrated probability.
 
     Attributes:
-        method: ``identity`` (sigmoid), ``temperature`` (sigmoid(z / T)) or ``isotonic``
-            (piecewise-linear interpolation between fitted breakpoints, flat outside).
+        method: ``identity`` (sigmoid), ``temperature`` (sigmoid(z / T)), ``platt``
+            (sigmoid(a z + b)) or ``isotonic`` (piecewise-linear interpolation between
+            fitted breakpoints, flat outside).
         temperature: T for ``temperature``.
+        slope, bias: a and b for ``platt``.
         x, y: isotonic breakpoints (logits, probabilities), increasing in both.
     """
 
     method: Method = "identity"
     temperature: float = 1.0
+    slope: float = 1.0
+    bias: float = 0.0
     x: tuple[float, ...] = field(default_factory=tuple)
     y: tuple[float, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if self.method not in ("identity", "temperature", "isotonic"):
+        if self.method not in ("identity", "temperature", "platt", "isotonic"):
             raise ValueError(f"unknown calibration method {self.method!r}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ValueError(f"temperature must be a finite positive number, got {self.temperature}")
+        if not (self.slope > 0 and math.isfinite(self.slope) and math.isfinite(self.bias)):
+            raise ValueError(f"Platt slope must be finite and positive and bias finite, got {self.slope}, {self.bias}")
         if self.method == "isotonic":
             if len(self.x) == 0 or len(self.x) != len(self.y):
                 raise ValueError("isotonic calibrator needs equally many x and y breakpoints (at least one)")
@@ -111,17 +128,31 @@ class Calibrator:
         if self.method == "isotonic":
             p = np.interp(z, np.asarray(self.x), np.asarray(self.y))
         else:
-            p = sigmoid(z / (self.temperature if self.method == "temperature" else 1.0))
+            p = sigmoid(self.log_odds(z))
         return np.clip(p, PROB_EPS, 1 - PROB_EPS)
+
+    def log_odds(self, logits: Any) -> np.ndarray:
+        """The calibrated log-odds of the parametric methods (not isotonic)."""
+        z = np.asarray(logits, dtype=np.float64)
+        if self.method == "temperature":
+            return z / self.temperature
+        if self.method == "platt":
+            return self.slope * z + self.bias
+        if self.method == "identity":
+            return z
+        raise ValueError("isotonic calibration has no closed-form log-odds")
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "temperature": float(self.temperature),
+                "platt": {"slope": float(self.slope), "bias": float(self.bias)},
                 "isotonic": {"x": [float(v) for v in self.x], "y": [float(v) for v in self.y]}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibrator:
         iso = data.get("isotonic") or {}
+        platt = data.get("platt") or {}
         return cls(method=data["method"], temperature=float(data.get("temperature", 1.0)),
+                   slope=float(platt.get("slope", 1.0)), bias=float(platt.get("bias", 0.0)),
                    x=tuple(float(v) for v in iso.get("x", ())), y=tuple(float(v) for v in iso.get("y", ())))
 
 
@@ -130,22 +161,51 @@ def _nll(z: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
 
+def platt_targets(y_true: Any) -> np.ndarray:
+    """Platt's (1999) smoothed targets: (N+ + 1) / (N+ + 2) for fakes, 1 / (N- + 2) for reals.
+
+    The Bayesian estimate of a class frequency after N observations with a uniform prior:
+    no calibrator fitted to them says 0 or 1, and on perfectly separated scores the
+    fitted slope (or 1 / temperature) stays finite.
+    """
+    y = np.asarray(y_true, dtype=np.float64)
+    n_pos, n_neg = float(y.sum()), float(y.size - y.sum())
+    return np.where(y > 0.5, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+
+
 def fit_temperature(logits: Any, y_true: Any) -> Calibrator:
-    """Temperature minimising validation NLL (searched on log T in [-4, 4])."""
+    """Temperature minimising cross-entropy against :func:`platt_targets` (log T in [-4, 4])."""
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(y_true, dtype=np.float64)
     _check_fit_input(z, y)
-    res = minimize_scalar(lambda lt: _nll(z / math.exp(lt), y), bounds=(-4.0, 4.0), method="bounded",
+    t = platt_targets(y)
+    res = minimize_scalar(lambda lt: _nll(z / math.exp(lt), t), bounds=(-4.0, 4.0), method="bounded",
                           options={"xatol": 1e-6})
     return Calibrator("temperature", temperature=float(math.exp(res.x)))
 
 
-def fit_isotonic(logits: Any, y_true: Any) -> Calibrator:
-    """Isotonic regression of the label on the logit, kept as its breakpoints."""
+def fit_platt(logits: Any, y_true: Any) -> Calibrator:
+    """Slope and bias minimising cross-entropy against :func:`platt_targets`."""
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(y_true, dtype=np.float64)
     _check_fit_input(z, y)
-    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(z, y)
+    t = platt_targets(y)
+
+    def loss(ab: np.ndarray) -> tuple[float, np.ndarray]:
+        s = ab[0] * z + ab[1]
+        g = sigmoid(s) - t
+        return float(np.mean(np.logaddexp(0.0, s) - t * s)), np.array([np.mean(g * z), np.mean(g)])
+
+    res = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=[(1e-3, 1e3), (-1e3, 1e3)])
+    return Calibrator("platt", slope=float(res.x[0]), bias=float(res.x[1]))
+
+
+def fit_isotonic(logits: Any, y_true: Any) -> Calibrator:
+    """Isotonic regression of :func:`platt_targets` on the logit, kept as its breakpoints."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.float64)
+    _check_fit_input(z, y)
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(z, platt_targets(y))
     return Calibrator("isotonic", x=tuple(map(float, iso.X_thresholds_)), y=tuple(map(float, iso.y_thresholds_)))
 
 
@@ -158,7 +218,10 @@ def _check_fit_input(z: np.ndarray, y: np.ndarray) -> None:
         raise ValueError("calibration logits contain NaN or inf")
 
 
-FITTERS = {"temperature": fit_temperature, "isotonic": fit_isotonic}
+# Below this many validation clips, ``auto`` does not consider isotonic regression.
+ISOTONIC_MIN_CLIPS = 1000
+
+FITTERS = {"temperature": fit_temperature, "platt": fit_platt, "isotonic": fit_isotonic}
 
 
 def cross_validated_nll(logits: Any, y_true: Any, method: str, folds: int = 5, seed: int = 0) -> float:
@@ -185,8 +248,14 @@ def cross_validated_nll(logits: Any, y_true: Any, method: str, folds: int = 5, s
 
 
 def fit_calibrator(logits: Any, y_true: Any, method: str = "auto", folds: int = 5,
-                   seed: int = 0) -> tuple[Calibrator, dict[str, float]]:
+                   seed: int = 0, isotonic_min_clips: int = ISOTONIC_MIN_CLIPS) -> tuple[Calibrator, dict[str, float]]:
     """Fit the calibrator ``method`` (or choose one by cross-validated log-loss for ``auto``).
+
+    ``auto`` considers isotonic regression only from ``isotonic_min_clips`` validation
+    clips on: below that its steps are fitted to a handful of clips per bin, and
+    cross-validation on the same identities cannot see how flat ends and ties fare on
+    new ones (Niculescu-Mizil & Caruana, ICML 2005: Platt scaling is preferable to
+    isotonic below about a thousand calibration examples).
 
     Returns:
         The calibrator and the cross-validated log-loss of each candidate (empty unless auto).
@@ -198,7 +267,8 @@ def fit_calibrator(logits: Any, y_true: Any, method: str = "auto", folds: int = 
     k = int(min(folds, np.sum(y == 0), np.sum(y == 1)))
     if k < 2:
         return fit_temperature(logits, y_true), {}
-    cv = {m: cross_validated_nll(logits, y_true, m, k, seed) for m in FITTERS}
+    candidates = [m for m in FITTERS if m != "isotonic" or y.size >= isotonic_min_clips]
+    cv = {m: cross_validated_nll(logits, y_true, m, k, seed) for m in candidates}
     best = min(cv, key=lambda m: (cv[m], m != "temperature"))  # ties go to the simpler model
     return FITTERS[best](logits, y_true), cv
 
@@ -284,7 +354,8 @@ def calibrate(models: Path | str, members: Mapping[str, Any], cfg: Any, out: Pat
         keep = target_mask(v["method"], tm) & v[target].notna().to_numpy()
         val, test = (v["split"] == "val").to_numpy() & keep, (v["split"] == "test").to_numpy() & keep
         y = v[target].to_numpy(np.float64)
-        cal, cv = fit_calibrator(v["z"].to_numpy()[val], y[val], cfg.method, cfg.folds)
+        cal, cv = fit_calibrator(v["z"].to_numpy()[val], y[val], cfg.method, cfg.folds,
+                                 isotonic_min_clips=cfg.isotonic_min_clips)
         p = cal.prob(v["z"].to_numpy())
         raw = sigmoid(v["z"].to_numpy())
         # Which pooling rule would have ranked validation best (for choosing it in params).

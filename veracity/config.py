@@ -56,6 +56,11 @@ class GenerateConfig(_Section):
     real_per_identity: int = Field(4, ge=1)
     fakes_per_method: int = Field(1, ge=0)
     methods: tuple[str, ...] = SYNTHETIC_METHODS
+    # Fake methods per identity (null = all). Fewer methods and more identities make the
+    # same number of clips from more people: detectors then have to learn manipulations,
+    # not faces and voices. Within a split, counts per method differ by at most one and
+    # the combinations vary from person to person.
+    methods_per_identity: int | None = Field(None, ge=1)
     # Small frames keep the whole DAG inside CI's 2 cores; faces still span ~55% of the height,
     # well above the Haar cascade's 24 px minimum window.
     width: int = Field(128, ge=64, multiple_of=2)
@@ -216,7 +221,8 @@ class MemberConfig(_Section):
     schedule: Literal["cosine", "plateau", "constant"] = "cosine"
     warmup_frac: float = Field(0.05, ge=0, lt=1)
     label_smoothing: float = Field(0.05, ge=0, lt=0.5)
-    # "auto" weighs positives by n_neg / n_pos; a number sets it; null turns it off.
+    # "auto" weighs positives by n_neg / n_pos (self-blended twins count as positives); a
+    # number sets it; null turns it off.
     pos_weight: float | Literal["auto"] | None = "auto"
     grad_clip: float | None = 1.0
     # Early stopping: epochs without a better validation AUC before stopping.
@@ -231,6 +237,10 @@ class MemberConfig(_Section):
     # SyncNet-style negatives: real windows whose audio is rolled 3-8 frames are added to
     # each batch as fakes. The lip-sync head barely beats chance without them.
     sync_negatives: bool = False
+    # Self-blended pseudo-fakes (veracity.augment.self_blend): real-face windows of each
+    # batch are appended again, blended with an altered copy of themselves, as video fakes.
+    # It teaches the blending trace rather than the training identities.
+    self_blend: bool = False
     # Warm start: part -> member whose trained part (same architecture) initialises it,
     # e.g. {video: video_specialist, audio: audio_specialist, sync: lipsync} for a fusion
     # model. Read from the members directory (`veracity train --members-dir`).
@@ -292,9 +302,12 @@ class CalibrateConfig(_Section):
     per-member calibrators, the fusion rule and the decision thresholds."""
 
     pooling: dict[str, PoolingConfig] = {}  # member -> rule; a missing member pools by mean
-    # temperature | isotonic | auto (the one with the lower cross-validated log-loss on val)
-    method: Literal["temperature", "isotonic", "auto"] = "auto"
+    # temperature | platt | isotonic | auto (the lowest cross-validated log-loss on val)
+    method: Literal["temperature", "platt", "isotonic", "auto"] = "auto"
     folds: int = Field(5, ge=2)  # cross-validation folds for method=auto
+    # method=auto considers isotonic only from this many validation clips on (it overfits
+    # smaller sets; Niculescu-Mizil & Caruana 2005).
+    isotonic_min_clips: int = Field(1000, ge=2)
     n_bins: int = Field(10, ge=2)  # reliability diagram / ECE bins
     fusion: FusionConfig = FusionConfig()
     thresholds: ThresholdConfig = ThresholdConfig()
@@ -304,6 +317,10 @@ class AttackConfig(_Section):
     """Robustness sweeps and gradient attacks on held-out clips (``veracity attack``)."""
 
     split: str = "test"
+    # Frames between the windows scored under each condition (null: half a window, as
+    # evaluation and the bundle score). Every condition, clean included, uses the same
+    # windows, so the AUC drops compare like with like.
+    window_stride: int | None = Field(None, ge=1)
     # Video corruptions: H.264 re-encode of the whole frame (then re-extraction) and
     # corruptions applied to the extracted face crops.
     crf: tuple[int, ...] = (23, 30, 35, 40)

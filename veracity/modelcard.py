@@ -68,6 +68,8 @@ def _calibrator(c: Any) -> str:
     method = c.get("method") or NA
     if method == "temperature" and c.get("temperature") is not None:
         return f"temperature (T={_fmt(c['temperature'], 3)})"
+    if method == "platt" and isinstance(c.get("platt"), dict):
+        return f"Platt (a={_fmt(c['platt'].get('slope'), 3)}, b={_fmt(c['platt'].get('bias'), 3)})"
     if method == "isotonic":
         knots = len(_get(c, "isotonic", "x", default=[]) or [])
         return f"isotonic ({knots} knots)" if knots else "isotonic"

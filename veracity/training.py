@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from veracity import metrics
-from veracity.augment import Augment
+from veracity.augment import Augment, self_blend
 from veracity.config import MemberConfig, TrainConfig, to_plain
 from veracity.contract import DataContract
 from veracity.data import ClipInfo, WindowDataset, collate, load_clips
@@ -96,22 +96,43 @@ def _targets(batch: Batch, clips: list[ClipInfo], member: MemberConfig) -> tuple
     return y, mask
 
 
+def _append(batch: Batch, y: torch.Tensor, mask: torch.Tensor, extra: Batch,
+            extra_y: torch.Tensor) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+    """The batch with ``extra`` windows (targets ``extra_y``, all counted) appended."""
+    merged = Batch(**{
+        f: (torch.cat([getattr(batch, f), getattr(extra, f)]) if getattr(batch, f) is not None
+            and getattr(extra, f) is not None else None)
+        for f in vars(batch)
+    })
+    return merged, torch.cat([y, extra_y]), torch.cat([mask, torch.ones_like(extra_y)])
+
+
+def _subset(batch: Batch, keep: torch.Tensor) -> Batch:
+    idx = torch.nonzero(keep).flatten()
+    return Batch(**{f: (v[idx] if isinstance(v, torch.Tensor) else v) for f, v in vars(batch).items()})
+
+
 def _with_sync_negatives(batch: Batch, y: torch.Tensor, mask: torch.Tensor, contract: DataContract,
                          generator: torch.Generator) -> tuple[Batch, torch.Tensor, torch.Tensor]:
     """Append the batch's real, two-modality windows again with shifted audio, as fakes."""
     keep = (batch.label == 0) & batch.video_present & batch.audio_present
     if not bool(keep.any()):
         return batch, y, mask
-    idx = torch.nonzero(keep).flatten()
-    real = Batch(**{f: (v[idx] if isinstance(v, torch.Tensor) else v) for f, v in vars(batch).items()})
-    neg = shifted_audio_negatives(real, contract, generator=generator)
-    merged = Batch(**{
-        f: (torch.cat([getattr(batch, f), getattr(neg, f)]) if getattr(batch, f) is not None
-            and getattr(neg, f) is not None else None)
-        for f in vars(batch)
-    })
-    ones = torch.ones(len(idx), device=y.device, dtype=y.dtype)
-    return merged, torch.cat([y, ones]), torch.cat([mask, ones])
+    neg = shifted_audio_negatives(_subset(batch, keep), contract, generator=generator)
+    return _append(batch, y, mask, neg, torch.ones(int(keep.sum()), device=y.device, dtype=y.dtype))
+
+
+def _with_self_blends(batch: Batch, y: torch.Tensor, mask: torch.Tensor, contract: DataContract,
+                      generator: torch.Generator) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+    """Append the batch's real-face windows again, self-blended (:func:`self_blend`), as video fakes."""
+    keep = (batch.video_label == 0) & batch.video_present
+    if not bool(keep.any()):
+        return batch, y, mask
+    real = _subset(batch, keep)
+    ones = torch.ones(int(keep.sum()), device=y.device, dtype=y.dtype)
+    real.video = self_blend(real.video, contract, generator)
+    real.label, real.video_label = ones.clone(), ones.clone()
+    return _append(batch, y, mask, real, ones)
 
 
 def _loss(out: DetectorOutput, batch: Batch, y: torch.Tensor, mask: torch.Tensor,
@@ -354,6 +375,8 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
     pos_weight = None
     if member.pos_weight == "auto":
         n_pos, n_neg = float(labels.sum()), float(len(labels) - labels.sum())
+        if member.self_blend:  # every real-face window comes with a blended twin labelled fake
+            n_pos += n_neg
         pos_weight = n_neg / n_pos if n_pos else None
     elif member.pos_weight is not None:
         pos_weight = float(member.pos_weight)
@@ -386,6 +409,8 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
             y, mask = _targets(batch, clips, member)
             if member.sync_negatives:
                 batch, y, mask = _with_sync_negatives(batch, y, mask, contract, g)
+            if member.self_blend:
+                batch, y, mask = _with_self_blends(batch, y, mask, contract, g)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 output = model(batch)
             loss = _loss(output, batch, y, mask, member, pos_weight)

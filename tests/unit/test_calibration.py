@@ -1,4 +1,4 @@
-"""Pooling, temperature scaling and isotonic calibration (veracity.calibration)."""
+"""Pooling, temperature, Platt and isotonic calibration (veracity.calibration)."""
 
 import json
 
@@ -13,8 +13,10 @@ from veracity.calibration import (
     cross_validated_nll,
     fit_calibrator,
     fit_isotonic,
+    fit_platt,
     fit_temperature,
     logit,
+    platt_targets,
     sigmoid,
     target_mask,
 )
@@ -72,7 +74,36 @@ def test_calibrator_rejects_bad_parameters():
     with pytest.raises(ValueError, match="non-decreasing"):
         Calibrator("isotonic", x=(0.0, 1.0), y=(0.9, 0.1))
     with pytest.raises(ValueError, match="unknown calibration method"):
-        Calibrator("platt")
+        Calibrator("beta")
+    with pytest.raises(ValueError, match="Platt slope"):
+        Calibrator("platt", slope=-1.0)
+
+
+def test_platt_recovers_slope_and_bias_and_round_trips():
+    rng = np.random.default_rng(2)
+    z = rng.normal(0, 1.5, 4000)
+    y = (rng.random(z.size) < sigmoid(2.0 * z - 1.0)).astype(float)
+    cal = fit_platt(z, y)
+    assert cal.slope == pytest.approx(2.0, rel=0.15) and cal.bias == pytest.approx(-1.0, abs=0.2)
+    back = Calibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    np.testing.assert_allclose(back.prob(z), cal.prob(z))
+    np.testing.assert_allclose(back.log_odds(z), cal.slope * z + cal.bias)
+
+
+def test_perfectly_separated_validation_keeps_unseen_scores_ranked():
+    # A member that separates validation perfectly (as ours often do on ~100 clips). A test
+    # fake scored below every validation fake, yet above every real, must stay above the
+    # reals after calibration: hard 0/1 targets send T to its bound and both to the clamp.
+    rng = np.random.default_rng(3)
+    z = np.r_[rng.uniform(-6, -3, 40), rng.uniform(3, 6, 20)]
+    y = np.r_[np.zeros(40), np.ones(20)]
+    targets = platt_targets(y)
+    assert targets.max() == pytest.approx(21 / 22) and targets.min() == pytest.approx(1 / 42)
+    for fit in (fit_temperature, fit_platt):
+        cal = fit(z, y)
+        p_real, p_unseen_fake = cal.prob([-3.0, 1.0])
+        assert PROB_EPS < p_real < p_unseen_fake < 1 - PROB_EPS, fit.__name__
+        assert cal.prob([6.0])[0] < 0.9999, fit.__name__
 
 
 def test_fit_needs_both_classes():
@@ -80,12 +111,18 @@ def test_fit_needs_both_classes():
         fit_temperature([0.1, 0.2, 0.3], [1, 1, 1])
 
 
-def test_auto_picks_the_lower_cross_validated_nll():
+def test_auto_picks_the_lowest_cross_validated_nll():
     z, y = _overconfident(300, scale=3.0, seed=1)
-    cal, cv = fit_calibrator(z, y, "auto", folds=5)
-    assert set(cv) == {"temperature", "isotonic"}
+    cal, cv = fit_calibrator(z, y, "auto", folds=5, isotonic_min_clips=100)
+    assert set(cv) == {"temperature", "platt", "isotonic"}
     assert cal.method == min(cv, key=cv.get)
     assert cv[cal.method] == pytest.approx(cross_validated_nll(z, y, cal.method, 5))
+
+
+def test_auto_leaves_isotonic_out_below_its_minimum_size():
+    z, y = _overconfident(300, scale=3.0, seed=1)
+    cal, cv = fit_calibrator(z, y, "auto", folds=5)  # default minimum: 1000 clips
+    assert set(cv) == {"temperature", "platt"} and cal.method in cv
 
 
 def test_auto_falls_back_to_temperature_with_too_few_of_a_class():

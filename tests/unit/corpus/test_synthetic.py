@@ -45,6 +45,24 @@ def test_plan_covers_every_family_with_its_labels() -> None:
     assert 200 <= len(specs) <= 600  # "a few hundred clips" by default
 
 
+def test_methods_per_identity_balances_methods_and_varies_combinations() -> None:
+    cfg = GenerateConfig(n_identities=24, real_per_identity=2, methods_per_identity=3,
+                         split_ratios={"train": 0.5, "val": 0.25, "test": 0.25})
+    specs, splits, _ = plan_corpus(cfg)
+    per_identity: dict[str, list[str]] = {}
+    for s in specs:
+        per_identity.setdefault(s.identity.name, []).append(s.method)
+    assert all(sorted(m).count("real") == 2 and len(m) == 5 and len(set(m)) == 4 for m in per_identity.values())
+    for split in ("train", "val", "test"):
+        fakes = [s.method for s in specs if splits[s.identity.name] == split and s.method != "real"]
+        counts = {m: fakes.count(m) for m in cfg.methods}
+        assert max(counts.values()) - min(counts.values()) <= 1, (split, counts)
+    combos = {tuple(sorted(set(m) - {"real"})) for m in per_identity.values()}
+    assert len(combos) >= 6  # not a fixed rotation through two halves of the method list
+    with pytest.raises(ConfigError, match="methods_per_identity"):
+        plan_corpus(GenerateConfig(methods_per_identity=7))
+
+
 def test_plan_refuses_splits_without_a_donor() -> None:
     with pytest.raises(ConfigError, match="fewer than 2 identities"):
         plan_corpus(GenerateConfig(n_identities=3))

@@ -63,11 +63,15 @@ def plan_corpus(cfg: GenerateConfig) -> tuple[list[ClipSpec], dict[str, str], li
             f"person from the same split; raise generate.n_identities (now {cfg.n_identities})"
         )
 
+    if cfg.methods_per_identity is not None and cfg.methods_per_identity > len(cfg.methods):
+        raise ConfigError(f"methods_per_identity={cfg.methods_per_identity} but only {len(cfg.methods)} methods")
     specs: list[ClipSpec] = []
     plan_rng = np.random.default_rng([cfg.seed, 1])
+    fake_methods = _assign_methods(cfg, by_split, np.random.default_rng([cfg.seed, 2]))
     for ident in identities:
         peers = [p for p in by_split[splits[ident.name]] if p.name != ident.name]
-        methods = ["real"] * cfg.real_per_identity + [m for m in cfg.methods for _ in range(cfg.fakes_per_method)]
+        methods = ["real"] * cfg.real_per_identity + [
+            m for m in fake_methods[ident.name] for _ in range(cfg.fakes_per_method)]
         # Clip numbers are shuffled so a file name never reveals its family.
         numbers = plan_rng.permutation(len(methods))
         for method, number in zip(methods, numbers, strict=True):
@@ -94,6 +98,32 @@ def plan_corpus(cfg: GenerateConfig) -> tuple[list[ClipSpec], dict[str, str], li
                 )
             )
     return specs, splits, identities
+
+
+def _assign_methods(cfg: GenerateConfig, by_split: dict[str, list[Identity]],
+                    rng: np.random.Generator) -> dict[str, list[str]]:
+    """Each identity's fake methods: all of them, or ``methods_per_identity`` distinct ones.
+
+    Within a split, each identity in turn takes the methods used least so far (ties broken
+    at random): counts per method differ by at most one, and the combinations vary from
+    person to person. A fixed rotation would give only a few combinations (two, for 3 of
+    6), and a detector could then learn which people tend to be faked instead of fakes.
+    """
+    n = cfg.methods_per_identity
+    out: dict[str, list[str]] = {}
+    for members in by_split.values():
+        used = dict.fromkeys(cfg.methods, 0)
+        for ident in members:
+            if n is None:
+                out[ident.name] = list(cfg.methods)
+                continue
+            order = rng.permutation(len(cfg.methods))
+            ranked = sorted(order, key=lambda i: used[cfg.methods[i]])  # stable: ties stay shuffled
+            chosen = sorted(ranked[:n])
+            for i in chosen:
+                used[cfg.methods[i]] += 1
+            out[ident.name] = [cfg.methods[i] for i in chosen]
+    return out
 
 
 def _write_clip(args: tuple[ClipSpec, str, int]) -> str:
