@@ -46,3 +46,28 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_corpus")
     generate(TINY, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def train_tiny_members():
+    """A function: extract a corpus, train tiny members for one epoch, calibrate them.
+
+    ``make(corpus, root, members, contract, extract_cfg)`` writes ``root/features``,
+    ``root/models/<member>`` and ``root/models/calibration/calibration.json`` (temperature
+    scaling: smooth, so gradient attacks see through it) and returns those three paths.
+    """
+    from veracity.calibration import calibrate
+    from veracity.config import CalibrateConfig, TrainConfig
+    from veracity.extract import extract
+    from veracity.training import train
+
+    def make(corpus: Path, root: Path, members: dict, contract, extract_cfg) -> dict[str, Path]:
+        features, models = root / "features", root / "models"
+        extract(extract_cfg, contract, corpus / "manifest.csv", features)
+        for name, member in members.items():
+            train(name, member, TrainConfig(), features, models / name)
+        calibrate(models, members, CalibrateConfig(method="temperature"), models / "calibration",
+                  root / "reports" / "calibrate")
+        return {"features": features, "models": models, "calibration": models / "calibration" / "calibration.json"}
+
+    return make

@@ -21,14 +21,11 @@ import pytest
 from typer.testing import CliRunner
 
 from veracity.analyzer import REASONS, Analyzer, Report
-from veracity.calibration import calibrate
 from veracity.cli import app
 from veracity.config import (
     AnalyzeConfig,
-    CalibrateConfig,
     ExtractConfig,
     MemberConfig,
-    TrainConfig,
     to_plain,
 )
 from veracity.contract import DataContract
@@ -36,9 +33,7 @@ from veracity.corpus.synth.families import ClipSpec, render
 from veracity.corpus.synth.identity import sample_identity
 from veracity.data import WindowDataset, collate, load_clips
 from veracity.ensemble import Bundle, BundleError, Evidence, Fusion
-from veracity.extract import extract
 from veracity.media.encode import write_mp4
-from veracity.training import train
 
 pytestmark = pytest.mark.integration
 
@@ -53,18 +48,15 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bundle_dir(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory, train_tiny_members) -> Path:
     """A real bundle (video + audio member, stacking, thresholds, ONNX) from the tiny corpus."""
     root = tmp_path_factory.mktemp("analyzer_bundle")
-    extract(EXTRACT, CONTRACT, tiny_corpus / "manifest.csv", root / "features")
     members = {"video": MemberConfig(detector="tiny_video", target="video_label", **ONE_EPOCH),
                "audio": MemberConfig(detector="tiny_audio", target="audio_label", **ONE_EPOCH)}
-    for name, member in members.items():
-        train(name, member, TrainConfig(), root / "features", root / "models" / name)
-    calibrate(root / "models", members, CalibrateConfig(method="temperature"), root / "calibration", root / "reports")
-    spec = json.loads((root / "calibration" / "calibration.json").read_text())
-    bundle = Bundle.assemble(root / "models", spec, evidence=Evidence(min_face_ratio=0.5, min_duration_s=0.5))
-    ds = WindowDataset(load_clips(root / "features", ["val"])[:2], CONTRACT)
+    paths = train_tiny_members(tiny_corpus, root, members, CONTRACT, EXTRACT)
+    spec = json.loads(paths["calibration"].read_text())
+    bundle = Bundle.assemble(paths["models"], spec, evidence=Evidence(min_face_ratio=0.5, min_duration_s=0.5))
+    ds = WindowDataset(load_clips(paths["features"], ["val"])[:2], CONTRACT)
     example, _ = collate([ds[i] for i in range(min(4, len(ds)))])
     return bundle.save(root / "bundle", extra={"extract": to_plain(EXTRACT)}, onnx=True, example=example)
 

@@ -22,13 +22,11 @@ from veracity.attack import (
     video_table,
     window_scores,
 )
-from veracity.calibration import Calibrator, calibrate
-from veracity.config import AttackConfig, CalibrateConfig, ExtractConfig, MemberConfig, TrainConfig
+from veracity.calibration import Calibrator
+from veracity.config import AttackConfig, ExtractConfig, MemberConfig
 from veracity.contract import DataContract
 from veracity.data import WindowDataset, collate, load_clips
 from veracity.ensemble import Bundle, Fusion
-from veracity.extract import extract
-from veracity.training import train
 
 pytestmark = pytest.mark.integration
 
@@ -59,18 +57,11 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def setting(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def setting(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory, train_tiny_members) -> dict[str, Path]:
     """Features, three tiny members and their calibration (temperature: smooth for gradients)."""
     root = tmp_path_factory.mktemp("attack")
-    features = root / "features"
-    extract(EXTRACT, CONTRACT, tiny_corpus / "manifest.csv", features)
-    models = root / "models"
-    for name, member in MEMBERS.items():
-        train(name, member, TrainConfig(), features, models / name)
-    cal = CalibrateConfig(method="temperature")
-    calibrate(models, MEMBERS, cal, models / "calibration", root / "reports" / "calibrate")
-    return {"features": features, "models": models, "calibration": models / "calibration" / "calibration.json",
-            "manifest": tiny_corpus / "manifest.csv", "raw": tiny_corpus, "root": root}
+    paths = train_tiny_members(tiny_corpus, root, MEMBERS, CONTRACT, EXTRACT)
+    return {**paths, "manifest": tiny_corpus / "manifest.csv", "raw": tiny_corpus, "root": root}
 
 
 def _run(setting: dict[str, Path], out: Path) -> dict:
