@@ -326,18 +326,14 @@ def target_aucs(bundle: Bundle, table: pd.DataFrame, ids: Iterable[str] | None =
 def surrogate_logodds(cal: Calibrator) -> Callable[[torch.Tensor], torch.Tensor]:
     """A smooth, unclamped stand-in for ``logit(cal.prob(z))``, for gradients only.
 
-    Identity, temperature and Platt calibrators are their own log-odds (``z``, ``z / T``,
-    ``a z + b``) without
-    the clamp to [1e-4, 1 - 1e-4] (which zeroes the gradient of a confident member). An
+    Identity, temperature and Platt calibrators are their own log-odds
+    (:meth:`Calibrator.log_odds`) without the clamp to [1e-4, 1 - 1e-4] (which zeroes the
+    gradient of a confident member). An
     isotonic calibrator, a staircase with zero gradient on every step, is replaced by the
     line ``a z + b`` of the logistic curve closest (soft cross-entropy) to its breakpoints.
     """
-    if cal.method == "identity":
-        return lambda z: z
-    if cal.method == "temperature":
-        return lambda z: z / cal.temperature
-    if cal.method == "platt":
-        return lambda z: cal.slope * z + cal.bias
+    if cal.method != "isotonic":
+        return cal.log_odds
     x, y = np.asarray(cal.x, np.float64), np.clip(np.asarray(cal.y, np.float64), 1e-4, 1 - 1e-4)
     a, b = 1.0, 0.0
     if x.size >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0:

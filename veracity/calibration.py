@@ -131,9 +131,12 @@ class Calibrator:
             p = sigmoid(self.log_odds(z))
         return np.clip(p, PROB_EPS, 1 - PROB_EPS)
 
-    def log_odds(self, logits: Any) -> np.ndarray:
-        """The calibrated log-odds of the parametric methods (not isotonic)."""
-        z = np.asarray(logits, dtype=np.float64)
+    def log_odds(self, z: Any) -> Any:
+        """The calibrated log-odds of a parametric method (not isotonic), unclamped.
+
+        Plain arithmetic, so it maps NumPy arrays and torch tensors alike: the differentiable
+        paths (:func:`veracity.ensemble.calibrate_torch`, the attacks) use it as it is.
+        """
         if self.method == "temperature":
             return z / self.temperature
         if self.method == "platt":

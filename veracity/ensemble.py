@@ -120,12 +120,8 @@ class Fusion:
 
 def calibrate_torch(cal: Calibrator, z: torch.Tensor) -> torch.Tensor:
     """Differentiable :meth:`Calibrator.prob` (isotonic: the same piecewise-linear map)."""
-    if cal.method == "identity":
-        return torch.sigmoid(z).clamp(1e-4, 1 - 1e-4)
-    if cal.method == "temperature":
-        return torch.sigmoid(z / cal.temperature).clamp(1e-4, 1 - 1e-4)
-    if cal.method == "platt":
-        return torch.sigmoid(cal.slope * z + cal.bias).clamp(1e-4, 1 - 1e-4)
+    if cal.method != "isotonic":
+        return torch.sigmoid(cal.log_odds(z)).clamp(1e-4, 1 - 1e-4)
     xs = torch.tensor(cal.x, dtype=z.dtype, device=z.device)
     ys = torch.tensor(cal.y, dtype=z.dtype, device=z.device)
     if xs.numel() == 1:
