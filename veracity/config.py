@@ -241,6 +241,10 @@ class MemberConfig(_Section):
     # batch are appended again, blended with an altered copy of themselves, as video fakes.
     # It teaches the blending trace rather than the training identities.
     self_blend: bool = False
+    # Lens softness (veracity.augment.capture_blur): every training window, real, fake or
+    # blended, is blurred with probability 0.5 by a sigma up to this many crop pixels, so
+    # that sharpness alone stops meaning "real" (0 = off).
+    capture_blur: float = Field(0.0, ge=0)
     # Warm start: part -> member whose trained part (same architecture) initialises it,
     # e.g. {video: video_specialist, audio: audio_specialist, sync: lipsync} for a fusion
     # model. Read from the members directory (`veracity train --members-dir`).

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from veracity import metrics
-from veracity.augment import Augment, self_blend
+from veracity.augment import Augment, capture_blur, self_blend
 from veracity.config import MemberConfig, TrainConfig, to_plain
 from veracity.contract import DataContract
 from veracity.data import ClipInfo, WindowDataset, collate, load_clips
@@ -411,6 +411,8 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
                 batch, y, mask = _with_sync_negatives(batch, y, mask, contract, g)
             if member.self_blend:
                 batch, y, mask = _with_self_blends(batch, y, mask, contract, g)
+            if member.capture_blur and batch.video is not None:
+                batch.video = capture_blur(batch.video, member.capture_blur, generator=g)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 output = model(batch)
             loss = _loss(output, batch, y, mask, member, pos_weight)

@@ -1,9 +1,9 @@
-"""Training-time augmentation: self-blended pseudo-fakes (veracity.augment.self_blend)."""
+"""Training-time augmentation: self-blended pseudo-fakes and capture softness (veracity.augment)."""
 
 import numpy as np
 import torch
 
-from veracity.augment import self_blend
+from veracity.augment import capture_blur, self_blend
 from veracity.contract import DataContract
 from veracity.models.base import Batch
 from veracity.training import _with_self_blends
@@ -60,3 +60,31 @@ def test_training_appends_blended_twins_of_real_faces_only_as_video_fakes():
     assert y2.tolist() == [0, 1, 0, 0, 1, 1] and mask2.tolist() == [1] * 6
     assert out.video_label[-2:].tolist() == [1, 1] and out.label[-2:].tolist() == [1, 1]
     assert not torch.equal(out.video[4], video[0])
+
+
+def _sharpness(x):
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(1, 2, 3, 4))
+
+
+def test_capture_blur_softens_whole_windows_and_keeps_the_mean():
+    _, video = _faces(b=8)
+    out = capture_blur(video, 1.5, p=1.0, generator=torch.Generator().manual_seed(0))
+    assert out.shape == video.shape and out.dtype == video.dtype
+    # No window is sharper, most are much softer, and blurring moves no colour.
+    assert (_sharpness(out) <= _sharpness(video) + 1e-6).all()
+    assert float((_sharpness(out) / _sharpness(video)).median()) < 0.8
+    assert torch.allclose(out.mean(dim=(-1, -2)), video.mean(dim=(-1, -2)), atol=0.02)
+    # One sigma per window, not one per batch: the windows lose different amounts.
+    loss = _sharpness(out) / _sharpness(video)
+    assert float(loss.max() - loss.min()) > 0.05
+
+
+def test_capture_blur_leaves_unpicked_windows_alone_and_is_off_at_zero():
+    _, video = _faces(b=16)
+    out = capture_blur(video, 1.0, p=0.5, generator=torch.Generator().manual_seed(3))
+    same = [(torch.equal(out[i], video[i])) for i in range(16)]
+    assert 0 < sum(same) < 16  # some windows untouched, some blurred
+    assert torch.equal(capture_blur(video, 0.0, p=1.0), video)
+    a = capture_blur(video, 1.0, generator=torch.Generator().manual_seed(7))
+    b = capture_blur(video, 1.0, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
