@@ -204,6 +204,9 @@ class MemberConfig(_Section):
     """One ensemble member: which detector, what it learns, and how it is trained."""
 
     detector: str
+    # This member's random seed (initialisation, window draws, augmentation); null takes
+    # train.seed. Two members that differ only in seed are a deep ensemble of two.
+    seed: int | None = None
     # Keyword overrides passed to create_detector (e.g. backbone, temporal encoder).
     overrides: dict[str, Any] = {}
     # Local weights to start from (never downloaded): a safetensors file of the whole

@@ -332,7 +332,8 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _seed_everything(cfg.seed)
+    seed = cfg.seed if member.seed is None else member.seed
+    _seed_everything(seed)
     contract = DataContract.load(features)
     device = pick_device(cfg)
     amp = autocast_dtype(cfg, device)
@@ -347,7 +348,7 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
 
     aug = Augment(contract, p=member.augment_p) if member.augment else None
     train_ds = WindowDataset(train_clips, contract, train=True, windows_per_clip=member.windows_per_clip,
-                             transform=aug, seed=cfg.seed)
+                             transform=aug, seed=seed)
     val_ds = WindowDataset(val_clips, contract)
     test_ds = WindowDataset(test_clips, contract)
     model = create_detector(member.detector, contract, pretrained=member.pretrained, **member.overrides)
@@ -399,7 +400,7 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
         for part in frozen:  # fixed parts keep their dropout off and norm statistics as trained
             part.eval()
         train_ds.set_epoch(epoch)
-        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        g = torch.Generator().manual_seed(seed * 1000 + epoch)
         loader = DataLoader(train_ds, batch_size=member.batch_size, shuffle=True, generator=g,
                             collate_fn=collate, num_workers=cfg.num_workers)
         t0, losses = time.perf_counter(), []
