@@ -208,9 +208,10 @@ class FusionDetector(Detector):
 _MERGE = ("video", "audio", "sync")
 # The same architecture as the video_specialist variant, so the fusion model can start from it.
 AV_VIDEO = dict(backbone="resnet10t", backbone_kwargs=NARROW_RESNET, use_flow=True, highpass=True,
-                frame_stride=2, temporal="tconv", temporal_layers=2, dim=128)
+                highpass_norm=True, frame_stride=2, temporal="tconv", temporal_layers=2, dim=128)
 AV_AUDIO = dict(encoder="logmel", encoder_kwargs=LOGMEL, dim=128)
-TINY_VIDEO = dict(backbone="resnet10t", backbone_kwargs=TINY_RESNET, use_flow=True, highpass=True, temporal="tconv",
+TINY_VIDEO = dict(backbone="resnet10t", backbone_kwargs=TINY_RESNET, use_flow=True, highpass=True,
+                  highpass_norm=True, temporal="tconv",
                   temporal_layers=1, dim=16)
 TINY_AUDIO = dict(encoder="logmel", encoder_kwargs=dict(n_mels=32, channels=[8, 16]), dim=16)
 

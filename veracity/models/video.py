@@ -113,6 +113,11 @@ class FrameEncoder(nn.Module):
         highpass: append three fixed SRM high-pass residuals of the luminance (Fridrich &
             Kodovsky 2012, as in Zhou et al. 2018): blending, resampling and re-rendering
             leave their trace in the noise residual more than in the colours.
+        highpass_norm: scale each crop's residuals to unit RMS (per channel). How strong the
+            residual is depends on the camera (lens softness, sensor grain, compression);
+            where it is weaker than in the rest of the crop is what a resampled or blended
+            face leaves. Normalising keeps the pattern and drops the level, which otherwise
+            teaches that a soft real face is fake.
         freeze_first: freeze the first N parameter groups of the backbone in timm's coarse
             grouping (``group_matcher(coarse=True)``): 1 = the stem, 2 = stem + first stage...
             Frozen groups also keep their norm layers in eval mode.
@@ -121,13 +126,14 @@ class FrameEncoder(nn.Module):
 
     def __init__(self, backbone: str, use_flow: bool = False, flow_norm: float = 1.0,
                  freeze_first: int = 0, backbone_kwargs: dict[str, Any] | None = None,
-                 highpass: bool = False):
+                 highpass: bool = False, highpass_norm: bool = False):
         super().__init__()
         import timm  # heavy import (torchvision), deferred to construction
 
         self.use_flow = use_flow
         self.flow_norm = flow_norm
         self.highpass = highpass
+        self.highpass_norm = highpass_norm
         self.in_chans = 3 + 2 * use_flow + 3 * highpass
         if highpass:
             self.register_buffer("srm", srm_kernels(), persistent=False)
@@ -173,7 +179,10 @@ class FrameEncoder(nn.Module):
         x = prepare_frames(video, flow, self.use_flow, self.flow_norm)
         if self.highpass:
             gray = x[:, :3].mean(dim=1, keepdim=True)
-            x = torch.cat([x, F.conv2d(gray, self.srm.to(gray.dtype), padding=2)], dim=1)
+            res = F.conv2d(gray, self.srm.to(gray.dtype), padding=2)
+            if self.highpass_norm:
+                res = res * torch.rsqrt(res.pow(2).mean(dim=(2, 3), keepdim=True) + 1e-6)
+            x = torch.cat([x, res], dim=1)
         return self.backbone(x).reshape(b, t, -1)
 
     def load_backbone(self, path: Path) -> None:
@@ -273,7 +282,8 @@ class VideoBranch(nn.Module):
 
     Args:
         contract: data contract (frames per window).
-        backbone, backbone_kwargs, use_flow, flow_norm, freeze_first, highpass: see :class:`FrameEncoder`.
+        backbone, backbone_kwargs, use_flow, flow_norm, freeze_first, highpass, highpass_norm: see
+            :class:`FrameEncoder`.
         temporal, temporal_layers, temporal_heads, temporal_kernel: see :class:`TemporalEncoder`.
         dim: token width after the projection.
         dropout: dropout in the temporal encoder.
@@ -287,12 +297,14 @@ class VideoBranch(nn.Module):
                  backbone_kwargs: dict[str, Any] | None = None, use_flow: bool = True,
                  flow_norm: float = 1.0, freeze_first: int = 0, temporal: str = "tconv",
                  temporal_layers: int = 2, temporal_heads: int = 4, temporal_kernel: int = 3,
-                 dim: int = 128, dropout: float = 0.1, highpass: bool = False, frame_stride: int = 1):
+                 dim: int = 128, dropout: float = 0.1, highpass: bool = False, frame_stride: int = 1,
+                 highpass_norm: bool = False):
         super().__init__()
         if frame_stride < 1:
             raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
         self.frame_stride = frame_stride
-        self.frames = FrameEncoder(backbone, use_flow, flow_norm, freeze_first, backbone_kwargs, highpass)
+        self.frames = FrameEncoder(backbone, use_flow, flow_norm, freeze_first, backbone_kwargs, highpass,
+                                   highpass_norm)
         self.proj = nn.Sequential(nn.Linear(self.frames.num_features, dim), nn.LayerNorm(dim))
         steps = -(-contract.frames_per_window // frame_stride)
         self.temporal = TemporalEncoder(temporal, dim, steps, temporal_layers, temporal_heads,
@@ -319,7 +331,7 @@ class VideoDetector(Detector):
 
     Args:
         contract: data contract.
-        backbone, backbone_kwargs, use_flow, flow_norm, freeze_first, highpass, frame_stride, temporal,
+        backbone, backbone_kwargs, use_flow, flow_norm, freeze_first, highpass, highpass_norm, frame_stride, temporal,
             temporal_layers, temporal_heads, temporal_kernel, dim: see :class:`VideoBranch`.
         dropout: dropout in the temporal encoder and before the clip head.
     """
@@ -330,7 +342,8 @@ class VideoDetector(Detector):
                  backbone_kwargs: dict[str, Any] | None = None, use_flow: bool = True,
                  flow_norm: float = 1.0, freeze_first: int = 0, temporal: str = "tconv",
                  temporal_layers: int = 2, temporal_heads: int = 4, temporal_kernel: int = 3,
-                 dim: int = 128, dropout: float = 0.1, highpass: bool = False, frame_stride: int = 1):
+                 dim: int = 128, dropout: float = 0.1, highpass: bool = False, frame_stride: int = 1,
+                 highpass_norm: bool = False):
         cfg = config_of(locals())
         super().__init__(contract)
         self.config = cfg
@@ -377,10 +390,10 @@ TINY_RESNET = {"channels": [8, 16, 32, 64], "stem_width": 8}
 
 @register_detector
 def video_specialist(contract: DataContract, **overrides: Any) -> VideoDetector:
-    """Narrow ResNet-10-T on RGB + flow + SRM residuals of every 2nd frame, 1-D temporal
-    convolutions (default video member)."""
+    """Narrow ResNet-10-T on RGB + flow + SRM residuals (normalised per crop) of every 2nd
+    frame, 1-D temporal convolutions (default video member)."""
     return build(VideoDetector, contract, dict(backbone="resnet10t", backbone_kwargs=NARROW_RESNET,
-                                               use_flow=True, highpass=True, frame_stride=2,
+                                               use_flow=True, highpass=True, highpass_norm=True, frame_stride=2,
                                                temporal="tconv", temporal_layers=2, dim=128), overrides)
 
 
@@ -401,9 +414,9 @@ def video_mobilenet(contract: DataContract, **overrides: Any) -> VideoDetector:
 
 @register_detector
 def tiny_video(contract: DataContract, **overrides: Any) -> VideoDetector:
-    """Tiny ResNet-10-T on RGB + flow + SRM residuals with temporal convolutions (tests)."""
+    """Tiny ResNet-10-T on RGB + flow + normalised SRM residuals, temporal convolutions (tests)."""
     return build(VideoDetector, contract, dict(backbone="resnet10t", backbone_kwargs=TINY_RESNET,
-                                               use_flow=True, highpass=True, temporal="tconv", temporal_layers=1,
+                                               use_flow=True, highpass=True, highpass_norm=True, temporal="tconv", temporal_layers=1,
                                                dim=16), overrides)
 
 

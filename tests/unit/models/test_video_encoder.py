@@ -37,6 +37,37 @@ def test_srm_residuals_ignore_flat_and_smooth_shading_but_see_texture():
     assert F.conv2d(noise, k, padding=2)[inner].abs().mean() > 0.3
 
 
+def _residual_channels(enc, img: torch.Tensor) -> torch.Tensor:
+    """The three SRM channels the encoder stacks on the RGB (caught at the backbone's input)."""
+    seen = []
+    h = enc.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[0][:, 3:]))
+    enc(img.unsqueeze(1))
+    h.remove()
+    return seen[0]
+
+
+def test_normalised_residuals_keep_where_detail_is_and_drop_how_much(contract):
+    # A crop whose inner square lost its fine detail (as a resampled face does), at two
+    # residual levels (a sharper and a softer camera): normalised, the two look the same,
+    # and the inner square still reads weaker than the rest.
+    s = contract.face_size
+    g = torch.Generator().manual_seed(0)
+    tex = torch.randn(1, 1, s, s, generator=g)
+    inner = (slice(None), slice(None), slice(s // 4, 3 * s // 4), slice(s // 4, 3 * s // 4))
+    tex[inner] *= 0.3
+    sharp = (0.1 * tex).expand(1, 3, s, s).clone()  # normalised crops: zero-centred
+    soft = (0.04 * tex).expand(1, 3, s, s).clone()
+    plain = create_detector("tiny_video", contract, use_flow=False, highpass_norm=False).branch.frames.eval()
+    normed = create_detector("tiny_video", contract, use_flow=False, highpass_norm=True).branch.frames.eval()
+    with torch.no_grad():
+        a, b = _residual_channels(plain, sharp), _residual_channels(plain, soft)
+        assert a.pow(2).mean() > 5 * b.pow(2).mean()  # raw residuals carry the camera's level
+        na, nb = _residual_channels(normed, sharp), _residual_channels(normed, soft)
+    torch.testing.assert_close(na, nb, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(na.pow(2).mean(dim=(2, 3)), torch.ones(1, 3), atol=1e-3, rtol=1e-3)
+    assert na[inner].abs().mean() < 0.5 * na.abs().mean()
+
+
 def test_frame_stride_encodes_fewer_frames_and_returns_one_token_per_frame(contract):
     det = create_detector("tiny_video", contract, frame_stride=2).eval()
     seen = []
