@@ -118,12 +118,7 @@ def self_blend(video: torch.Tensor, contract: DataContract, generator: torch.Gen
     for i in range(b):
         x = px[i]
         if mouth[i]:
-            k = 5
-            sigma = float(0.6 + 0.8 * u(1))
-            g = torch.exp(-0.5 * ((torch.arange(k, device=dev) - k // 2) / sigma) ** 2)
-            g = (g / g.sum()).view(1, 1, 1, k)
-            x = F.conv2d(F.pad(x.reshape(-1, 1, s, s), (k // 2, k // 2, 0, 0), mode="replicate"), g)
-            x = F.conv2d(F.pad(x, (0, 0, k // 2, k // 2), mode="replicate"), g.transpose(-1, -2)).reshape(t, 3, s, s)
+            x = gaussian_blur(x.reshape(1, t * 3, s, s), 0.6 + 0.8 * u(1), radius=2).reshape(t, 3, s, s)
         else:
             side = max(8, int(round(s / float(1.3 + 1.0 * u(1)))))
             x = F.interpolate(F.interpolate(x, size=(side, side), mode="area"), size=(s, s), mode="bilinear",
@@ -184,16 +179,32 @@ def capture_blur(video: torch.Tensor, max_sigma: float, p: float = 0.5,
     sigma = (torch.rand(b, generator=generator) * max_sigma).clamp_min(1e-3)
     if not bool(on.any()):
         return video
-    radius = max(1, int(math.ceil(3 * max_sigma)))
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    g = torch.exp(-0.5 * (taps.view(1, -1) / sigma.view(-1, 1)) ** 2)
-    g = g / g.sum(dim=1, keepdim=True)
-    g = torch.where(on.view(-1, 1), g, (taps == 0).float().view(1, -1)).to(dev)  # identity kernel when off
-    # One depthwise kernel per (window, frame, channel); normalisation is affine per channel,
-    # so blurring normalised values equals blurring pixels.
-    k = g.repeat_interleave(t * c, dim=0)  # (B*T*C, K)
-    x = video.float().reshape(1, b * t * c, s, s)
-    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    x = F.conv2d(x, k.view(-1, 1, 1, 2 * radius + 1), groups=b * t * c)
-    x = F.conv2d(x, k.view(-1, 1, 2 * radius + 1, 1), groups=b * t * c)
+    # sigma 0 is the identity kernel: windows left alone come out bit for bit. Normalisation
+    # is affine per channel, so blurring normalised values equals blurring pixels.
+    sigma = torch.where(on, sigma, torch.zeros_like(sigma)).to(dev)
+    x = gaussian_blur(video.float().reshape(b, t * c, s, s), sigma, radius=max(1, math.ceil(3 * max_sigma)))
     return x.reshape(b, t, c, s, s).to(video.dtype)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor | float, radius: int) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, S, S) images, one sigma per image, replicate borders.
+
+    Args:
+        x: the images.
+        sigma: (N,) standard deviations in pixels, or one for all; 0 leaves an image as is.
+        radius: kernel half-width in pixels (the kernel has 2 * radius + 1 taps).
+
+    Returns:
+        The blurred images, same shape.
+    """
+    n, c, h, w = x.shape
+    taps = torch.arange(-radius, radius + 1, device=x.device)
+    sig = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1).expand(n, 1)
+    g = torch.exp(-0.5 * (taps / sig.clamp_min(1e-3)) ** 2)
+    g = torch.where(sig > 0, g / g.sum(dim=1, keepdim=True), (taps == 0).float())
+    k = g.repeat_interleave(c, dim=0).to(x.dtype)  # one depthwise kernel per (image, channel)
+    y = F.pad(x.reshape(1, n * c, h, w), (radius, radius, 0, 0), mode="replicate")
+    y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
+    y = F.pad(y, (0, 0, radius, radius), mode="replicate")
+    y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
+    return y.reshape(n, c, h, w)

@@ -1,9 +1,10 @@
 """Training-time augmentation: self-blended pseudo-fakes and capture softness (veracity.augment)."""
 
+import cv2
 import numpy as np
 import torch
 
-from veracity.augment import capture_blur, self_blend
+from veracity.augment import capture_blur, gaussian_blur, self_blend
 from veracity.contract import DataContract
 from veracity.models.base import Batch
 from veracity.training import _with_self_blends
@@ -88,3 +89,15 @@ def test_capture_blur_leaves_unpicked_windows_alone_and_is_off_at_zero():
     a = capture_blur(video, 1.0, generator=torch.Generator().manual_seed(7))
     b = capture_blur(video, 1.0, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
+
+
+def test_gaussian_blur_matches_opencv_per_image_and_sigma_zero_is_identity():
+    rng = np.random.default_rng(0)
+    imgs = rng.random((3, 2, 20, 24)).astype(np.float32)
+    sigmas = [0.7, 1.3, 0.0]
+    out = gaussian_blur(torch.from_numpy(imgs), torch.tensor(sigmas), radius=3).numpy()
+    for i, sg in enumerate(sigmas[:2]):
+        for ch in range(2):
+            ref = cv2.GaussianBlur(imgs[i, ch], (7, 7), sg, borderType=cv2.BORDER_REPLICATE)
+            np.testing.assert_allclose(out[i, ch], ref, atol=1e-5)
+    assert np.array_equal(out[2], imgs[2])
