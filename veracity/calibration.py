@@ -38,6 +38,7 @@ from scipy.optimize import minimize, minimize_scalar
 from sklearn.isotonic import IsotonicRegression
 
 from veracity import metrics
+from veracity.config import CalibrateConfig
 
 # Calibrated probabilities are kept this far from 0 and 1: an isotonic step can reach
 # exactly 0 or 1 on validation, and a downstream logit (stacking) must stay finite.
@@ -221,8 +222,9 @@ def _check_fit_input(z: np.ndarray, y: np.ndarray) -> None:
         raise ValueError("calibration logits contain NaN or inf")
 
 
-# Below this many validation clips, ``auto`` does not consider isotonic regression.
-ISOTONIC_MIN_CLIPS = 1000
+# Below this many validation clips, ``auto`` does not consider isotonic regression (the
+# default of ``calibrate.isotonic_min_clips``, so the API and the stage agree).
+ISOTONIC_MIN_CLIPS: int = CalibrateConfig.model_fields["isotonic_min_clips"].default
 
 FITTERS = {"temperature": fit_temperature, "platt": fit_platt, "isotonic": fit_isotonic}
 
@@ -409,6 +411,7 @@ def calibrate(models: Path | str, members: Mapping[str, Any], cfg: Any, out: Pat
                 "brier": metrics.brier(y[is_val], fused_p[is_val]), **th.rates(fused_p[is_val], y[is_val])},
         "test": {"auc": metrics.roc_auc(y[is_test], fused_p[is_test]),
                  "ece": metrics.ece(y[is_test], fused_p[is_test], cfg.n_bins),
+                 **{f"ece_if_calibrated_{k}": v for k, v in metrics.ece_if_calibrated(fused_p[is_test], cfg.n_bins).items()},
                  "brier": metrics.brier(y[is_test], fused_p[is_test]), **th.rates(fused_p[is_test], y[is_test])},
         "thresholds": th.to_dict(),
     }

@@ -336,7 +336,8 @@ def calibrate(
                    f"          {t['brier_before']:.4f} -> {t['brier_after']:.4f}        {t['auc']:.4f}")
     e = rep["ensemble"]
     typer.echo(f"fusion {e['rule']}: val AUC {e['val']['auc']:.4f}, test AUC {e['test']['auc']:.4f}, "
-               f"test ECE {e['test']['ece']:.4f}")
+               f"test ECE {e['test']['ece']:.4f} (perfectly calibrated, same probabilities: median "
+               f"{e['test']['ece_if_calibrated_median']:.4f})")
     th = e["thresholds"]
     typer.echo(f"thresholds: REAL < {th['real_below']:.4f} <= UNCERTAIN < {th['fake_at']:.4f} <= FAKE; "
                f"val FPR {th['val_fpr']:.4f} (target {th['target_fpr']:g}), "
@@ -385,6 +386,8 @@ def ensemble(
         typer.echo("ONNX parity (max abs logit diff): " + ", ".join(f"{k} {v:.2g}" for k, v in res["onnx"].items()))
     for c in res["_checks"]:
         typer.echo(f"  {'PASS' if c.passed else 'FAIL'} {c.name}: {c.value:.4f} (needs {c.kind} {c.bound})")
+    typer.echo(f"  (ECE a perfectly calibrated model with these probabilities would show on {ens['n']} clips: "
+               f"median {ens['ece_if_calibrated_median']:.4f}, 90th percentile {ens['ece_if_calibrated_p90']:.4f})")
 
 
 @app.command()

@@ -696,7 +696,9 @@ def build_bundle(models: Path | str, calibration: Path | str, features: Path | s
     p = table["prob"].to_numpy()
     th = bundle.thresholds
     member_auc = {n: metrics.roc_auc(y, table[f"p_{n}"]) for n in bundle.names}
+    floor = metrics.ece_if_calibrated(p, 10)
     ens = {"auc": metrics.roc_auc(y, p), "ap": metrics.average_precision(y, p), "ece": metrics.ece(y, p, 10),
+           "ece_if_calibrated_median": floor["median"], "ece_if_calibrated_p90": floor["p90"],
            "brier": metrics.brier(y, p), **th.rates(p, y)}
     cal_report = json.loads(Path(calibrate_report).read_text()) if calibrate_report else {}
     rob = json.loads(Path(robustness).read_text()) if robustness else {}

@@ -219,6 +219,13 @@ def model_card(bundle: dict, extra: dict | None = None) -> str:
         f"- Ensemble on test: ECE {_fmt(_get(ens_test, 'ece'))}, Brier {_fmt(_get(ens_test, 'brier'))}. "
         "Each member's calibrator was fitted on validation scores only."
     )
+    if _get(ens_test, "ece_if_calibrated_median", default=None) is not None:
+        out.append(
+            f"- A perfectly calibrated model with the same test probabilities would show ECE "
+            f"{_fmt(_get(ens_test, 'ece_if_calibrated_median'))} (median over label draws; 90th percentile "
+            f"{_fmt(_get(ens_test, 'ece_if_calibrated_p90'))}) on {_fmt(_get(ens_test, 'n'))} clips: an ECE "
+            "in that range is sampling noise, not miscalibration."
+        )
     for m in members:
         mtest = _get(metrics, "members", m.get("name"), "test", default={})
         out.append(

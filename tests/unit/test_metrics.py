@@ -230,6 +230,23 @@ def test_ece_small_for_calibrated_and_large_for_overconfident():
     assert vm.brier(y, overconfident) > vm.brier(y, p)
 
 
+def test_ece_if_calibrated_is_the_sampling_floor_of_a_perfect_model():
+    # Certain predictions: a perfect model's labels equal them, so its ECE is exactly 0.
+    assert vm.ece_if_calibrated(np.r_[np.zeros(50), np.ones(50)], 10) == {"median": 0.0, "p90": 0.0}
+    # 100 clips at p = 0.5: ECE = |k/100 - 0.5| with k ~ Binomial(100, 0.5); its median is
+    # 0.03 (P(|k - 50| <= 2) = 0.383, <= 3: 0.516), far from the 0 of an infinite sample.
+    half = vm.ece_if_calibrated(np.full(100, 0.5), 10, draws=4000)
+    assert half["median"] == pytest.approx(0.03, abs=0.005)
+    assert half["p90"] == pytest.approx(0.08, abs=0.005)  # P(|k - 50| <= 7) = 0.867, <= 8: 0.911
+    # The floor shrinks like 1/sqrt(n), and the seed makes it reproducible.
+    p = np.random.default_rng(1).random(100)
+    small, large = vm.ece_if_calibrated(p, 10), vm.ece_if_calibrated(np.tile(p, 16), 10)
+    assert large["median"] < 0.4 * small["median"]
+    assert vm.ece_if_calibrated(p, 10) == small
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        vm.ece_if_calibrated([0.2, 1.5])
+
+
 def _brute_ece(y, p, edges) -> float:
     """Bin b holds edges[b] < p <= edges[b+1]; the first bin is open below, the last above."""
     n_bins = len(edges) - 1

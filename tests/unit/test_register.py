@@ -55,7 +55,8 @@ def make_bundle(path: Path, auc: float = 0.95, ece: float = 0.02, drop: float = 
         "thresholds": {"real_below": 0.2, "fake_at": 0.7, "target_fpr": 0.05, "target_uncertain": 0.1,
                        "val_fpr": 0.04, "val_uncertain": 0.09},
         "metrics": {
-            "ensemble": {"test": {"auc": auc, "ece": ece, "brier": 0.03, "fpr": 0.04, "uncertain_rate": 0.1, "n": 88},
+            "ensemble": {"test": {"auc": auc, "ece": ece, "brier": 0.03, "fpr": 0.04, "uncertain_rate": 0.1, "n": 88,
+                                  "ece_if_calibrated_median": 0.045, "ece_if_calibrated_p90": 0.061},
                          "per_method": {"faceswap": {"auc": 0.981}, "lipsync": {"auc": 0.912}, "voice_clone": 0.933}},
             "members": {"video_specialist": {"test": {"auc": 0.9, "ece_before": 0.1, "ece_after": 0.03}},
                         "audio_specialist": {"test": {"auc": 0.85, "ece_before": 0.2, "ece_after": 0.04}}},
@@ -281,6 +282,7 @@ def test_model_card_lists_members_methods_thresholds_and_lineage(tmp_path: Path)
     assert "| train@video_specialist | 11112222 |" in card and "| audio_specialist | run-audio-1 |" in card
     assert "version 4" in card and "PASS auc: 0.9500" in card
     assert "synthetic" in card and "validation" in card
+    assert "would show ECE 0.045 (median over label draws; 90th percentile 0.061) on 88 clips" in card
 
 
 @pytest.mark.parametrize(
