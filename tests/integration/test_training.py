@@ -83,6 +83,17 @@ def test_training_is_deterministic_on_cpu(features: Path, tmp_path: Path) -> Non
         assert (tmp_path / "a1" / name).read_bytes() == (tmp_path / "a2" / name).read_bytes(), name
 
 
+def test_a_member_seed_overrides_the_train_seed(features: Path, tmp_path: Path) -> None:
+    base = dict(detector="tiny_audio", target="audio_label", **FAST)
+    train("a", MemberConfig(**base, seed=3), TrainConfig(seed=99), features, tmp_path / "own")
+    train("a", MemberConfig(**base), TrainConfig(seed=3), features, tmp_path / "train3")
+    train("a", MemberConfig(**base), TrainConfig(seed=99), features, tmp_path / "train99")
+    own, same, other = (load_file(tmp_path / d / MODEL_WEIGHTS) for d in ("own", "train3", "train99"))
+    for k in own:
+        torch.testing.assert_close(own[k], same[k], rtol=0, atol=0)
+    assert any(not torch.equal(own[k], other[k]) for k in own)
+
+
 def test_resume_continues_from_the_last_epoch(features: Path, tmp_path: Path) -> None:
     short = MemberConfig(detector="tiny_video", target="video_label", **{**FAST, "epochs": 1, "patience": 5})
     train("v", short, TrainConfig(), features, tmp_path / "v")
