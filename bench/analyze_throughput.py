@@ -40,10 +40,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from veracity.analyzer import Analyzer, resolve_device
+from veracity.analyzer import Analyzer
 from veracity.corpus.synth.families import ClipSpec, render
 from veracity.corpus.synth.identity import sample_identity
 from veracity.data import ClipInfo, WindowDataset, collate
+from veracity.devices import resolve_device
 from veracity.extract import extract_clip
 from veracity.features import ClipRecord, record_dir
 from veracity.media.decode import decode_only

@@ -56,18 +56,18 @@ def train_tiny_members():
     ``root/models/<member>`` and ``root/models/calibration/calibration.json`` (temperature
     scaling: smooth, so gradient attacks see through it) and returns those three paths.
     """
-    from veracity.calibration import calibrate
     from veracity.config import CalibrateConfig, TrainConfig
     from veracity.extract import extract
+    from veracity.stages.calibrate import calibrate
     from veracity.training import train
 
     def make(corpus: Path, root: Path, members: dict, contract, extract_cfg) -> dict[str, Path]:
         features, models = root / "features", root / "models"
         extract(extract_cfg, contract, corpus / "manifest.csv", features)
         for name, member in members.items():
-            train(name, member, TrainConfig(), features, models / name)
-        calibrate(models, members, CalibrateConfig(method="temperature"), models / "calibration",
-                  root / "reports" / "calibrate")
+            train(name, member, TrainConfig(), features, models / name, ece_bins=10)
+        calibrate(CalibrateConfig(method="temperature"), members, models, models / "calibration",
+                  root / "reports" / "calibrate", ece_bins=10)
         return {"features": features, "models": models, "calibration": models / "calibration" / "calibration.json"}
 
     return make

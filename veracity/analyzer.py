@@ -20,8 +20,11 @@ between what was evaluated and what is served:
    the bundle's identity and, on request, explanations (:mod:`veracity.explain`).
 
 Nothing here raises for a bad file: any failure inside :meth:`Analyzer.analyze` becomes
-``ABSTAIN`` with reason ``error`` and a one-line message. Only a bad bundle raises
-(:class:`veracity.ensemble.BundleError`, when the analyzer is built).
+``ABSTAIN`` with reason ``error`` and a one-line message (the traceback goes to the log at
+WARNING: it is a bug to fix, not a verdict on the file). Reasons are extraction's statuses
+(:data:`veracity.status.ABSTAIN_REASONS`): a file that does not exist is ``missing``, as in
+an extraction index. Only a bad bundle raises
+(:class:`veracity.bundle.BundleError`, when the analyzer is built).
 """
 
 from __future__ import annotations
@@ -40,20 +43,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from veracity.bundle import BUNDLE_JSON, Bundle, BundleError, Scored
 from veracity.config import AnalyzeConfig, ExtractConfig
 from veracity.data import ClipInfo, WindowDataset, collate
-from veracity.ensemble import BUNDLE_JSON, Bundle, BundleError, Scored, sha256_file
+from veracity.devices import resolve_device
 from veracity.extract import extract_clip, fingerprint, prefetch
 from veracity.features import ClipRecord, record_dir
+from veracity.lineage import sha256_file
+from veracity.status import ABSTAIN_REASONS, OK
 
-__all__ = ["REASONS", "VIDEO_EXTENSIONS", "Analyzer", "BundleError", "Report", "report_text", "video_files"]
+__all__ = ["REASONS", "VIDEO_EXTENSIONS", "Analyzer", "BundleError", "Report", "folder_inputs", "report_text"]
 
 log = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
-# Why a file may get ABSTAIN (extraction statuses, plus the analyzer's own).
-REASONS = ("not_found", "empty", "corrupt", "unsupported", "no_video", "too_small", "too_short", "too_long",
-           "no_face", "no_audio", "silent", "error")
+# Why a file may get ABSTAIN; the analyzer's public name for veracity.status.ABSTAIN_REASONS.
+REASONS = ABSTAIN_REASONS
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
 _CLIP_ID = "clip"
 
@@ -128,16 +133,23 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def video_files(directory: Path | str) -> list[Path]:
-    """Video files directly inside ``directory`` (by extension), sorted by name."""
-    return sorted(p for p in Path(directory).iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+def folder_inputs(directory: Path | str) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """What ``analyze DIR`` does with each entry directly inside ``directory``, sorted by name.
 
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    Returns:
+        ``(files, skipped)``: every file is analysed, whatever its extension (an audio
+        file, an image or a damaged video gets its own precise ABSTAIN rather than being
+        passed over without a word); ``skipped`` names each entry that is not analysed,
+        with the reason (sub-folders are not searched).
+    """
+    files, skipped = [], []
+    for p in sorted(Path(directory).iterdir()):
+        if p.is_file():
+            files.append(p)
+        else:
+            skipped.append((p, "a folder: not searched (analyse it on its own)" if p.is_dir()
+                            else "not a regular file"))
+    return files, skipped
 
 
 def extract_config_of(spec: Mapping[str, Any]) -> ExtractConfig:
@@ -242,7 +254,8 @@ class Analyzer:
         except _Abstain as ab:
             report = self._abstain(path, ab.reason, ab.message, media)
         except Exception as exc:  # noqa: BLE001 - a report, never a traceback, never REAL
-            log.debug("analysis of %s failed", path, exc_info=True)
+            # WARNING with the traceback: the report carries one line, and a bug must be visible.
+            log.warning("analysis of %s failed", path, exc_info=True)
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             report = self._abstain(path, "error", f"analysis failed: {type(exc).__name__}: {text}"[:500], media)
         timings["total_s"] = time.perf_counter() - t0
@@ -275,9 +288,9 @@ class Analyzer:
     def _analyze(self, path: Path, explain: bool, explain_dir: Path | None, timings: dict[str, float],
                  media: dict[str, Any]) -> Report:
         if not path.exists():
-            raise _Abstain("not_found", f"no such file: {path}")
+            raise _Abstain("missing", f"no such file: {path}")
         if not path.is_file():
-            raise _Abstain("not_found", f"not a regular file: {path}")
+            raise _Abstain("missing", f"not a regular file: {path}")
         # Removed on every exit path; a failed removal never turns a report into an error.
         with tempfile.TemporaryDirectory(prefix="veracity-analyze-", ignore_cleanup_errors=True) as tmp:
             out = Path(tmp)
@@ -321,12 +334,10 @@ class Analyzer:
         ev = self.bundle.evidence
         status, message = str(idx.get("status")), str(idx.get("message", ""))
         listens = self.bundle.needs_audio and ev.require_audio
-        if status == "missing":
-            raise _Abstain("not_found", message)
         if status in ("no_audio", "silent"):
             if listens:
                 raise _Abstain(status, f"{message}; the bundle's audio members cannot judge it")
-        elif status != "ok":
+        elif status != OK:
             raise _Abstain(status, message)
         face_ratio = float(idx.get("face_ratio") or 0.0)
         if face_ratio < ev.min_face_ratio:

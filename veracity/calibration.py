@@ -25,20 +25,17 @@ elsewhere.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 from scipy.optimize import minimize, minimize_scalar
 from sklearn.isotonic import IsotonicRegression
 
 from veracity import metrics
-from veracity.config import CalibrateConfig
+from veracity.config import CalibrateConfig, PoolingConfig
 
 # Calibrated probabilities are kept this far from 0 and 1: an isotonic step can reach
 # exactly 0 or 1 on validation, and a downstream logit (stacking) must stay finite.
@@ -61,11 +58,15 @@ def sigmoid(z: np.ndarray | float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Pooling:
-    """A window-to-video pooling rule (see :func:`veracity.metrics.pool`)."""
+    """A window-to-video pooling rule (see :func:`veracity.metrics.pool`).
 
-    how: str = "mean"
-    k: int = 4
-    beta: float = 5.0
+    No field has a default: the defaults are :class:`veracity.config.PoolingConfig`'s
+    (build one with :meth:`from_config`), and a bundle states all three.
+    """
+
+    how: str
+    k: int
+    beta: float
 
     def __post_init__(self) -> None:
         if self.how not in metrics.POOL_RULES:
@@ -86,8 +87,15 @@ class Pooling:
         return asdict(self)
 
     @classmethod
+    def from_config(cls, cfg: PoolingConfig) -> Pooling:
+        """The rule a ``calibrate.pooling`` entry describes (``PoolingConfig()``: the default)."""
+        return cls(how=cfg.how, k=cfg.k, beta=cfg.beta)
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Pooling:
-        return cls(how=str(data["how"]), k=int(data.get("k", 4)), beta=float(data.get("beta", 5.0)))
+        """Inverse of :meth:`to_dict`. Every bundle written so far states ``how``, ``k`` and
+        ``beta``; a spec that leaves ``k`` or ``beta`` out gets PoolingConfig's defaults."""
+        return cls.from_config(PoolingConfig(**data))
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,7 @@ class Calibrator:
         """The calibrated log-odds of a parametric method (not isotonic), unclamped.
 
         Plain arithmetic, so it maps NumPy arrays and torch tensors alike: the differentiable
-        paths (:func:`veracity.ensemble.calibrate_torch`, the attacks) use it as it is.
+        paths (:func:`veracity.decision.calibrate_torch`, the attacks) use it as it is.
         """
         if self.method == "temperature":
             return z / self.temperature
@@ -278,7 +286,7 @@ def fit_calibrator(logits: Any, y_true: Any, method: str = "auto", folds: int = 
     return FITTERS[best](logits, y_true), cv
 
 
-def calibration_report(y_true: Any, before: Any, after: Any, n_bins: int = 10) -> dict[str, float]:
+def calibration_report(y_true: Any, before: Any, after: Any, n_bins: int) -> dict[str, float]:
     """ECE and Brier of uncalibrated (``before``) and calibrated (``after``) probabilities."""
     return {"ece_before": metrics.ece(y_true, before, n_bins), "ece_after": metrics.ece(y_true, after, n_bins),
             "brier_before": metrics.brier(y_true, before), "brier_after": metrics.brier(y_true, after),
@@ -302,133 +310,3 @@ def target_mask(methods: Sequence[str], target_methods: Sequence[str] | None) ->
     if target_methods is None:
         return np.ones(m.size, bool)
     return (m == "real") | np.isin(m, list(target_methods))
-
-
-# ----------------------------------------------------------------------------- the stage
-
-SCORE_COLUMNS = ["video_id", "split", "method", "label", "video_label", "audio_label"]
-
-
-def read_window_logits(models: Path | str, name: str) -> pd.DataFrame:
-    """One member's window logits on val and test (``predictions_window.csv``)."""
-    path = Path(models) / name / "predictions_window.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"member {name!r} has no window predictions at {path}; train it first")
-    return pd.read_csv(path)
-
-
-def calibrate(models: Path | str, members: Mapping[str, Any], cfg: Any, out: Path | str,
-              reports: Path | str) -> dict[str, Any]:
-    """The ``calibrate`` stage: everything fitted on validation scores.
-
-    Per member: pool windows to videos with the configured rule, fit the calibrator on
-    validation clips of the member's own target (reals + its target methods), report ECE
-    and Brier before and after on validation and test. Then fit the fusion rule on the
-    members' calibrated validation probabilities and the REAL/UNCERTAIN/FAKE thresholds on
-    the fused validation probabilities.
-
-    Args:
-        models: directory with one folder per trained member.
-        members: ``train.members`` (target and target methods of each member).
-        cfg: the ``calibrate`` section (:class:`veracity.config.CalibrateConfig`).
-        out: directory for ``calibration.json`` (read by ``attack`` and ``ensemble``).
-        reports: directory for ``metrics.json``, ``reliability.csv`` and ``scores.csv``.
-
-    Returns:
-        The metrics written to ``reports/metrics.json``.
-    """
-    from veracity.ensemble import FUSION_RULES, fit_fusion, fit_thresholds
-
-    out, reports = Path(out), Path(reports)
-    names = list(cfg.fusion.members) or sorted(members)
-    unknown = [n for n in names if n not in members]
-    if unknown:
-        raise ValueError(f"calibrate.fusion.members names untrained members {unknown}; train.members has {sorted(members)}")
-    spec: dict[str, Any] = {"members": {}}
-    report: dict[str, Any] = {"members": {}}
-    rel_rows: list[dict[str, Any]] = []
-    table: pd.DataFrame | None = None
-    for name in names:
-        mcfg = members[name]
-        pcfg = cfg.pooling.get(name)
-        pooling = Pooling(**pcfg.model_dump()) if pcfg is not None else Pooling()
-        wins = read_window_logits(models, name)
-        v = member_video_logits_from(wins, pooling)
-        target = mcfg.target
-        tm = tuple(mcfg.target_methods) if mcfg.target_methods is not None else None
-        keep = target_mask(v["method"], tm) & v[target].notna().to_numpy()
-        val, test = (v["split"] == "val").to_numpy() & keep, (v["split"] == "test").to_numpy() & keep
-        y = v[target].to_numpy(np.float64)
-        cal, cv = fit_calibrator(v["z"].to_numpy()[val], y[val], cfg.method, cfg.folds,
-                                 isotonic_min_clips=cfg.isotonic_min_clips)
-        p = cal.prob(v["z"].to_numpy())
-        raw = sigmoid(v["z"].to_numpy())
-        # Which pooling rule would have ranked validation best (for choosing it in params).
-        pool_auc = {}
-        for how in metrics.POOL_RULES:
-            alt = Pooling(how, pooling.k, pooling.beta)
-            a = member_video_logits_from(wins, alt)
-            akeep = target_mask(a["method"], tm) & a[target].notna().to_numpy() & (a["split"] == "val").to_numpy()
-            pool_auc[how] = metrics.roc_auc(a[target][akeep], a["z"][akeep])
-        report["members"][name] = {
-            "target": target, "pooling": pooling.to_dict(), "method": cal.method,
-            "temperature": cal.temperature if cal.method == "temperature" else None, "cv_log_loss": cv,
-            "val_auc_by_pooling": pool_auc,
-            "val": {**calibration_report(y[val], raw[val], p[val], cfg.n_bins), "auc": metrics.roc_auc(y[val], p[val])},
-            "test": {**calibration_report(y[test], raw[test], p[test], cfg.n_bins),
-                     "auc": metrics.roc_auc(y[test], v["z"].to_numpy()[test])},
-        }
-        for stage, probs in (("before", raw), ("after", p)):
-            rel_rows += reliability_rows(name, "test", y[test], probs[test], cfg.n_bins, stage)
-        spec["members"][name] = {"pooling": pooling.to_dict(), "calibrator": cal.to_dict(), "target": target,
-                                 "target_methods": list(tm) if tm is not None else None}
-        cols = v[SCORE_COLUMNS].copy()
-        cols[f"p_{name}"] = p
-        table = cols if table is None else table.merge(cols[["video_id", f"p_{name}"]], on="video_id", how="inner")
-    assert table is not None
-    table = table.sort_values("video_id").reset_index(drop=True)
-    pcols = [f"p_{n}" for n in names]
-    is_val, is_test = (table["split"] == "val").to_numpy(), (table["split"] == "test").to_numpy()
-    y = table["label"].to_numpy(np.float64)
-    fusion = fit_fusion(table.loc[is_val, pcols].to_numpy(), y[is_val], names, cfg.fusion.rule,
-                        cfg.fusion.weights, cfg.fusion.stacking_l2, cfg.method, cfg.folds)
-    table["prob"] = fusion.prob(table[pcols].to_numpy())
-    th = fit_thresholds(table.loc[is_val, "prob"].to_numpy(), y[is_val], cfg.thresholds.target_fpr,
-                        cfg.thresholds.target_uncertain)
-    table["verdict"] = th.verdicts(table["prob"].to_numpy())
-    rules = {}
-    for rule in FUSION_RULES:
-        f = fusion if rule == fusion.rule else fit_fusion(
-            table.loc[is_val, pcols].to_numpy(), y[is_val], names, rule, cfg.fusion.weights,
-            cfg.fusion.stacking_l2, cfg.method, cfg.folds)
-        pr = f.prob(table[pcols].to_numpy())
-        rules[rule] = {"val_auc": metrics.roc_auc(y[is_val], pr[is_val]), "test_auc": metrics.roc_auc(y[is_test], pr[is_test]),
-                       "test_ece": metrics.ece(y[is_test], pr[is_test], cfg.n_bins)}
-    fused_p = table["prob"].to_numpy()
-    report["ensemble"] = {
-        "rule": fusion.rule, "rules": rules,
-        "val": {"auc": metrics.roc_auc(y[is_val], fused_p[is_val]), "ece": metrics.ece(y[is_val], fused_p[is_val], cfg.n_bins),
-                "brier": metrics.brier(y[is_val], fused_p[is_val]), **th.rates(fused_p[is_val], y[is_val])},
-        "test": {"auc": metrics.roc_auc(y[is_test], fused_p[is_test]),
-                 "ece": metrics.ece(y[is_test], fused_p[is_test], cfg.n_bins),
-                 **{f"ece_if_calibrated_{k}": v for k, v in metrics.ece_if_calibrated(fused_p[is_test], cfg.n_bins).items()},
-                 "brier": metrics.brier(y[is_test], fused_p[is_test]), **th.rates(fused_p[is_test], y[is_test])},
-        "thresholds": th.to_dict(),
-    }
-    rel_rows += reliability_rows("ensemble", "test", y[is_test], fused_p[is_test], cfg.n_bins, "after")
-    spec.update(fusion=fusion.to_dict(), thresholds=th.to_dict())
-    out.mkdir(parents=True, exist_ok=True)
-    reports.mkdir(parents=True, exist_ok=True)
-    (out / "calibration.json").write_text(json.dumps(spec, indent=1) + "\n")
-    (reports / "metrics.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-    pd.DataFrame(rel_rows).to_csv(reports / "reliability.csv", index=False, float_format="%.6g")
-    table.to_csv(reports / "scores.csv", index=False, float_format="%.6g")
-    return report
-
-
-def member_video_logits_from(windows: pd.DataFrame, pooling: Pooling) -> pd.DataFrame:
-    """:func:`member_video_logits` for an already loaded window table."""
-    ids, z = pooling.apply(windows["logit"].to_numpy(np.float64), windows["video_id"].to_numpy())
-    info = windows[SCORE_COLUMNS].drop_duplicates("video_id").set_index("video_id").loc[ids].reset_index()
-    info["z"] = z
-    return info

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from veracity.contract import DataContract
+from veracity.status import ExtractStatus  # re-exported: config's users name it from here
 
 DEFAULT_PARAMS = Path("params.yaml")
 RESOLVED_NAME = "config.resolved.yaml"
@@ -159,12 +160,6 @@ class ContractConfig(_Section):
         return DataContract(**self.model_dump())
 
 
-ExtractStatus = Literal[
-    "ok", "missing", "empty", "corrupt", "unsupported", "no_video", "too_short", "too_long",
-    "too_small", "no_audio", "silent", "no_face",
-]
-
-
 class ExtractConfig(_Section):
     """Extraction of face crops, audio, VAD and flow (``veracity extract``)."""
 
@@ -277,6 +272,16 @@ class EvaluateConfig(_Section):
     roles: dict[Literal["video", "audio", "fusion", "lipsync"], str] = {}
 
 
+class MetricsConfig(_Section):
+    """How every stage computes the metrics it reports (see :mod:`veracity.metrics`)."""
+
+    # Equal-width bins of every ECE and reliability table (train, evaluate, calibrate and
+    # ensemble reports, hence the gate's max_ece): one value, so their ECEs compare. Ten,
+    # because a held-out split has about 100 clips: more bins leave a few clips in each and
+    # raise the ECE that even a perfectly calibrated model shows (metrics.ece_if_calibrated).
+    ece_bins: int = Field(10, ge=1)
+
+
 class PoolingConfig(_Section):
     """How one member's window scores become one video score (see ``metrics.pool``)."""
 
@@ -315,7 +320,6 @@ class CalibrateConfig(_Section):
     # method=auto considers isotonic only from this many validation clips on (it overfits
     # smaller sets; Niculescu-Mizil & Caruana 2005).
     isotonic_min_clips: int = Field(1000, ge=2)
-    n_bins: int = Field(10, ge=2)  # reliability diagram / ECE bins
     fusion: FusionConfig = FusionConfig()
     thresholds: ThresholdConfig = ThresholdConfig()
 
@@ -362,11 +366,11 @@ class EnsembleConfig(_Section):
     min_face_ratio: float = Field(0.5, ge=0, le=1)
     min_duration_s: float = Field(1.0, ge=0)
     require_audio: bool = True  # members that listen cannot score a silent file
-    # Quality bars the stage prints (PASS/FAIL) for the held-out split.
-    min_auc: float = Field(0.98, ge=0, le=1)
-    max_ece: float = Field(0.03, gt=0)
-    fpr_tolerance: float = Field(0.005, ge=0)  # |validation FPR - target| allowed
-    max_gate_drop: float = Field(0.05, gt=0)  # ensemble AUC drop under attack.gate_* allowed
+    # Max abs window-logit difference allowed between the bundle's forward pass and the
+    # training run's predictions, and between the written bundle reloaded and the one in
+    # memory: beyond it the bundle would not be the model that was evaluated, and the stage
+    # fails. Same weights on the same CPU differ by float summation order only (~1e-6).
+    consistency_tolerance: float = Field(1e-4, gt=0)
 
 
 class RegisterConfig(_Section):
@@ -376,7 +380,16 @@ class RegisterConfig(_Section):
     # The candidate becomes champion only if its held-out AUC is not below the champion's
     # (minus this margin), its ECE is within max_ece and its robustness drop within bound.
     auc_margin: float = Field(0.0, ge=0)
-    max_ece: float = Field(0.03, gt=0)
+
+
+class GateConfig(_Section):
+    """The quality bars of a bundle: the ensemble stage prints them (PASS/FAIL), the attack
+    stage prints the robustness one, and ``register`` promotes only a bundle within them."""
+
+    min_auc: float = Field(0.98, ge=0, le=1)  # ensemble test AUC
+    max_ece: float = Field(0.03, gt=0)  # ensemble test ECE after calibration
+    fpr_tolerance: float = Field(0.005, ge=0)  # |validation FPR - calibrate.thresholds.target_fpr|
+    # Ensemble AUC drop allowed under attack.gate_corruption at attack.gate_strength.
     max_robustness_drop: float = Field(0.05, gt=0)
 
 
@@ -401,9 +414,11 @@ class Params(_Section):
     extract: ExtractConfig = ExtractConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    metrics: MetricsConfig = MetricsConfig()
     calibrate: CalibrateConfig = CalibrateConfig()
     attack: AttackConfig = AttackConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
+    gate: GateConfig = GateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")  # `register` is taken by ABCMeta
     analyze: AnalyzeConfig = AnalyzeConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")

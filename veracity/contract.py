@@ -4,12 +4,17 @@ One frozen record of sampling rate, window length, face size and normalisation,
 sample rate and audio window, and backbone ids. Extraction writes it next to the
 features; training, the service and the monitoring reference read it from there (or
 from a model bundle) and never restate its values.
+
+This module owns the record's shape and its JSON form, not its values: the dataclass
+has no defaults (only ``backbones``, filled in by training). The default values live
+once, in :class:`veracity.config.ContractConfig` (the ``contract`` section of
+``params.yaml``); build a default contract with ``ContractConfig().build()``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 CONTRACT_NAME = "contract.json"
@@ -30,13 +35,14 @@ class DataContract:
         backbones: backbone ids by modality, filled in by training (empty for features).
     """
 
-    fps: float = 12.5
-    frames_per_window: int = 16
-    face_size: int = 64
-    face_margin: float = 0.25
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    sample_rate: int = 16000
+    # No defaults here: they are ContractConfig's (veracity.config), the one place.
+    fps: float
+    frames_per_window: int
+    face_size: int
+    face_margin: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    sample_rate: int
     backbones: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -58,8 +64,17 @@ class DataContract:
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> DataContract:
-        """Inverse of :meth:`to_dict` (derived keys are ignored)."""
+        """Inverse of :meth:`to_dict` (derived keys are ignored).
+
+        Raises:
+            ValueError: a field other than ``backbones`` is missing (a contract is never
+                completed with defaults: that would describe inputs the model never saw).
+        """
         keys = {f for f in cls.__dataclass_fields__}
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ValueError(f"data contract lacks {missing}; a contract must state every field")
         kw = {k: v for k, v in data.items() if k in keys}
         for k in ("mean", "std"):
             if k in kw:

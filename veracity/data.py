@@ -4,6 +4,9 @@ A window is ``frames_per_window`` consecutive crops of a clip's main face track,
 matching stretch of audio (cut by the crops' true timestamps) and its voice activity.
 Training samples random windows per clip each epoch; evaluation covers every clip with
 evenly spaced windows whose scores are pooled back to the clip (:mod:`veracity.metrics`).
+
+The window's shape comes from the data contract; the VAD mask's time step from the
+records themselves (:meth:`veracity.features.ClipRecord.vad_hop_s`, stored by extraction).
 """
 
 from __future__ import annotations
@@ -20,9 +23,8 @@ from torch.utils.data import Dataset
 
 from veracity.contract import DataContract
 from veracity.features import ClipRecord
+from veracity.media.audio import hop_seconds
 from veracity.models.base import Batch
-
-VAD_HOP_S = 0.01  # the extractor's voice-activity hop
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,24 @@ class WindowDataset(Dataset):
         self.epoch = 0
         self._records: dict[int, tuple[ClipRecord, np.ndarray]] = {}
         self._lengths = [self._rows(i).shape[0] for i in range(len(self.clips))]
+        self.vad_hop_s = self._vad_hop()
         self._items = self._plan()
+
+    def _vad_hop(self) -> float:
+        """Seconds per VAD step of every window: the hop the records' masks were stored with.
+
+        Clips without audio get an all-zero mask at the same step (one batch, one shape);
+        with no mask at all, the step is the one extraction would use at the contract's rate.
+
+        Raises:
+            veracity.features.RecordFormatError: a mask without its stored hop.
+            ValueError: records whose masks have different hops.
+        """
+        hops = {h for rec, _ in self._records.values() if (h := rec.vad_hop_s()) is not None}
+        if len(hops) > 1:
+            raise ValueError(f"feature records with different VAD hops {sorted(hops)} cannot share a "
+                             "dataset; extract them with one version of `veracity extract`")
+        return hops.pop() if hops else hop_seconds(self.contract.sample_rate)
 
     def _rows(self, i: int) -> np.ndarray:
         if i not in self._records:
@@ -163,7 +182,7 @@ class WindowDataset(Dataset):
 
         n_audio = c.audio_samples_per_window
         audio = np.zeros(n_audio, np.float32)
-        vad = np.zeros(int(round(c.window_seconds / VAD_HOP_S)), bool)
+        vad = np.zeros(int(round(c.window_seconds / self.vad_hop_s)), bool)
         wave = rec.array("audio")
         if clip.has_audio and len(wave) and len(sel):
             frame_idx = int(rec.array("crop_frame")[sel[0]])
@@ -172,7 +191,7 @@ class WindowDataset(Dataset):
             seg = np.asarray(wave[a0 : a0 + n_audio], dtype=np.float32)
             audio[: len(seg)] = seg
             v = rec.array("vad")
-            h0 = int(round(t0 / VAD_HOP_S))
+            h0 = int(round(t0 / self.vad_hop_s))
             vseg = np.asarray(v[h0 : h0 + len(vad)], dtype=bool)
             vad[: len(vseg)] = vseg
         sample = {

@@ -1,4 +1,5 @@
-"""The ``evaluate`` stage: every member's held-out predictions into metrics, tables, plots.
+"""Every member's held-out predictions into metrics, tables, plots (the ``evaluate`` stage's work;
+:mod:`veracity.stages.evaluate` adds MLflow).
 
 Reads ``<models>/<member>/predictions.csv`` (clip-level scores written by training) and
 writes, under ``out``:
@@ -11,6 +12,9 @@ writes, under ``out``:
     plots/roc.csv, plots/pr.csv, plots/reliability.csv  long-format curve data, and
     plots/confusion.csv  one row per clip (actual, predicted)  for ``dvc plots show``
     *.png                the same as figures (ROC, PR, reliability diagram, confusion)
+
+The ECE and reliability bins are the caller's (``metrics.ece_bins``), the same as the other
+stages', so an ECE here compares with calibrate's and ensemble's.
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ def _clean(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in d.items()}
 
 
-def _plots(test: pd.DataFrame, out: Path) -> None:
+def _plots(test: pd.DataFrame, out: Path, ece_bins: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,7 +102,7 @@ def _plots(test: pd.DataFrame, out: Path) -> None:
         y, p = g["label"].to_numpy(), g["prob"].to_numpy()
         fpr, tpr, _ = metrics.roc_curve(y, p)
         prec, rec, _ = metrics.pr_curve(y, p)
-        rel = metrics.reliability(y, p, n_bins=10)
+        rel = metrics.reliability(y, p, ece_bins)
         roc_rows += [{"member": member, "fpr": float(a), "tpr": float(b)} for a, b in zip(fpr, tpr, strict=True)]
         pr_rows += [{"member": member, "recall": float(a), "precision": float(b)} for a, b in zip(rec, prec, strict=True)]
         rel_df = pd.DataFrame({k: rel[k] for k in ("mean_pred", "frac_pos", "count")})
@@ -127,14 +131,29 @@ def _plots(test: pd.DataFrame, out: Path) -> None:
     pd.DataFrame(conf_rows).to_csv(plots / "confusion.csv", index=False)
 
 
-def evaluate(models: Path, members: Sequence[str], out: Path, roles: dict[str, str] | None = None) -> dict[str, Any]:
-    """Stage function: metrics, tables and plots for every member's test predictions."""
+def evaluate(models: Path, members: Sequence[str], out: Path, roles: dict[str, str] | None = None, *,
+             ece_bins: int) -> dict[str, Any]:
+    """Metrics, tables and plots for every member's test predictions.
+
+    Args:
+        models: directory with one folder per trained member.
+        members: the members to evaluate.
+        out: directory for ``metrics.json``, the tables and the plots.
+        roles: role -> member, for the quality checks (see :func:`quality_checks`).
+        ece_bins: bins of every ECE and of the reliability diagram (``metrics.ece_bins``).
+
+    Returns:
+        ``summary`` (as in ``metrics.json``), ``per_method`` (a table) and ``checks``.
+
+    Raises:
+        FileNotFoundError: a member has no predictions.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     preds = load_predictions(models, members)
     tables = []
     for member, g in preds.groupby("member"):
-        t = metrics.table(g, score_col="prob", label_col="label", by=("split", "method"))
+        t = metrics.table(g, score_col="prob", label_col="label", by=("split", "method"), n_bins=ece_bins)
         t.insert(0, "member", member)
         tables.append(t)
     table = pd.concat(tables, ignore_index=True)
@@ -145,7 +164,7 @@ def evaluate(models: Path, members: Sequence[str], out: Path, roles: dict[str, s
     per_method.to_csv(out / "per_method.csv")
     summary: dict[str, Any] = {"members": {}}
     for member, g in test.groupby("member"):
-        s = metrics.summarize(g["label"].to_numpy(), g["prob"].to_numpy())
+        s = metrics.summarize(g["label"].to_numpy(), g["prob"].to_numpy(), n_bins=ece_bins)
         summary["members"][member] = _clean(s)
         levels = {}
         for level, name in (("window", WINDOW_PREDICTIONS), ("frame", FRAME_PREDICTIONS)):
@@ -155,7 +174,7 @@ def evaluate(models: Path, members: Sequence[str], out: Path, roles: dict[str, s
             d = pd.read_csv(path)
             d = d[d.split == "test"]
             if len(d):
-                s = metrics.summarize(d["label"].to_numpy(), d["prob"].to_numpy())
+                s = metrics.summarize(d["label"].to_numpy(), d["prob"].to_numpy(), n_bins=ece_bins)
                 levels[level] = _clean({k: s[k] for k in ("auc", "ap", "eer", "fpr_at_95tpr", "n") if k in s})
         if levels:
             summary["members"][member]["levels"] = levels
@@ -163,5 +182,5 @@ def evaluate(models: Path, members: Sequence[str], out: Path, roles: dict[str, s
     summary["quality"] = {c.name: {"value": round(c.value, 4), "bound": c.bound, "kind": c.kind, "passed": c.passed}
                           for c in checks}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    _plots(test, out)
+    _plots(test, out, ece_bins)
     return {"summary": summary, "per_method": per_method, "checks": checks}

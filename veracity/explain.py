@@ -15,7 +15,7 @@
 * **Audio anomaly segments**: stretches where an audio member's calibrated probability of
   the window, scored on its own, reaches the bundle's FAKE threshold; overlapping windows
   are merged.
-* **Modality agreement** comes from :func:`veracity.ensemble.agreement`.
+* **Modality agreement** comes from :func:`veracity.decision.agreement`.
 
 :mod:`veracity.analyzer` calls these for ``analyze(..., explain=True)``.
 """

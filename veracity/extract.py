@@ -4,7 +4,10 @@ For each clip: probe, stream-decode frames at the contract's fps (true timestamp
 detect faces (every ``detect_every`` sampled frames) and track them so each person keeps
 one track, crop squares with a margin, compute optical flow along each track, decode the
 audio at 16 kHz mono, find voice activity and normalise loudness. Every clip ends with a
-status and a message; a bad file never stops the others.
+status (:mod:`veracity.status`) and a message; a bad file never stops the others. Bad
+media gets the status that says what is wrong with it; an unexpected exception (a bug of
+ours, not bad data) gets ``error``, its traceback goes to the log, and the stage fails
+(:func:`check_failures`) however few clips it hit.
 
 Runs are resumable (a finished record whose fingerprint matches is reused) and shardable
 (``shard=(i, n)`` takes the clips whose id hashes to ``i`` mod ``n``; :func:`merge`
@@ -40,15 +43,13 @@ from veracity.media import audio as maudio
 from veracity.media.decode import FrameReader, MediaError, iter_audio
 from veracity.media.faces import FaceTracker, HaarFaceDetector, center_box, square_box
 from veracity.media.flow import FlowStream
+from veracity.status import CODE_FAILURE_STATUSES, EXTRACT_STATUSES, OK
 
 INDEX = "index.csv"
 SUMMARY = "summary.json"
 PARTS = "parts"
-# Order matters when a clip has several problems: the first one found is its status.
-STATUS_ORDER = (
-    "missing", "empty", "corrupt", "unsupported", "no_video", "too_small", "too_short",
-    "too_long", "no_face", "no_audio", "silent", "ok",
-)
+# How many clips with status "error" the summary names (the count is always complete).
+ERROR_CLIPS_NAMED = 20
 _SILENT_DBFS = -60.0
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,9 +69,15 @@ class ExtractResult:
     processed: int
 
 
+# The layout of a record; bump it when what a record holds changes (2: the VAD mask carries
+# its hop), so a resumed run re-extracts records written by an older version.
+RECORD_FORMAT = 2
+
+
 def fingerprint(cfg: ExtractConfig, contract: DataContract) -> str:
     """Hash of everything that changes a record's content (not worker counts)."""
-    plain = {"extract": to_plain(cfg, exclude=cfg.EXECUTION_ONLY), "contract": contract.to_dict()}
+    plain = {"extract": to_plain(cfg, exclude=cfg.EXECUTION_ONLY), "contract": contract.to_dict(),
+             "record_format": RECORD_FORMAT}
     return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -234,7 +241,7 @@ def _audio_part(path: Path, w: RecordWriter, cfg: ExtractConfig, contract: DataC
         mm.flush()
         del mm
     result = vad.finish()
-    w.save("vad", result.mask.astype(bool))
+    w.save("vad", result.mask.astype(bool), hop_s=result.hop_s)
     return {
         "has_audio": True,
         "audio_s": n / contract.sample_rate,
@@ -260,7 +267,9 @@ def extract_clip(row: dict[str, Any], root: Path, out: Path, cfg: ExtractConfig,
     vid = str(row["video_id"])
     final = record_dir(out, vid)
     meta = read_meta(final)
-    if meta is not None and meta.get("fingerprint") == fp:
+    # A record that ended in a failure of our code is retried: the fix does not change the
+    # fingerprint, and the record may be half-written.
+    if meta is not None and meta.get("fingerprint") == fp and meta.get("status") not in CODE_FAILURE_STATUSES:
         return {**meta["index"], "reused": True}
 
     start = time.perf_counter()
@@ -304,12 +313,15 @@ def extract_clip(row: dict[str, Any], root: Path, out: Path, cfg: ExtractConfig,
                 facts["warning"] = f"decoding stopped early: {facts['decode_errors'][0]}"
     except MediaError as exc:
         problems[exc.status] = exc.message
-    except Exception as exc:  # noqa: BLE001 - one bad clip must never stop the batch
-        problems["corrupt"] = f"unexpected {type(exc).__name__} while extracting: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one clip's failure must never stop the batch
+        # Not bad media (that is a MediaError): a bug to fix, so it gets its own status and
+        # its traceback, instead of passing for a corrupt file within the failure allowance.
+        log.warning("%s: unexpected %s while extracting %s", vid, type(exc).__name__, path, exc_info=True)
+        problems["error"] = f"unexpected {type(exc).__name__} while extracting: {exc}"
     finally:
         if reader is not None:
             reader.close()
-    status = next((s for s in STATUS_ORDER if s in problems), "ok")
+    status = next((s for s in EXTRACT_STATUSES if s in problems), OK)
     message = problems.get(status, "extracted")
     others = sorted(set(problems) - {status})
     index_row = {
@@ -349,13 +361,14 @@ def extract(
     shard: tuple[int, int] = (0, 1),
     progress: Callable[[int, int], None] | None = None,
 ) -> ExtractResult:
-    """Stage function: extract the clips of one shard and write its index part.
+    """Extract the clips of one shard and write its index part (the stage: :mod:`veracity.stages.extract`).
 
     With ``shard=(0, 1)`` (the default) the part is merged straight away into
     ``index.csv`` and ``summary.json``; otherwise run :func:`merge` once every shard is done.
 
     Raises:
-        ExtractError: the manifest is unreadable, or (after a merge) too many clips are unusable.
+        ExtractError: the manifest is unreadable, or a merge fails (see :func:`merge`). The
+            failure bound (:func:`check_failures`) is the stage's: :func:`veracity.stages.extract.extract`.
     """
     out = Path(out)
     try:
@@ -396,8 +409,10 @@ def extract(
 
 
 def summarize(index: pd.DataFrame, cfg: ExtractConfig) -> dict[str, Any]:
-    """Counts per status, usable share, face-found ratio over usable clips."""
+    """Counts per status, usable share, face-found ratio over usable clips, and the clips
+    our code failed on (``errors``, and the first :data:`ERROR_CLIPS_NAMED` of them by id)."""
     counts = index["status"].value_counts().to_dict() if len(index) else {}
+    failed = sorted(index.loc[index["status"].isin(CODE_FAILURE_STATUSES), "video_id"].astype(str)) if len(index) else []
     usable = index["status"].isin(cfg.usable_statuses) if len(index) else pd.Series(dtype=bool)
     frames = index.loc[usable, "n_frames"].sum() if len(index) else 0
     face_frames = (index.loc[usable, "face_ratio"] * index.loc[usable, "n_frames"]).sum() if len(index) else 0
@@ -409,11 +424,14 @@ def summarize(index: pd.DataFrame, cfg: ExtractConfig) -> dict[str, Any]:
         "face_found_ratio": float(face_frames / frames) if frames else 0.0,
         "frames": int(frames),
         "status": {str(k): int(v) for k, v in sorted(counts.items())},
+        "errors": len(failed),
+        "error_clips": failed[:ERROR_CLIPS_NAMED],
     }
 
 
 def merge(cfg: ExtractConfig, out: Path, manifest_path: Path | None = None, n: int | None = None) -> ExtractResult:
-    """Join shard index parts into ``index.csv`` + ``summary.json`` and apply the failure bound.
+    """Join shard index parts into ``index.csv`` + ``summary.json`` (the failure bound is
+    applied by the stage, :func:`veracity.stages.extract.merge`).
 
     Args:
         cfg: extraction settings (usable statuses, failure bound).
@@ -422,7 +440,7 @@ def merge(cfg: ExtractConfig, out: Path, manifest_path: Path | None = None, n: i
         n: expected shard count; by default taken from the part names.
 
     Raises:
-        ExtractError: parts missing or inconsistent, or too many unusable clips.
+        ExtractError: parts missing or inconsistent.
     """
     out = Path(out)
     parts = sorted((out / PARTS).glob("part-*-of-*.csv"))
@@ -453,7 +471,20 @@ def merge(cfg: ExtractConfig, out: Path, manifest_path: Path | None = None, n: i
 
 
 def check_failures(summary: dict[str, Any], cfg: ExtractConfig) -> None:
-    """Raise when the share of unusable clips passes ``extract.max_failure_ratio``."""
+    """Raise when our code failed on any clip, or when the share of unusable clips passes
+    ``extract.max_failure_ratio``.
+
+    Raises:
+        ExtractError: a clip has status ``error`` (a code failure is never within the
+            allowance for bad media; the message names the clips), or too many clips are unusable.
+    """
+    if summary["errors"]:
+        more = summary["errors"] - len(summary["error_clips"])
+        raise ExtractError(
+            f"extraction failed on {summary['errors']} of {summary['clips']} clips with an unexpected exception "
+            f"(status 'error': a bug, not bad media; tracebacks in the log): {', '.join(summary['error_clips'])}"
+            + (f" and {more} more" if more > 0 else "")
+        )
     if summary["failure_ratio"] > cfg.max_failure_ratio:
         raise ExtractError(
             f"{summary['clips'] - summary['usable']} of {summary['clips']} clips are unusable "

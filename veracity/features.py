@@ -7,7 +7,8 @@ Layout of a features directory::
     summary.json                  counts per status, face-found ratio, failure share
     parts/part-<i>-of-<n>.csv     index of one extraction shard (merged into index.csv)
     records/<xx>/<video_id>/      one record per clip, bucketed by a hash of the id
-        meta.json                 status, message, media facts, tracks, fingerprint
+        meta.json                 status, message, media facts, tracks, fingerprint, and
+                                  facts about arrays under "arrays" (arrays.vad.hop_s)
         times.npy                 (T,) float64   true timestamps of the sampled frames
         faces.npy                 (N, S, S, 3) uint8   face crops of every track
         crop_frame.npy            (N,) int32    sampled-frame index of each crop
@@ -17,7 +18,8 @@ Layout of a features directory::
         flow.npy                  (N, S/2, S/2, 2) float16  Farneback flow from the previous
                                                 crop of the same track (zeros for the first)
         audio.npy                 (M,) float32  16 kHz mono, loudness-normalised
-        vad.npy                   (K,) bool     voice activity per 10 ms hop
+        vad.npy                   (K,) bool     voice activity per hop of arrays.vad.hop_s
+                                                seconds (see :meth:`ClipRecord.vad_hop_s`)
 
 Arrays are written incrementally (:class:`NpyAppender`), so a ten-minute video costs no
 more memory than a ten-second one, and read back memory-mapped. A record directory is
@@ -35,10 +37,17 @@ from typing import Any
 
 import numpy as np
 
+from veracity.lineage import json_default
+
 RECORDS = "records"
 META = "meta.json"
+ARRAYS = "arrays"  # meta.json key: per-array facts given to RecordWriter.save (e.g. vad's hop_s)
 TMP_SUFFIX = ".partial"
 _HEADER_LEN = 256  # bytes reserved for the .npy header so it can be rewritten in place
+
+
+class RecordFormatError(ValueError):
+    """A record that this version cannot read; the message says how to re-extract it."""
 
 
 def record_dir(root: Path | str, video_id: str) -> Path:
@@ -110,6 +119,7 @@ class RecordWriter:
             shutil.rmtree(self.tmp)  # left by an interrupted run
         self.tmp.mkdir(parents=True)
         self._open: dict[str, NpyAppender] = {}
+        self._attrs: dict[str, dict[str, Any]] = {}
 
     def appender(self, name: str, row_shape: tuple[int, ...], dtype: np.dtype | type) -> NpyAppender:
         """An appender for ``<name>.npy`` (created on first use, reused after)."""
@@ -117,9 +127,18 @@ class RecordWriter:
             self._open[name] = NpyAppender(self.tmp / f"{name}.npy", row_shape, dtype)
         return self._open[name]
 
-    def save(self, name: str, array: np.ndarray) -> None:
-        """Write a whole small array as ``<name>.npy``."""
+    def save(self, name: str, array: np.ndarray, **attrs: Any) -> None:
+        """Write a whole small array as ``<name>.npy``.
+
+        Args:
+            name: the array's name.
+            array: its values.
+            **attrs: JSON-ready facts needed to read it (the VAD mask's ``hop_s``), stored
+                in ``meta.json`` under ``arrays.<name>`` on :meth:`commit`.
+        """
         np.save(self.tmp / f"{name}.npy", array)
+        if attrs:
+            self._attrs[name] = dict(attrs)
 
     def path(self, name: str) -> Path:
         """Path of ``<name>.npy`` inside the record being written."""
@@ -133,7 +152,9 @@ class RecordWriter:
     def commit(self, meta: dict[str, Any]) -> Path:
         """Write ``meta.json`` and atomically move the record into place."""
         self.close_arrays()
-        (self.tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=_json_default))
+        if self._attrs:
+            meta = {**meta, ARRAYS: {**meta.get(ARRAYS, {}), **self._attrs}}
+        (self.tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=json_default))
         if self.final.exists():
             shutil.rmtree(self.final)
         self.tmp.rename(self.final)
@@ -144,14 +165,6 @@ class RecordWriter:
         for app in self._open.values():
             app.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _json_default(obj: object) -> object:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def read_meta(record: Path | str) -> dict[str, Any] | None:
@@ -185,6 +198,26 @@ class ClipRecord:
     @property
     def status(self) -> str:
         return str(self.meta["status"])
+
+    def vad_hop_s(self) -> float | None:
+        """Seconds per element of ``vad.npy``, as extraction stored it; None without a mask.
+
+        Raises:
+            RecordFormatError: the record has a VAD mask but not its hop (written by a
+                version of ``veracity extract`` that did not store it).
+        """
+        if not (self.path / "vad.npy").exists():
+            return None
+        hop = self.meta.get(ARRAYS, {}).get("vad", {}).get("hop_s")
+        if hop is None:
+            features = self.path.parents[2] if len(self.path.parents) > 2 else self.path
+            raise RecordFormatError(
+                f"feature record {self.path} has a VAD mask but not its hop (meta.json "
+                f"{ARRAYS}.vad.hop_s): it was written by an older `veracity extract`. Re-run "
+                f"extraction into a fresh directory (delete {features} first: records whose "
+                "fingerprint matches are reused as they are), e.g. `dvc repro extract`."
+            )
+        return float(hop)
 
     def primary_track(self) -> int | None:
         """The kept track with the most crops (the main speaker), if any."""

@@ -21,6 +21,10 @@ Conventions
   clip) and a warning per slice would bury the useful ones.
 * NaN scores or labels raise :class:`ValueError` naming the argument: a NaN score is a
   bug upstream (a diverged model, a failed decode) and must not become a silent number.
+* Values the pipeline chooses have no default here, so no caller silently gets a
+  second one: ECE/reliability bins (``metrics.ece_bins``,
+  :class:`veracity.config.MetricsConfig`) and the pooling ``k``/``beta``
+  (:class:`veracity.config.PoolingConfig`) are passed by the caller.
 * Curves follow ``sklearn.metrics.roc_curve(..., drop_intermediate=False)`` and
   ``sklearn.metrics.precision_recall_curve`` point for point (one point per distinct
   score), so the metrics derived from them match sklearn to floating-point precision.
@@ -32,13 +36,14 @@ Functions
 :func:`confusion` (at a threshold); :func:`brier`, :func:`ece`, :func:`reliability`
 (calibration); :func:`summarize` (all of the above as one flat dict); :func:`pool`
 (frame/window scores to clip/video scores); :func:`table` (``summarize`` per split and
-per manipulation method, as a DataFrame).
+per manipulation method, as a DataFrame); :class:`QualityCheck` (a figure against its bound).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -454,7 +459,7 @@ def _bin_edges(p: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
 
 
 def reliability(
-    y_true: Any, y_prob: Any, n_bins: int = 15, strategy: str = "uniform"
+    y_true: Any, y_prob: Any, n_bins: int, strategy: str = "uniform"
 ) -> dict[str, np.ndarray]:
     """Per-bin statistics for a reliability diagram (and for :func:`ece`).
 
@@ -469,7 +474,8 @@ def reliability(
     Args:
         y_true: Binary labels, 1 = fake.
         y_prob: Probabilities of fake, in ``[0, 1]``.
-        n_bins: Number of bins (always returned, empty ones included).
+        n_bins: Number of bins (always returned, empty ones included); the pipeline
+            passes ``metrics.ece_bins`` (:class:`veracity.config.MetricsConfig`).
         strategy: ``"uniform"`` or ``"quantile"``.
 
     Returns:
@@ -498,7 +504,7 @@ def reliability(
     }
 
 
-def ece(y_true: Any, y_prob: Any, n_bins: int = 15, strategy: str = "uniform") -> float:
+def ece(y_true: Any, y_prob: Any, n_bins: int, strategy: str = "uniform") -> float:
     """Expected calibration error: ``sum_b (n_b / n) * |frac_pos_b - mean_pred_b|``.
 
     Uses the binary reliability-diagram convention of :func:`reliability` (confidence =
@@ -509,7 +515,8 @@ def ece(y_true: Any, y_prob: Any, n_bins: int = 15, strategy: str = "uniform") -
     Args:
         y_true: Binary labels, 1 = fake.
         y_prob: Probabilities of fake, in ``[0, 1]``.
-        n_bins: Number of bins.
+        n_bins: Number of bins (no default: the pipeline's is ``metrics.ece_bins``, and an
+            ECE is only comparable with one computed on the same bins).
         strategy: ``"uniform"`` or ``"quantile"``.
 
     Returns:
@@ -527,7 +534,7 @@ def ece(y_true: Any, y_prob: Any, n_bins: int = 15, strategy: str = "uniform") -
     return float(np.sum(rel["count"][filled] * gaps) / n)
 
 
-def ece_if_calibrated(y_prob: Any, n_bins: int = 15, draws: int = 1000, seed: int = 0,
+def ece_if_calibrated(y_prob: Any, n_bins: int, draws: int = 1000, seed: int = 0,
                       strategy: str = "uniform") -> dict[str, float]:
     """The ECE a perfectly calibrated model with these probabilities would show.
 
@@ -563,7 +570,7 @@ def summarize(
     y_score: Any,
     threshold: float = 0.5,
     is_prob: bool = True,
-    n_bins: int = 15,
+    n_bins: int | None = None,
 ) -> dict[str, float]:
     """Every headline metric of one set of scores, as one flat JSON-friendly dict.
 
@@ -572,7 +579,8 @@ def summarize(
         y_score: Scores; probabilities of fake when ``is_prob``.
         threshold: Decision threshold for the threshold metrics (``score >= threshold``).
         is_prob: Whether scores are probabilities; adds ``brier`` and ``ece``.
-        n_bins: Bins for ``ece`` (uniform).
+        n_bins: Bins for ``ece`` (uniform); required when ``is_prob`` (no default, as
+            for :func:`ece`).
 
     Returns:
         ``auc``, ``ap``, ``eer``, ``eer_threshold``, ``fpr_at_95tpr``, ``accuracy``,
@@ -581,9 +589,12 @@ def summarize(
         plain Python numbers; undefined ones are ``nan`` (see the module docstring).
 
     Raises:
+        TypeError: ``is_prob`` without ``n_bins``.
         ValueError: Bad labels, NaN scores, mismatched lengths, or (when ``is_prob``)
             scores outside ``[0, 1]``.
     """
+    if is_prob and n_bins is None:
+        raise TypeError("summarize() needs n_bins for the ECE when is_prob (the pipeline's: metrics.ece_bins)")
     y, s = _pair(y_true, y_score)
     if is_prob:
         _check_prob(s, "y_score")
@@ -611,9 +622,9 @@ def summarize(
 def pool(
     scores: Any,
     groups: Any,
-    how: str = "mean",
-    k: int = 4,
-    beta: float = 5.0,
+    how: str,
+    k: int | None = None,
+    beta: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pool frame/window scores into one score per group (clip or video).
 
@@ -635,18 +646,26 @@ def pool(
         scores: 1-D scores, one per frame/window.
         groups: 1-D group keys (ints or strings; must be sortable), same length.
         how: One of :data:`POOL_RULES`.
-        k: Number of top scores for ``"topk"`` (>= 1).
-        beta: Temperature for ``"softmax"`` (> 0).
+        k: Number of top scores for ``"topk"`` (>= 1); required by ``"topk"`` only.
+        beta: Temperature for ``"softmax"`` (> 0); required by ``"softmax"`` only.
+
+    ``k`` and ``beta`` have no default here: the pipeline's are those of
+    :class:`veracity.config.PoolingConfig` (``calibrate.pooling``), and a rule that needs
+    one and does not get it raises instead of pooling with a value nobody chose.
 
     Returns:
         ``(unique_groups, pooled)``: sorted unique keys and the pooled score of each.
         Empty input gives two empty arrays.
 
     Raises:
+        TypeError: ``"topk"`` without ``k`` or ``"softmax"`` without ``beta``.
         ValueError: Unknown rule, bad ``k``/``beta``, NaN scores, or mismatched lengths.
     """
     if how not in POOL_RULES:
         raise ValueError(f"how must be one of {POOL_RULES}, got {how!r}")
+    needs = {"topk": ("k", k), "softmax": ("beta", beta)}.get(how)
+    if needs is not None and needs[1] is None:
+        raise TypeError(f"pool(how={how!r}) needs {needs[0]} (the pipeline's: calibrate.pooling.<member>.{needs[0]})")
     if how == "topk" and (isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1):
         raise ValueError(f"k must be a positive int, got {k!r}")
     if how == "softmax" and not (beta > 0 and math.isfinite(beta)):
@@ -707,6 +726,7 @@ def table(
     threshold: float = 0.5,
     is_prob: bool = True,
     *,
+    n_bins: int | None = None,
     method_col: str = "method",
     real_method: str = "real",
     all_name: str = "all",
@@ -743,6 +763,7 @@ def table(
         by: Grouping columns, e.g. ``("split", "method")`` or ``("split",)``.
         threshold: Decision threshold for the threshold metrics.
         is_prob: Whether scores are probabilities (adds ``brier`` and ``ece``).
+        n_bins: Bins for ``ece``; required when ``is_prob`` (see :func:`summarize`).
         method_col: Name of the manipulation-method column.
         real_method: Value of ``method_col`` that marks real clips.
         all_name: Value of ``method_col`` used for the per-group total row.
@@ -752,6 +773,7 @@ def table(
         ``mean_score`` and the metric columns of :func:`summarize`.
 
     Raises:
+        TypeError: ``is_prob`` without ``n_bins``.
         ValueError: Missing columns, real rows labelled fake, or any error of
             :func:`summarize` (NaN scores, probabilities outside ``[0, 1]``).
     """
@@ -761,12 +783,14 @@ def table(
     missing = [c for c in (score_col, label_col, *keys) if c not in df.columns]
     if missing:
         raise ValueError(f"table(): missing column(s) {missing}; have {list(df.columns)}")
+    if is_prob and n_bins is None:  # before any group: an empty table must not hide it
+        raise TypeError("table() needs n_bins for the ECE when is_prob (the pipeline's: metrics.ece_bins)")
     metric_cols = [*_RANK_KEYS, *_THRESHOLD_KEYS, *(_PROB_KEYS if is_prob else ())]
     columns = [*keys, *_COUNT_KEYS, "mean_score", *metric_cols]
 
     def summary(part: pd.DataFrame, own: pd.DataFrame) -> dict[str, float]:
         stats = summarize(
-            part[label_col].to_numpy(), part[score_col].to_numpy(), threshold, is_prob
+            part[label_col].to_numpy(), part[score_col].to_numpy(), threshold, is_prob, n_bins
         )
         own_scores = _scores(own[score_col].to_numpy(), score_col)
         stats["mean_score"] = float(own_scores.mean()) if own_scores.size else NAN
@@ -809,3 +833,27 @@ def table(
             scored = pd.concat([real, own]) if len(real) else own
             rows.append({**base, method_col: method[0], **summary(scored, own)})
     return pd.DataFrame(rows, columns=columns)
+
+
+@dataclass(frozen=True)
+class QualityCheck:
+    """One quality bar: a measured ``value`` against a ``bound`` (``kind`` ``>=`` or ``<=``).
+
+    A value that is not finite (not measured, or NaN) fails: a bar nobody could measure
+    is not met.
+    """
+
+    name: str
+    value: float
+    bound: float
+    kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in (">=", "<="):
+            raise ValueError(f"QualityCheck kind must be '>=' or '<=', got {self.kind!r}")
+
+    @property
+    def passed(self) -> bool:
+        if not math.isfinite(self.value):
+            return False
+        return bool(self.value >= self.bound) if self.kind == ">=" else bool(self.value <= self.bound)

@@ -20,6 +20,8 @@ import mlflow.models
 import mlflow.pyfunc
 import pandas as pd
 
+from veracity.lineage import json_default
+
 CODE_PATH = Path(__file__)  # what ``log_model(python_model=...)`` is given
 INPUT_COLUMN = "path"
 OUTPUT_COLUMNS = ("path", "verdict", "probability", "reason", "report")
@@ -74,7 +76,7 @@ class VeracityModel(mlflow.pyfunc.PythonModel):
         Returns:
             A DataFrame with columns ``path, verdict, probability, reason, report`` where
             ``report`` is the JSON of ``Report.to_dict()``. A bad or missing file gives
-            ``ABSTAIN`` with the Analyzer's reason (``not_found``, ``corrupt``, ...), and the
+            ``ABSTAIN`` with the Analyzer's reason (``missing``, ``corrupt``, ...), and the
             rest of the batch still runs.
         """
         if self.analyzer is None:
@@ -87,18 +89,9 @@ class VeracityModel(mlflow.pyfunc.PythonModel):
                 "verdict": str(result.verdict),
                 "probability": None if result.probability is None else float(result.probability),
                 "reason": result.reason,
-                "report": json.dumps(result.to_dict(), default=_json_default, sort_keys=True),
+                "report": json.dumps(result.to_dict(), default=json_default, sort_keys=True),
             })
         return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS)).astype({"probability": "float64"})
-
-
-def _json_default(value: Any) -> Any:
-    """numpy scalars/arrays and paths inside a report."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 # Models from code: when MLflow runs this file to log or load the model, this is the model.

@@ -16,6 +16,9 @@ each strength); it defines no sweep itself.
   "Explaining and Harnessing Adversarial Examples", ICLR 2015) and PGD (Madry et al.,
   "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018), and
   :func:`attack_batch`, which applies either to one modality of a :class:`Batch`.
+- :class:`CorruptedCrops` and :class:`CorruptedAudio`: window-dataset transforms that
+  apply a crop or audio corruption to a clip's windows as the model sees them (the crop
+  one recomputes optical flow from the corrupted crops with the extractor's own code).
 
 Every random corruption draws from a ``numpy.random.Generator`` (or a ``torch.Generator``
 for PGD's random start) passed in by the caller, so a sweep is reproducible from its seed.
@@ -25,10 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import av
 import cv2
@@ -39,6 +43,9 @@ from av.video.frame import PictureType
 from scipy.signal import butter, resample_poly, sosfiltfilt
 
 from veracity.contract import DataContract
+from veracity.data import ClipInfo, WindowDataset
+from veracity.features import ClipRecord
+from veracity.media.flow import flow_sequence
 from veracity.models.base import Batch
 
 Bound = float | torch.Tensor
@@ -544,3 +551,112 @@ def attack_batch(
         keep = present.to(device=clean.device, dtype=torch.bool).view((-1,) + (1,) * (clean.ndim - 1))
         adv = torch.where(keep, adv, clean)
     return dataclasses.replace(batch, **{field: adv.detach()})
+
+
+# ----------------------------------------------------------------------------- dataset transforms
+
+SEED = 0  # base of every transform's random draws; all draws are keyed by clip and condition
+
+
+def stable_key(*parts: object) -> int:
+    """A stable 32-bit seed component from names and numbers (never Python's salted hash)."""
+    return zlib.crc32(":".join(str(p) for p in parts).encode())
+
+
+class CorruptedCrops:
+    """WindowDataset transform: corrupt a window's face crops and recompute its optical flow.
+
+    The crops of the clip's whole track are corrupted once (noise drawn from a generator keyed
+    by the clip and the condition, so a frame looks the same in every window that holds it
+    and the result does not depend on the dataset's order) and the flow into each crop is
+    recomputed from the corrupted crops exactly as extraction computed it (crop resized to
+    the stored flow size with area filtering, Farneback from the previous crop of the same
+    track, zero for the track's first crop). Windows are then cut like the dataset cuts them.
+    The ``rng`` argument of the transform protocol is not used.
+
+    Args:
+        name: a key of :data:`veracity.robustness.CROP_CORRUPTIONS`.
+        strength: its strength (see there).
+        dataset: the dataset whose samples are transformed (for each window's clip and start).
+        recompute_flow: recompute flow from the corrupted crops (else keep the extracted flow).
+        seed: base seed of the noise.
+    """
+
+    def __init__(self, name: str, strength: float, dataset: WindowDataset, recompute_flow: bool = True,
+                 seed: int = SEED):
+        if name not in CROP_CORRUPTIONS:
+            raise ValueError(f"unknown crop corruption {name!r}; known: {sorted(CROP_CORRUPTIONS)}")
+        self.name, self.strength, self.dataset = name, float(strength), dataset
+        self.recompute_flow, self.seed = recompute_flow, seed
+        self._cached: tuple[str, np.ndarray, np.ndarray | None] | None = None
+
+    def clip_crops(self, clip: ClipInfo) -> tuple[np.ndarray, np.ndarray | None]:
+        """Corrupted uint8 crops (n, S, S, 3) of the clip's track and the flow into each (or None)."""
+        if self._cached is not None and self._cached[0] == clip.video_id:
+            return self._cached[1], self._cached[2]
+        rec = ClipRecord(clip.record)
+        rows = rec.track_crops(getattr(clip, "track", None))  # the track the dataset's windows follow
+        faces = np.asarray(rec.array("faces")[rows])
+        rng = np.random.default_rng([self.seed, stable_key(self.name, self.strength), stable_key(clip.video_id)])
+        crops = CROP_CORRUPTIONS[self.name](faces, self.strength, rng) if len(faces) else faces
+        flow = None
+        stored = rec.array("flow")
+        if self.recompute_flow and stored.ndim == 4 and len(crops):
+            fsize = stored.shape[1]
+            small = np.stack([cv2.resize(c, (fsize, fsize), interpolation=cv2.INTER_AREA) for c in crops])
+            flow = np.zeros((len(crops), fsize, fsize, 2), np.float32)
+            flow[1:] = flow_sequence(small)
+        self._cached = (clip.video_id, crops, flow)
+        return crops, flow
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
+        idx = int(sample["index"])
+        ds = self.dataset
+        start, n = ds.item_start(idx), ds.item_length(idx)
+        crops, flow = self.clip_crops(ds.item_clip(idx))
+        if n == 0 or len(crops) == 0:
+            return sample
+        c = ds.contract
+        t = c.frames_per_window
+        win = crops[start : start + n]
+        if n < t:  # pad as the dataset does: repeat the last crop, zero motion
+            win = np.concatenate([win, np.repeat(win[-1:], t - n, 0)])
+        video = torch.from_numpy(win).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(c.mean).view(1, 3, 1, 1)
+        std = torch.tensor(c.std).view(1, 3, 1, 1)
+        out = {**sample, "video": (video - mean) / std}
+        if flow is not None and sample.get("flow") is not None:
+            f = np.zeros((t, *flow.shape[1:]), np.float32)
+            f[:n] = flow[start : start + n]
+            out["flow"] = torch.from_numpy(f).permute(0, 3, 1, 2)
+        return out
+
+
+class CorruptedAudio:
+    """WindowDataset transform: corrupt a window's waveform (clips without audio unchanged).
+
+    Random corruptions draw from a generator keyed by the clip, the window start and the
+    condition (the protocol's ``rng`` is not used), so results do not depend on order.
+
+    Args:
+        name: a key of :data:`veracity.robustness.AUDIO_CORRUPTIONS`.
+        strength: its strength (see there).
+        dataset: the dataset whose samples are transformed.
+        seed: base seed of the noise.
+    """
+
+    def __init__(self, name: str, strength: float, dataset: WindowDataset, seed: int = SEED):
+        if name not in AUDIO_CORRUPTIONS:
+            raise ValueError(f"unknown audio corruption {name!r}; known: {sorted(AUDIO_CORRUPTIONS)}")
+        self.name, self.strength, self.dataset, self.seed = name, float(strength), dataset, seed
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
+        if not sample.get("audio_present") or sample.get("audio") is None:
+            return sample
+        idx = int(sample["index"])
+        clip = self.dataset.item_clip(idx)
+        g = np.random.default_rng([self.seed, stable_key(self.name, self.strength), stable_key(clip.video_id),
+                                   self.dataset.item_start(idx)])
+        wave = sample["audio"].numpy()
+        out = AUDIO_CORRUPTIONS[self.name](wave, self.strength, self.dataset.contract.sample_rate, g)
+        return {**sample, "audio": torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))}

@@ -1,25 +1,27 @@
 """One training function for every ensemble member (DESIGN §5.2).
 
 ``train(member, cfg, features, out)`` builds the member's detector from the registry,
-streams windows from the extracted features, and optimises it with AdamW under a cosine
-or plateau schedule, label smoothing, class-imbalance weighting, gradient clipping,
-mixed precision on CUDA and early stopping on validation AUC (clip level). It writes:
+streams windows from the extracted features (the clips whose extraction status is usable),
+and optimises it with AdamW under a cosine or plateau schedule, label smoothing,
+class-imbalance weighting, gradient clipping, mixed precision on CUDA (float16 with a
+gradient scaler) and early stopping on validation AUC (clip level). It writes:
 
     model.safetensors   best weights (by validation AUC)
     model.json          detector name + config, data contract, member config, metrics,
                         history: enough to rebuild the model without guessing
     last.safetensors    last epoch's weights and optimiser state (for --resume)
-    last.json           epoch, optimiser param groups, RNG-free resume state
+    last.json           epoch, optimiser param groups, scheduler and gradient-scaler
+                        state: RNG-free resume state
     predictions.csv     clip-level scores on val and test (for evaluate/calibrate)
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,27 +30,33 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+import yaml
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from veracity import metrics
 from veracity.augment import Augment, capture_blur, self_blend
-from veracity.config import MemberConfig, TrainConfig, to_plain
+from veracity.config import RESOLVED_NAME, MemberConfig, TrainConfig, to_plain
 from veracity.contract import DataContract
 from veracity.data import ClipInfo, WindowDataset, collate, load_clips
+from veracity.devices import resolve_device
+from veracity.lineage import json_default, sha256_file
 from veracity.models import create_detector
 from veracity.models.base import Batch, DetectorOutput
+from veracity.models.checkpoint import (
+    FRAME_PREDICTIONS,
+    LAST_META,
+    LAST_WEIGHTS,
+    MODEL_META,
+    MODEL_WEIGHTS,
+    PREDICTIONS,
+    WINDOW_PREDICTIONS,
+    load_member,
+)
 from veracity.models.lipsync import shifted_audio_negatives
 
 log = logging.getLogger(__name__)
 
-MODEL_WEIGHTS = "model.safetensors"
-MODEL_META = "model.json"
-LAST_WEIGHTS = "last.safetensors"
-LAST_META = "last.json"
-PREDICTIONS = "predictions.csv"  # one row per clip (video level)
-WINDOW_PREDICTIONS = "predictions_window.csv"
-FRAME_PREDICTIONS = "predictions_frame.csv"
 
 
 @dataclass
@@ -64,10 +72,8 @@ class TrainResult:
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
+    """``train.device`` as a device (:func:`veracity.devices.resolve_device`)."""
+    return resolve_device(cfg.device)
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -77,6 +83,47 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
     if cfg.amp == "bf16" or (cfg.amp == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
+
+
+def grad_scaler(amp: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler | None:
+    """The gradient scaler for this autocast dtype: one for float16, else None.
+
+    float16 gradients underflow to zero below ~6e-8, so the loss is scaled up before the
+    backward pass and the gradients scaled back before clipping and the step; bfloat16 has
+    float32's range and needs none, and full precision none either.
+    """
+    return torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+
+
+def _backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list[torch.Tensor],
+                   grad_clip: float | None, scaler: torch.amp.GradScaler | None) -> None:
+    """Backward pass, gradient clipping and optimiser step, through ``scaler`` when there is one.
+
+    With a scaler the gradients are unscaled before clipping (``grad_clip`` is a norm of the
+    true gradients), and a step whose gradients overflowed is skipped by the scaler.
+    """
+    opt.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        return
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(opt)
+    scaler.update()
+
+
+def _recorded_usable_statuses(features: Path) -> tuple[str, ...]:
+    """The ``usable_statuses`` the features directory was extracted with (its resolved config)."""
+    path = Path(features) / RESOLVED_NAME
+    if not path.is_file():
+        raise ValueError(f"{features}: no {RESOLVED_NAME} saying which extraction statuses are usable; "
+                         "pass usable_statuses (extract.usable_statuses)")
+    return tuple((yaml.safe_load(path.read_text()) or {}).get("usable_statuses", ()))
 
 
 def _targets(batch: Batch, clips: list[ClipInfo], member: MemberConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,21 +346,14 @@ def warm_start(model: torch.nn.Module, member: MemberConfig, members_dir: Path |
                              f"from {model.name}'s ({first})") from None
         if member.freeze_init:
             own[part].requires_grad_(False)
-        info[part] = {"member": source, "weights_sha256": _sha256(src_dir / MODEL_WEIGHTS)}
+        info[part] = {"member": source, "weights_sha256": sha256_file(src_dir / MODEL_WEIGHTS)}
         log.info("%s part initialised from %s%s", part, source, " (frozen)" if member.freeze_init else "")
     return info
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out: Path,
-          resume: bool = False, tracker: Any = None, members_dir: Path | None = None) -> TrainResult:
+          resume: bool = False, tracker: Any = None, members_dir: Path | None = None, *,
+          usable_statuses: Sequence[str] | None = None, ece_bins: int) -> TrainResult:
     """Train one ensemble member on extracted features.
 
     Args:
@@ -325,9 +365,17 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
         resume: continue from ``out/last.*`` if present.
         tracker: optional object with ``log_metrics(dict, step)`` (MLflow run wrapper).
         members_dir: where the members named by ``member.init_from`` were trained.
+        usable_statuses: extraction statuses whose clips are trained and evaluated on
+            (``extract.usable_statuses``; e.g. ``ok`` and ``no_audio`` for FaceForensics++).
+            None takes the ones ``features`` was extracted with (its ``config.resolved.yaml``).
+        ece_bins: bins of the test ECE reported (``metrics.ece_bins``).
 
     Returns:
         A :class:`TrainResult`.
+
+    Raises:
+        ValueError: no usable train or val clips, or ``usable_statuses`` is None and the
+            features directory does not record them.
     """
     start = time.perf_counter()
     out = Path(out)
@@ -337,14 +385,18 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
     contract = DataContract.load(features)
     device = pick_device(cfg)
     amp = autocast_dtype(cfg, device)
-    train_clips = load_clips(features, ["train"])
-    val_clips = load_clips(features, ["val"])
-    test_clips = load_clips(features, ["test"])
+    if usable_statuses is None:
+        usable_statuses = _recorded_usable_statuses(features)
+        log.info("%s: usable extraction statuses %s, as %s was extracted", name, list(usable_statuses), features)
+    train_clips = load_clips(features, ["train"], usable_statuses)
+    val_clips = load_clips(features, ["val"], usable_statuses)
+    test_clips = load_clips(features, ["test"], usable_statuses)
     epochs = member.epochs
     if cfg.debug:
         train_clips, val_clips, test_clips, epochs = train_clips[:4], val_clips[:4], test_clips[:4], 1
     if not train_clips or not val_clips:
-        raise ValueError(f"{features}: need usable train and val clips (got {len(train_clips)} / {len(val_clips)})")
+        raise ValueError(f"{features}: need usable train and val clips (got {len(train_clips)} / {len(val_clips)} "
+                         f"with status in {list(usable_statuses)})")
 
     aug = Augment(contract, p=member.augment_p) if member.augment else None
     train_ds = WindowDataset(train_clips, contract, train=True, windows_per_clip=member.windows_per_clip,
@@ -368,9 +420,13 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
             return (step + 1) / max(1, warm)
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    # One scheduler, the member's: a LambdaLR stepped every batch would set the learning
+    # rate back to base * 1.0 right after ReduceLROnPlateau lowered it.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at) if member.schedule != "plateau" else None
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=1) \
         if member.schedule == "plateau" else None
+    scheduler: Any = sched if sched is not None else plateau
+    scaler = grad_scaler(amp, device)
     labels = np.array([getattr(c, member.target) if not np.isnan(getattr(c, member.target, np.nan)) else c.label
                        for c in train_clips], dtype=float)
     pos_weight = None
@@ -388,7 +444,16 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
         tensors = load_file(out / LAST_WEIGHTS)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         _restore_optimizer(opt, tensors, meta["optimizer"])
-        sched.load_state_dict(meta["scheduler"])
+        saved = meta["scheduler"]
+        if "type" not in saved:  # written before the type was recorded: always a LambdaLR
+            saved = {"type": "LambdaLR", "state": saved}
+        if saved["type"] == type(scheduler).__name__:
+            scheduler.load_state_dict(saved["state"])
+        else:
+            log.warning("%s: the checkpoint holds %s state, not %s; that scheduler starts afresh",
+                        name, saved["type"], type(scheduler).__name__)
+        if scaler is not None and meta.get("grad_scaler"):
+            scaler.load_state_dict(meta["grad_scaler"])
         first_epoch, best_auc, best_epoch, history, bad = (meta["epoch"] + 1, meta["best_auc"], meta["best_epoch"],
                                                           meta["history"], meta["bad_epochs"])
         log.info("%s: resuming at epoch %d", name, first_epoch)
@@ -417,12 +482,9 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 output = model(batch)
             loss = _loss(output, batch, y, mask, member, pos_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if member.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, member.grad_clip)
-            opt.step()
-            sched.step()
+            _backward_step(loss, opt, params, member.grad_clip, scaler)
+            if sched is not None:
+                sched.step()
             losses.append(float(loss.detach()))
         val = predict(model, val_ds, device, member.batch_size * 2, amp)
         val_auc = _target_auc(val, member)
@@ -447,7 +509,9 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
             "epoch": epoch, "best_auc": best_auc, "best_epoch": best_epoch, "bad_epochs": bad,
             # Without wall times, like model.json: same data and seed, same bytes (DVC hashes them).
             "history": [{k: v for k, v in h.items() if k != "seconds"} for h in history],
-            "optimizer": opt_meta, "scheduler": sched.state_dict()}, default=float))
+            "optimizer": opt_meta,
+            "scheduler": {"type": type(scheduler).__name__, "state": scheduler.state_dict()},
+            "grad_scaler": scaler.state_dict() if scaler is not None else None}, default=json_default))
         if bad >= member.patience:
             log.info("%s: early stop at epoch %d (best %d, val AUC %.4f)", name, epoch, best_epoch, best_auc)
             break
@@ -470,7 +534,7 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
         keep = np.ones(len(test), bool)
         if member.target_methods is not None:
             keep = (test["label"] == 0).to_numpy() | test["method"].isin(member.target_methods).to_numpy()
-        test_metrics = metrics.summarize(y.to_numpy()[keep], test["prob"].to_numpy()[keep])
+        test_metrics = metrics.summarize(y.to_numpy()[keep], test["prob"].to_numpy()[keep], n_bins=ece_bins)
     result = TrainResult(out, best_epoch, float(best_auc), history,
                          {k: float(v) for k, v in test_metrics.items()}, time.perf_counter() - start)
     (out / MODEL_META).write_text(json.dumps({
@@ -489,15 +553,5 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
         "history": [{k: v for k, v in h.items() if k != "seconds"} for h in history],
         "device": str(device),
         "amp": str(amp) if amp else "off",
-    }, indent=1, default=float))
+    }, indent=1, default=json_default))
     return result
-
-
-def load_member(directory: Path | str, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild a trained member from ``model.json`` + ``model.safetensors``."""
-    directory = Path(directory)
-    meta = json.loads((directory / MODEL_META).read_text())
-    contract = DataContract.from_dict(meta["contract"])
-    model = create_detector(meta["detector"], contract, **meta["detector_config"])
-    model.load_state_dict(load_file(directory / MODEL_WEIGHTS))
-    return model.to(device).eval()

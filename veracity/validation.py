@@ -34,6 +34,7 @@ import pandas as pd
 
 from veracity.config import FeatureBounds, ValidateConfig
 from veracity.corpus import manifest as mf
+from veracity.status import EXTRACT_STATUSES
 
 if TYPE_CHECKING:
     from great_expectations.expectations import Expectation
@@ -628,12 +629,12 @@ def manifest_suite(cfg: ValidateConfig, root: Path | str) -> Suite:
 def validate_manifest(
     cfg: ValidateConfig, manifest_path: Path | str, out: Path | str
 ) -> SuiteReport:
-    """Stage function: validate a manifest CSV and save the reports under ``out``.
+    """Validate a manifest CSV and save the reports under ``out`` (stage: :mod:`veracity.stages.validate`).
 
     A manifest that cannot be read (missing file, missing required column, non-integer
     labels) gives a failed report whose ``error`` says why, instead of a traceback.
     The function does not raise on failure; call :meth:`SuiteReport.raise_for_failure`
-    (the CLI does, to exit non-zero with :meth:`SuiteReport.summary` as the message).
+    (the stage does, so the CLI exits non-zero with :meth:`SuiteReport.summary` as the message).
 
     Args:
         cfg: the ``validate`` section of ``params.yaml``.
@@ -689,13 +690,16 @@ def derive_feature_columns(
     return out
 
 
-def features_suite(bounds: FeatureBounds, usable_statuses: Sequence[str], statuses: Sequence[str]) -> Suite:
+def features_suite(bounds: FeatureBounds, usable_statuses: Sequence[str],
+                   statuses: Sequence[str] = EXTRACT_STATUSES) -> Suite:
     """The expectation suite for an extracted-features index (``index.csv``).
 
     Args:
         bounds: the ``validate.features`` section.
         usable_statuses: statuses that count as usable clips (``extract.usable_statuses``).
-        statuses: every status extraction can give.
+        statuses: every status extraction can give (:data:`veracity.status.EXTRACT_STATUSES`,
+            ``error`` included: a clip our code failed on is counted as unusable here, and
+            ``veracity extract`` has already failed on it).
     """
     gx = _gx()
     E = gx.expectations
@@ -742,7 +746,7 @@ def validate_features(
     bounds: FeatureBounds, usable_statuses: Sequence[str], statuses: Sequence[str],
     index_path: Path | str, out: Path | str,
 ) -> SuiteReport:
-    """Stage function: validate an extraction ``index.csv`` and save reports under ``out``."""
+    """Validate an extraction ``index.csv`` and save reports under ``out`` (stage: :mod:`veracity.stages.validate`)."""
     index_path = Path(index_path)
     if not index_path.exists():
         report = SuiteReport(suite_name="features", success=False, error=f"features index {index_path} does not exist")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,23 +22,25 @@ import pytest
 from typer.testing import CliRunner
 
 from veracity.analyzer import REASONS, Analyzer, Report
+from veracity.bundle import Bundle, BundleError, Evidence
 from veracity.cli import app
 from veracity.config import (
     AnalyzeConfig,
+    ContractConfig,
     ExtractConfig,
     MemberConfig,
     to_plain,
 )
-from veracity.contract import DataContract
 from veracity.corpus.synth.families import ClipSpec, render
 from veracity.corpus.synth.identity import sample_identity
 from veracity.data import WindowDataset, collate, load_clips
-from veracity.ensemble import Bundle, BundleError, Evidence, Fusion
+from veracity.decision import Fusion
 from veracity.media.encode import write_mp4
+from veracity.status import EXTRACT_STATUSES
 
 pytestmark = pytest.mark.integration
 
-CONTRACT = DataContract(fps=12.5, frames_per_window=8, face_size=32)
+CONTRACT = ContractConfig(fps=12.5, frames_per_window=8, face_size=32).build()
 EXTRACT = ExtractConfig(workers=2, min_duration_s=0.5)
 ONE_EPOCH = dict(epochs=1, batch_size=8, windows_per_clip=1, augment=False)
 VERDICTS = {"FAKE", "UNCERTAIN", "REAL", "ABSTAIN"}
@@ -55,7 +58,7 @@ def bundle_dir(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory, trai
                "audio": MemberConfig(detector="tiny_audio", target="audio_label", **ONE_EPOCH)}
     paths = train_tiny_members(tiny_corpus, root, members, CONTRACT, EXTRACT)
     spec = json.loads(paths["calibration"].read_text())
-    bundle = Bundle.assemble(paths["models"], spec, evidence=Evidence(min_face_ratio=0.5, min_duration_s=0.5))
+    bundle = Bundle.assemble(paths["models"], spec, evidence=Evidence(min_face_ratio=0.5, min_duration_s=0.5, require_audio=True))
     ds = WindowDataset(load_clips(paths["features"], ["val"])[:2], CONTRACT)
     example, _ = collate([ds[i] for i in range(min(4, len(ds)))])
     return bundle.save(root / "bundle", extra={"extract": to_plain(EXTRACT)}, onnx=True, example=example)
@@ -147,9 +150,10 @@ def test_files_that_cannot_be_judged_abstain(analyzer: Analyzer, media: dict[str
     json.dumps(r.to_dict(), allow_nan=False)
 
 
-def test_missing_file_is_not_found(analyzer: Analyzer, tmp_path: Path) -> None:
+def test_missing_file_is_missing_as_in_extraction(analyzer: Analyzer, tmp_path: Path) -> None:
     r = analyzer.analyze(tmp_path / "nowhere.mp4")
-    assert (r.verdict, r.reason, r.probability) == ("ABSTAIN", "not_found", None)
+    assert (r.verdict, r.reason, r.probability) == ("ABSTAIN", "missing", None)
+    assert r.reason in EXTRACT_STATUSES  # one vocabulary: extraction's index says "missing" too
 
 
 def test_a_video_only_bundle_judges_a_mute_file(analyzer: Analyzer, media: dict[str, Path]) -> None:
@@ -163,7 +167,8 @@ def test_a_video_only_bundle_judges_a_mute_file(analyzer: Analyzer, media: dict[
 
 def test_an_unexpected_failure_is_abstain_error_and_leaves_no_files(analyzer: Analyzer, tiny_corpus: Path,
                                                                      tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
@@ -173,9 +178,14 @@ def test_an_unexpected_failure_is_abstain_error_and_leaves_no_files(analyzer: An
         raise RuntimeError("simulated device failure\nsecond line")
 
     monkeypatch.setattr(analyzer.bundle, "window_logits", boom)
-    r = analyzer.analyze(_videos(tiny_corpus)[0])
+    with caplog.at_level(logging.WARNING, logger="veracity.analyzer"):
+        r = analyzer.analyze(_videos(tiny_corpus)[0])
     assert (r.verdict, r.reason, r.probability) == ("ABSTAIN", "error", None)
     assert "simulated device failure" in r.message and "second line" not in r.message
+    # The report has one line; the traceback of the bug is in the log, at WARNING.
+    logged = [rec for rec in caplog.records if rec.name == "veracity.analyzer" and rec.exc_info]
+    assert logged and logged[0].levelno == logging.WARNING
+    assert "in boom" in caplog.text and "second line" in caplog.text
     assert list(scratch.iterdir()) == []  # the extraction directories were removed both times
 
 
@@ -196,7 +206,7 @@ def test_analyze_many_keeps_order_and_goes_on(analyzer: Analyzer, media: dict[st
     paths = [_videos(tiny_corpus)[0], media["corrupt"], tmp_path / "gone.mp4", _videos(tiny_corpus)[1]]
     reports = analyzer.analyze_many(paths)
     assert [r.path for r in reports] == [str(p) for p in paths]
-    assert [r.reason for r in reports] == [None, "corrupt", "not_found", None]
+    assert [r.reason for r in reports] == [None, "corrupt", "missing", None]
 
 
 def test_explain_writes_overlays_and_audio_segments(analyzer: Analyzer, tiny_corpus: Path, tmp_path: Path) -> None:
@@ -242,6 +252,7 @@ def test_cli_json_for_a_directory(bundle_dir: Path, media: dict[str, Path], tiny
     shutil.copy(_videos(tiny_corpus)[0], d / "b_good.mp4")
     shutil.copy(media["corrupt"], d / "a_bad.mp4")
     (d / "notes.txt").write_text("not a video")
+    (d / "nested").mkdir()
     params = tmp_path / "params.yaml"
     params.write_text("analyze:\n  top_frames: 2\n")
     out = tmp_path / "out"
@@ -249,8 +260,11 @@ def test_cli_json_for_a_directory(bundle_dir: Path, media: dict[str, Path], tiny
                               "--device", "cpu", "--params", str(params)])
     assert res.exit_code == 0, res.output
     reports = json.loads(res.stdout)
-    assert [Path(r["path"]).name for r in reports] == ["a_bad.mp4", "b_good.mp4"]
+    # Every file gets a report, whatever its extension; the sub-folder is named as skipped.
+    assert [Path(r["path"]).name for r in reports] == ["a_bad.mp4", "b_good.mp4", "notes.txt"]
     assert reports[0]["verdict"] == "ABSTAIN" and reports[0]["reason"] == "corrupt"
+    assert reports[2]["verdict"] == "ABSTAIN" and reports[2]["reason"] in ("corrupt", "unsupported")
+    assert "skipped" in res.stderr and "nested" in res.stderr
     assert reports[1]["verdict"] in VERDICTS - {"ABSTAIN"} and len(reports[1]["top_frames"]) <= 2
     assert json.loads((out / "b_good.json").read_text())["probability"] == reports[1]["probability"]
     assert (out / "a_bad.json").is_file() and len(list((out / "b_good").glob("*.png"))) == len(reports[1]["top_frames"])

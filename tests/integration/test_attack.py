@@ -11,26 +11,25 @@ import pandas as pd
 import pytest
 import torch
 
-from veracity.attack import (
+from veracity.bundle import Bundle
+from veracity.calibration import Calibrator
+from veracity.config import AttackConfig, ContractConfig, ExtractConfig, MemberConfig
+from veracity.data import WindowDataset, collate, load_clips
+from veracity.decision import Fusion, surrogate_fused_logit
+from veracity.robustness import CorruptedCrops
+from veracity.stages.attack import (
     ENSEMBLE,
-    CropCorruption,
+    attack,
     attack_subset,
     attack_window_scores,
     fused_logit_fn,
-    run_attack,
-    surrogate_fused_logit,
     video_table,
     window_scores,
 )
-from veracity.calibration import Calibrator
-from veracity.config import AttackConfig, ExtractConfig, MemberConfig
-from veracity.contract import DataContract
-from veracity.data import WindowDataset, collate, load_clips
-from veracity.ensemble import Bundle, Fusion
 
 pytestmark = pytest.mark.integration
 
-CONTRACT = DataContract(fps=12.5, frames_per_window=8, face_size=32)
+CONTRACT = ContractConfig(fps=12.5, frames_per_window=8, face_size=32).build()
 EXTRACT = ExtractConfig(workers=2, min_duration_s=0.5)
 ONE_EPOCH = dict(epochs=1, batch_size=8, windows_per_clip=1, augment=False)
 MEMBERS = {
@@ -65,8 +64,8 @@ def setting(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory, train_t
 
 
 def _run(setting: dict[str, Path], out: Path) -> dict:
-    return run_attack(setting["models"], setting["calibration"], setting["features"], setting["manifest"],
-                      setting["raw"], SWEEP, EXTRACT, out)
+    return attack(SWEEP, EXTRACT, setting["models"], setting["calibration"], setting["features"],
+                  setting["manifest"], setting["raw"], out)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +129,7 @@ def test_audio_corruptions_leave_the_video_member_alone(result) -> None:
 
 def test_a_strong_crop_corruption_changes_the_window_scores(setting, bundle: Bundle) -> None:
     clips = load_clips(setting["features"], ["test"])
-    noise = (lambda ds: CropCorruption("noise", 0.15, ds), ["v", "f"])
+    noise = (lambda ds: CorruptedCrops("noise", 0.15, ds), ["v", "f"])
     got = window_scores(bundle, clips, CONTRACT, {"clean": (None, bundle.names), "noise": noise})
     clean, noisy = got["clean"], got["noise"]
     assert set(noisy["member"]) == {"v", "f"}  # the audio member is not rerun
@@ -146,7 +145,7 @@ def test_a_strong_crop_corruption_changes_the_window_scores(setting, bundle: Bun
 
 def test_identity_corruption_reproduces_the_extracted_crops_and_flow(setting) -> None:
     ds = WindowDataset(load_clips(setting["features"], ["test"])[:3], CONTRACT)
-    same = CropCorruption("brightness", 0.0, ds)
+    same = CorruptedCrops("brightness", 0.0, ds)
     for i in range(len(ds)):
         s = ds[i]
         t = same(s)
@@ -222,12 +221,12 @@ def test_summary_gate_matches_the_table(result) -> None:
 
 def test_a_rerun_writes_the_same_bytes(setting) -> None:
     # Without the re-encode: libx264 (through reencode_video) does not always give the same
-    # bitstream twice for the tiny corpus's ~1 s clips (see the note in veracity/attack.py).
+    # bitstream twice for the tiny corpus's ~1 s clips (see the note in veracity/stages/attack.py).
     sweep = SWEEP.model_copy(update={"crf": ()})
     outs = [setting["root"] / "reports" / f"rerun{i}" for i in range(2)]
     for out in outs:
-        run_attack(setting["models"], setting["calibration"], setting["features"], setting["manifest"],
-                   setting["raw"], sweep, EXTRACT, out)
+        attack(sweep, EXTRACT, setting["models"], setting["calibration"], setting["features"],
+               setting["manifest"], setting["raw"], out)
     for name in ("summary.json", "robustness.csv", "plots/auc_vs_strength.csv"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
 

@@ -91,7 +91,7 @@ def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) 
         assert path in metrics
     # The bundle is complete and verifies; the registry has a champion (the first candidate
     # passes the gate unless its ECE or robustness misses the bounds, and tiny members may).
-    from veracity.ensemble import verify_bundle
+    from veracity.bundle import verify_bundle
 
     spec = verify_bundle(project / "models" / "bundle")
     assert {m["name"] for m in spec["members"]} == set(TINY)
@@ -108,7 +108,7 @@ def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) 
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     assert rows[0]["verdict"] in {"FAKE", "UNCERTAIN", "REAL", "ABSTAIN"}
-    assert rows[1] == {"verdict": "ABSTAIN", "reason": "not_found"}
+    assert rows[1] == {"verdict": "ABSTAIN", "reason": "missing"}
     plots = _run([*dvc, "plots", "show", "-o", "plots_html"], project)
     html = (project / "plots_html" / "index.html").read_text()
     assert "plots_html" in plots and "video_specialist" in html and "tpr" in html

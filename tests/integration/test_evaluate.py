@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from veracity import metrics
 from veracity.evaluate import evaluate
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ def test_quality_checks_and_outputs(tmp_path: Path) -> None:
     _write(models, "video", lambda m: 0.9 if m == "faceswap" else 0.1)
     _write(models, "fusion", lambda m: 0.9 if m != "real" else 0.1)
     res = evaluate(models, ["audio", "video", "fusion"], tmp_path / "rep",
-                   roles={"audio": "audio", "video": "video", "fusion": "fusion"})
+                   roles={"audio": "audio", "video": "video", "fusion": "fusion"}, ece_bins=10)
     checks = {c.name: c for c in res["checks"]}
     assert checks["best_member_auc"].value == pytest.approx(1.0) and checks["best_member_auc"].passed
     assert checks["voice_family_auc_audio"].passed
@@ -57,4 +58,25 @@ def test_quality_checks_and_outputs(tmp_path: Path) -> None:
 
 def test_missing_member_predictions_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="train it first"):
-        evaluate(tmp_path, ["ghost"], tmp_path / "rep")
+        evaluate(tmp_path, ["ghost"], tmp_path / "rep", ece_bins=10)
+
+
+def test_ece_bins_are_the_callers(tmp_path: Path) -> None:
+    # One value (metrics.ece_bins) for the summary, the table and the reliability diagram.
+    models = tmp_path / "models"
+    # Reals and lip-sync fakes share a bin of 0.5, not a bin of 0.1: the two ECEs differ.
+    _write(models, "m", lambda m: {"real": 0.3, "faceswap": 0.55, "lipsync": 0.35, "voice": 0.95}[m])
+    with pytest.raises(TypeError):
+        evaluate(models, ["m"], tmp_path / "none")  # no default number of bins
+    for bins in (2, 10):
+        out = tmp_path / f"rep{bins}"
+        evaluate(models, ["m"], out, ece_bins=bins)
+        preds = pd.read_csv(models / "m" / "predictions.csv")
+        test = preds[preds.split == "test"]
+        summary = json.loads((out / "metrics.json").read_text())
+        assert summary["members"]["m"]["ece"] == pytest.approx(metrics.ece(test.label, test.prob, bins))
+        table = pd.read_csv(out / "table.csv")
+        row = table[(table.split == "test") & (table.method == "all")].iloc[0]
+        assert row.ece == pytest.approx(metrics.ece(test.label, test.prob, bins))
+        assert len(pd.read_csv(out / "plots" / "reliability.csv")) == bins
+    assert metrics.ece(test.label, test.prob, 2) != pytest.approx(metrics.ece(test.label, test.prob, 10))

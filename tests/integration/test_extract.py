@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from veracity.config import ExtractConfig
-from veracity.contract import DataContract
+from veracity.config import ContractConfig, ExtractConfig
 from veracity.corpus import manifest as mf
 from veracity.corpus.synth import speech
 from veracity.corpus.synth.families import ClipSpec, render
@@ -26,7 +25,7 @@ from veracity.features import ClipRecord, record_dir
 
 pytestmark = pytest.mark.integration
 
-CONTRACT = DataContract(fps=12.5, face_size=48)
+CONTRACT = ContractConfig(fps=12.5, face_size=48).build()
 CFG = ExtractConfig(workers=2)
 # 50 frames at irregular 30-80 ms steps: a variable-frame-rate clip.
 _STEPS = np.where(np.arange(50) % 5 == 0, 80, 30)
@@ -217,3 +216,48 @@ def test_failure_bound_fails_the_stage(bad_batch, tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "f" / "summary.json").read_text())
     assert summary["status"]["corrupt"] == 3
 
+
+
+def test_a_bug_is_status_error_logged_and_fails_the_stage(tiny_corpus: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from veracity import extract as ex
+
+    good = mf.read(tiny_corpus / "manifest.csv").head(3).copy()
+    good["path"] = [str((tiny_corpus / p).resolve()) for p in good.path]
+    manifest_path = mf.write(good, tmp_path / "manifest.csv")
+    victim = str(good.video_id.iloc[1])
+    real_audio_part = ex._audio_part
+
+    def buggy_audio_part(path, *args):
+        if Path(path).name == Path(good.path.iloc[1]).name:
+            raise ValueError("simulated bug in our code")
+        return real_audio_part(path, *args)
+
+    monkeypatch.setattr(ex, "_audio_part", buggy_audio_part)
+    # Bad media may be any share of the clips here: a bug still fails the stage.
+    cfg = CFG.model_copy(update={"workers": 1, "max_failure_ratio": 1.0})
+    with caplog.at_level("WARNING", logger="veracity.extract"):
+        result = extract(cfg, CONTRACT, manifest_path, tmp_path / "feat")
+    row = result.index.set_index("video_id").loc[victim]
+    assert row.status == "error"  # not "corrupt": the media is fine
+    assert "ValueError" in row.message and "simulated bug in our code" in row.message
+    saved = pd.read_csv(tmp_path / "feat" / "index.csv").set_index("video_id").loc[victim]
+    assert (saved.status, saved.message) == (row.status, row.message)
+    logged = [r for r in caplog.records if r.levelname == "WARNING" and r.exc_info and victim in r.getMessage()]
+    assert logged and "buggy_audio_part" in caplog.text  # the traceback, not just a line
+    assert (result.summary["errors"], result.summary["error_clips"]) == (1, [victim])
+    assert result.summary["status"] == {"error": 1, "ok": 2}
+    with pytest.raises(ex.ExtractError, match=f"status 'error'.*{victim}"):
+        ex.check_failures(result.summary, cfg)
+    # Even where error is (wrongly) listed as usable: a code failure is never allowed.
+    lenient = cfg.model_copy(update={"usable_statuses": ("ok", "error")})
+    with pytest.raises(ex.ExtractError, match=victim):
+        ex.check_failures(ex.summarize(result.index, lenient), lenient)
+
+    # Once the bug is fixed, the next run retries the clip (same fingerprint) and reuses the rest.
+    monkeypatch.setattr(ex, "_audio_part", real_audio_part)
+    again = extract(cfg, CONTRACT, manifest_path, tmp_path / "feat")
+    assert (again.reused, again.processed) == (2, 1)
+    assert set(again.index.status) == {"ok"} and again.summary["errors"] == 0
+    ex.check_failures(again.summary, cfg)

@@ -5,14 +5,14 @@ import numpy as np
 import torch
 
 from veracity.augment import capture_blur, gaussian_blur, self_blend
-from veracity.contract import DataContract
+from veracity.config import ContractConfig
 from veracity.models.base import Batch
 from veracity.training import _with_self_blends
 
 
 def _faces(b=6, t=4, s=32, seed=0):
     """Normalised windows of a textured 'face' (fine detail the blend must remove) on a flat background."""
-    c = DataContract(face_size=s, frames_per_window=t)
+    c = ContractConfig(face_size=s, frames_per_window=t).build()
     rng = np.random.default_rng(seed)
     px = np.full((b, t, 3, s, s), 0.3, np.float32)
     yy, xx = np.mgrid[0:s, 0:s] / s

@@ -20,6 +20,7 @@ from veracity.calibration import (
     sigmoid,
     target_mask,
 )
+from veracity.config import PoolingConfig
 
 
 def _overconfident(n=400, scale=4.0, seed=0):
@@ -32,20 +33,33 @@ def _overconfident(n=400, scale=4.0, seed=0):
 
 def test_pooling_rules_match_metrics_pool():
     s = np.array([0.0, 1.0, 5.0, -2.0])
-    assert Pooling("mean").one(s) == pytest.approx(1.0)
-    assert Pooling("max").one(s) == pytest.approx(5.0)
-    assert Pooling("topk", k=2).one(s) == pytest.approx(3.0)
-    soft = Pooling("softmax", beta=5.0).one(s)
-    assert Pooling("mean").one(s) < soft < 5.0
+    assert Pooling("mean", 4, 5.0).one(s) == pytest.approx(1.0)
+    assert Pooling("max", 4, 5.0).one(s) == pytest.approx(5.0)
+    assert Pooling("topk", k=2, beta=5.0).one(s) == pytest.approx(3.0)
+    soft = Pooling("softmax", k=4, beta=5.0).one(s)
+    assert Pooling("mean", 4, 5.0).one(s) < soft < 5.0
     with pytest.raises(ValueError, match="pooling must be one of"):
-        Pooling("median")
+        Pooling("median", 4, 5.0)
     with pytest.raises(ValueError, match="empty"):
-        Pooling("mean").one([])
+        Pooling("mean", 4, 5.0).one([])
+
+
+def test_pooling_defaults_live_only_in_pooling_config():
+    # A default restated on Pooling could disagree with calibrate.pooling's.
+    with pytest.raises(TypeError):
+        Pooling("topk")  # type: ignore[call-arg]
+    cfg = PoolingConfig()
+    assert Pooling.from_config(cfg) == Pooling(cfg.how, cfg.k, cfg.beta)
+    assert Pooling.from_config(PoolingConfig(how="topk", k=2)).one([0.0, 1.0, 5.0]) == pytest.approx(3.0)
 
 
 def test_pooling_round_trips_through_json():
     p = Pooling("softmax", k=3, beta=2.5)
     assert Pooling.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    # What bundles written before this change hold (to_dict has always stated k and beta).
+    assert Pooling.from_dict({"how": "topk", "k": 4, "beta": 5.0}) == Pooling("topk", 4, 5.0)
+    # A hand-written spec naming only the rule takes PoolingConfig's defaults.
+    assert Pooling.from_dict({"how": "mean"}) == Pooling.from_config(PoolingConfig())
 
 
 def test_temperature_scaling_recovers_the_overconfidence_factor():

@@ -75,3 +75,17 @@ def test_repo_params_yaml_is_valid() -> None:
     root = Path(__file__).resolve().parents[2]
     params = load_params(root / "params.yaml")
     assert params.corpus.root == "data/raw"
+
+
+def test_ece_bins_are_one_top_level_value() -> None:
+    # metrics.ece_bins is the only number of ECE bins: the calibrate section has none of its
+    # own any more (train/evaluate once used 15 while calibrate/ensemble used 10).
+    root = Path(__file__).resolve().parents[2]
+    params = load_params(root / "params.yaml")
+    assert params.metrics.ece_bins == 10
+    assert load_params(None, ["metrics.ece_bins=15"], section="calibrate").metrics.ece_bins == 15
+    assert "n_bins" not in type(params.calibrate).model_fields
+    with pytest.raises(ConfigError, match="unknown key 'calibrate.n_bins'"):
+        load_params(None, ["calibrate.n_bins=10"])
+    with pytest.raises(ConfigError, match="'metrics.ece_bins'"):
+        load_params(None, ["metrics.ece_bins=0"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +12,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from veracity.config import ExtractConfig
-from veracity.contract import DataContract
+from veracity.config import ContractConfig, ExtractConfig
 from veracity.data import WindowDataset, collate, load_clips
 from veracity.extract import extract
+from veracity.features import ClipRecord, RecordFormatError
+from veracity.media.audio import EnergyVAD
 
-CONTRACT = DataContract(fps=12.5, frames_per_window=8, face_size=32)
+CONTRACT = ContractConfig(fps=12.5, frames_per_window=8, face_size=32).build()
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +67,41 @@ def test_training_windows_reshuffle_each_epoch(features: Path) -> None:
     assert list(ds._items) != first
     ds.set_epoch(0)
     assert list(ds._items) == first  # deterministic per (seed, epoch)
+
+
+def _copy_records(clips: list, dest: Path, hop: float | None) -> list:
+    """The clips' records copied under ``dest`` with the stored VAD hop set to ``hop`` (None: removed)."""
+    out = []
+    for clip in clips:
+        rec = dest / clip.record.relative_to(clip.record.parents[2])
+        shutil.copytree(clip.record, rec)
+        meta = json.loads((rec / "meta.json").read_text())
+        if hop is None:
+            del meta["arrays"]["vad"]
+        else:
+            meta["arrays"]["vad"]["hop_s"] = hop
+        (rec / "meta.json").write_text(json.dumps(meta))
+        out.append(dataclasses.replace(clip, record=rec))
+    return out
+
+
+def test_vad_hop_comes_from_the_records(features: Path, tmp_path: Path) -> None:
+    clips = load_clips(features, ["test"])[:2]
+    # Extraction stores the hop its VAD ran at with every mask.
+    assert {ClipRecord(c.record).vad_hop_s() for c in clips} == {EnergyVAD(CONTRACT.sample_rate).hop_s}
+    assert WindowDataset(clips, CONTRACT)[0]["vad"].shape == (64,)  # 0.64 s of 10 ms hops
+    # The dataset reads the step from the records (no restated constant): a record stored
+    # at 20 ms gives masks of half the length, indexed at 20 ms.
+    coarse = _copy_records(clips, tmp_path / "coarse", 0.02)
+    ds = WindowDataset(coarse, CONTRACT)
+    mask = np.load(coarse[0].record / "vad.npy")
+    assert ds.vad_hop_s == 0.02 and ds[0]["vad"].shape == (32,)
+    assert ds[0]["vad"].numpy().tolist() == mask[:32].tolist()  # the first window starts at t = 0
+    with pytest.raises(ValueError, match="different VAD hops"):
+        WindowDataset([clips[0], coarse[1]], CONTRACT)
+
+
+def test_a_record_without_the_vad_hop_is_a_clear_error(features: Path, tmp_path: Path) -> None:
+    old = _copy_records(load_clips(features, ["test"])[:1], tmp_path / "old", None)
+    with pytest.raises(RecordFormatError, match="older `veracity extract`.*Re-run extraction"):
+        WindowDataset(old, CONTRACT)

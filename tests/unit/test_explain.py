@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from veracity.contract import DataContract
+from veracity.config import ContractConfig
 from veracity.explain import audio_anomaly_segments, cam_layer, grad_cam, member_grad_cam, overlay
 from veracity.models import create_detector
 from veracity.models.base import Batch
 
-CONTRACT = DataContract(fps=12.5, frames_per_window=8, face_size=32)
+CONTRACT = ContractConfig(fps=12.5, frames_per_window=8, face_size=32).build()
 
 
 class RedSpotter(nn.Module):

@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from veracity.features import ClipRecord, NpyAppender, RecordWriter, read_meta, record_dir
+from veracity.features import (
+    ClipRecord,
+    NpyAppender,
+    RecordFormatError,
+    RecordWriter,
+    read_meta,
+    record_dir,
+)
 
 
 def test_npy_appender_writes_a_loadable_array_row_by_row(tmp_path: Path) -> None:
@@ -41,7 +48,7 @@ def test_record_is_invisible_until_committed_and_partial_is_replaced(tmp_path: P
     w2 = RecordWriter(final)
     assert not (w2.tmp / "times.npy").exists()
     w2.appender("times", (), np.float64).append(np.arange(5.0))
-    w2.save("vad", np.array([True, False]))
+    w2.save("vad", np.array([True, False]), hop_s=0.01)
     w2.commit({"status": "ok", "tracks": [{"track_id": 0, "n_frames": 5, "kept": True}]})
     rec = ClipRecord(final)
     assert rec.status == "ok"
@@ -74,3 +81,26 @@ def test_primary_track_and_fallback_rows(tmp_path: Path) -> None:
 def test_record_dirs_are_bucketed_and_stable(tmp_path: Path) -> None:
     a, b = record_dir(tmp_path, "x1"), record_dir(tmp_path, "x1")
     assert a == b and a.parent.parent == tmp_path / "records" and len(a.parent.name) == 2
+
+
+def test_vad_hop_is_stored_with_the_mask(tmp_path: Path) -> None:
+    final = record_dir(tmp_path, "hop")
+    w = RecordWriter(final)
+    w.save("vad", np.zeros(7, bool), hop_s=0.02)
+    w.commit({"status": "ok", "tracks": []})
+    assert read_meta(final)["arrays"] == {"vad": {"hop_s": 0.02}}
+    assert ClipRecord(final).vad_hop_s() == 0.02
+    # No mask (a clip without audio): no hop to state.
+    w = RecordWriter(record_dir(tmp_path, "silent"))
+    assert ClipRecord(w.commit({"status": "no_audio", "tracks": []})).vad_hop_s() is None
+
+
+def test_a_mask_without_its_hop_asks_for_re_extraction(tmp_path: Path) -> None:
+    # What extraction wrote before the hop was stored: readers must not guess it.
+    final = record_dir(tmp_path, "old")
+    w = RecordWriter(final)
+    w.save("vad", np.zeros(7, bool))
+    w.commit({"status": "ok", "tracks": []})
+    with pytest.raises(RecordFormatError, match=r"arrays\.vad\.hop_s.*veracity extract") as info:
+        ClipRecord(final).vad_hop_s()
+    assert str(tmp_path) in str(info.value)  # names the features directory to delete

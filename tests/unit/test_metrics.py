@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import warnings
 
@@ -222,11 +224,11 @@ def test_ece_small_for_calibrated_and_large_for_overconfident():
     rng = np.random.default_rng(0)
     p = rng.random(200_000)
     y = (rng.random(p.size) < p).astype(int)  # y ~ Bernoulli(p): calibrated by design
-    assert vm.ece(y, p) < 0.02
-    assert vm.ece(y, p, strategy="quantile") < 0.02
+    assert vm.ece(y, p, 10) < 0.02
+    assert vm.ece(y, p, 10, strategy="quantile") < 0.02
     logit = np.log(p / (1 - p))
     overconfident = 1.0 / (1.0 + np.exp(-4.0 * logit))
-    assert vm.ece(y, overconfident) > 0.1
+    assert vm.ece(y, overconfident, 10) > 0.1
     assert vm.brier(y, overconfident) > vm.brier(y, p)
 
 
@@ -244,7 +246,7 @@ def test_ece_if_calibrated_is_the_sampling_floor_of_a_perfect_model():
     assert large["median"] < 0.4 * small["median"]
     assert vm.ece_if_calibrated(p, 10) == small
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        vm.ece_if_calibrated([0.2, 1.5])
+        vm.ece_if_calibrated([0.2, 1.5], 10)
 
 
 def _brute_ece(y, p, edges) -> float:
@@ -286,11 +288,11 @@ def test_ece_and_reliability_against_loops_and_sklearn(kind, seed, strategy):
 
 def test_calibration_rejects_non_probabilities():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        vm.ece([0, 1], [-0.5, 2.0])
+        vm.ece([0, 1], [-0.5, 2.0], 10)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         vm.brier([0, 1], [0.1, 1.5])
     with pytest.raises(ValueError, match="strategy"):
-        vm.ece([0, 1], [0.1, 0.9], strategy="kde")
+        vm.ece([0, 1], [0.1, 0.9], 10, strategy="kde")
     with pytest.raises(ValueError, match="n_bins"):
         vm.ece([0, 1], [0.1, 0.9], n_bins=0)
 
@@ -317,7 +319,7 @@ def test_single_class_gives_nan_without_warnings(label):
         fpr, tpr, _ = vm.roc_curve(y, s)
         assert np.isnan(tpr if label == 0 else fpr).all()
         assert not np.isnan(fpr if label == 0 else tpr).any()
-        summary = vm.summarize(y, s)
+        summary = vm.summarize(y, s, n_bins=10)
         # Label-free and zero-division metrics stay defined.
         assert summary["n"] == 10 and summary[("n_neg", "n_pos")[label]] == 10
         assert not math.isnan(summary["accuracy"]) and not math.isnan(summary["brier"])
@@ -330,14 +332,14 @@ def test_empty_input_gives_nan_without_warnings():
         warnings.simplefilter("error")
         for fn in RANK_FNS:
             assert math.isnan(fn(e, e))
-        assert math.isnan(vm.brier(e, e)) and math.isnan(vm.ece(e, e))
-        assert math.isnan(vm.ece(e, e, strategy="quantile"))
+        assert math.isnan(vm.brier(e, e)) and math.isnan(vm.ece(e, e, 10))
+        assert math.isnan(vm.ece(e, e, 10, strategy="quantile"))
         tm = vm.threshold_metrics(e, e)
         assert math.isnan(tm["accuracy"]) and tm["tp"] == 0
-        summary = vm.summarize(e, e)
+        summary = vm.summarize(e, e, n_bins=10)
         assert summary["n"] == 0
         assert all(math.isnan(v) for k, v in summary.items() if not k.startswith("n"))
-        groups, pooled = vm.pool(e, e)
+        groups, pooled = vm.pool(e, e, "mean")
         assert groups.size == pooled.size == 0
 
 
@@ -350,13 +352,13 @@ ALL_SCORED = [
     vm.fpr_at_tpr,
     vm.threshold_metrics,
     vm.brier,
-    vm.ece,
-    vm.reliability,
-    vm.summarize,
+    functools.partial(vm.ece, n_bins=10),
+    functools.partial(vm.reliability, n_bins=10),
+    functools.partial(vm.summarize, n_bins=10),
 ]
 
 
-@pytest.mark.parametrize("fn", ALL_SCORED, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fn", ALL_SCORED, ids=lambda f: getattr(f, "func", f).__name__)
 def test_nan_scores_and_bad_labels_raise(fn):
     with pytest.raises(ValueError, match="NaN"):
         fn([0, 1, 1], [0.1, np.nan, 0.7])
@@ -368,7 +370,7 @@ def test_nan_scores_and_bad_labels_raise(fn):
 
 def test_pool_rejects_nan_and_unknown_rule():
     with pytest.raises(ValueError, match="NaN"):
-        vm.pool([0.1, np.nan], [0, 0])
+        vm.pool([0.1, np.nan], [0, 0], "mean")
     with pytest.raises(ValueError, match="how"):
         vm.pool([0.1], [0], how="median")
     with pytest.raises(ValueError, match="beta"):
@@ -380,12 +382,12 @@ def test_pool_rejects_nan_and_unknown_rule():
 
 def test_summarize_agrees_with_parts():
     y, s = _data("ties", 1)
-    summary = vm.summarize(y, s, threshold=0.4)
+    summary = vm.summarize(y, s, threshold=0.4, n_bins=10)
     assert summary["auc"] == vm.roc_auc(y, s)
     assert (summary["eer"], summary["eer_threshold"]) == vm.eer(y, s)
     assert summary["fpr_at_95tpr"] == vm.fpr_at_tpr(y, s, 0.95)
     assert summary["f1"] == vm.threshold_metrics(y, s, 0.4)["f1"]
-    assert summary["ece"] == vm.ece(y, s)
+    assert summary["ece"] == vm.ece(y, s, 10)
     assert (summary["n"], summary["n_pos"]) == (len(y), int(y.sum()))
     assert all(isinstance(v, int | float) for v in summary.values())
 
@@ -393,13 +395,13 @@ def test_summarize_agrees_with_parts():
     assert "brier" not in logits and "ece" not in logits
     assert logits["auc"] == summary["auc"]  # ranking metrics ignore monotone rescaling
     with pytest.raises(ValueError, match="is_prob=False"):
-        vm.summarize(y, 10 * s - 5)
+        vm.summarize(y, 10 * s - 5, n_bins=10)
 
 
 # --------------------------------------------------------------------------- pooling
 
 
-def _loop_pool(scores, groups, how, k=4, beta=5.0):
+def _loop_pool(scores, groups, how, k, beta):
     out = {}
     for g in sorted(set(groups.tolist())):
         v = [float(x) for x, gg in zip(scores, groups, strict=True) if gg == g]
@@ -483,7 +485,7 @@ def test_table_scores_each_method_against_all_real_clips_of_its_split():
     df = _scored_manifest()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        out = vm.table(df)
+        out = vm.table(df, n_bins=10)
     assert list(out.columns[:2]) == ["split", "method"]
     assert set(zip(out.split, out.method, strict=True)) == {
         (s, m) for s in ("train", "test") for m in ("all", "real", "faceswap", "lipsync")
@@ -519,15 +521,15 @@ def test_table_without_method_and_validation():
     assert sorted(out.split) == ["test", "train"] and "brier" not in out.columns
     test = df[df.split == "test"]
     assert out.set_index("split").auc["test"] == vm.roc_auc(test.label, test.score)
-    overall = vm.table(df, by=())
+    overall = vm.table(df, by=(), n_bins=10)
     assert len(overall) == 1 and overall.n.iloc[0] == len(df)
 
     bad = df.copy()
     bad.loc[bad.index[0], "label"] = 1  # a real clip labelled fake
     with pytest.raises(ValueError, match="label=0"):
-        vm.table(bad)
+        vm.table(bad, n_bins=10)
     with pytest.raises(ValueError, match="missing column"):
-        vm.table(df, score_col="prob")
+        vm.table(df, score_col="prob", n_bins=10)
 
 
 def test_infinite_scores_are_ranked_without_warnings():
@@ -539,6 +541,41 @@ def test_infinite_scores_are_ranked_without_warnings():
         warnings.simplefilter("error")
         assert vm.roc_auc(y, s) == 1.0
         assert vm.eer(y, s) == (0.0, 0.3)
-        _, pooled = vm.pool(s, [0, 0, 1, 1, 2], how="softmax")
+        _, pooled = vm.pool(s, [0, 0, 1, 1, 2], how="softmax", beta=5.0)
     expected = np.log(np.mean(np.exp(5.0 * np.array([0.3, 0.2])))) / 5.0
     np.testing.assert_allclose(pooled, [np.inf, expected, np.inf], rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- single sources
+
+
+def test_ece_bins_have_no_default():
+    # The pipeline's bins are metrics.ece_bins; a default here once gave training's reports
+    # 15 bins while calibrate and ensemble used 10.
+    y, p = [0, 1, 1, 0], [0.1, 0.8, 0.3, 0.6]  # bins of 0.5 mix the labels, bins of 0.1 do not
+    for fn in (vm.ece, vm.reliability, vm.ece_if_calibrated):
+        assert inspect.signature(fn).parameters["n_bins"].default is inspect.Parameter.empty, fn.__name__
+    with pytest.raises(TypeError):
+        vm.ece(y, p)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        vm.reliability(y, p)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        vm.ece_if_calibrated(p)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="n_bins"):
+        vm.summarize(y, p)
+    with pytest.raises(TypeError, match="n_bins"):
+        vm.table(pd.DataFrame({"score": p, "label": y, "split": "test", "method": ["real", "x", "x", "real"]}))
+    assert "ece" not in vm.summarize(y, p, is_prob=False)  # no ECE, no bins needed
+    assert vm.summarize(y, p, n_bins=10)["ece"] == vm.ece(y, p, 10) != vm.ece(y, p, 2)
+
+
+def test_pool_parameters_have_no_default():
+    # k and beta are PoolingConfig's (calibrate.pooling); a rule that needs one must get it.
+    params = inspect.signature(vm.pool).parameters
+    assert params["how"].default is inspect.Parameter.empty
+    assert params["k"].default is None and params["beta"].default is None
+    with pytest.raises(TypeError, match="needs k"):
+        vm.pool([0.1, 0.9], [0, 0], "topk")
+    with pytest.raises(TypeError, match="needs beta"):
+        vm.pool([0.1, 0.9], [0, 0], "softmax")
+    assert vm.pool([0.1, 0.9], [0, 0], "mean")[1] == pytest.approx([0.5])  # mean and max need neither

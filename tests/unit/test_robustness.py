@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from veracity import robustness as rb
-from veracity.contract import DataContract
+from veracity.config import ContractConfig
 from veracity.media.encode import write_mp4
 from veracity.models.base import Batch
 
@@ -339,7 +339,7 @@ class _AVDetector(nn.Module):
 @pytest.fixture
 def av_batch():
     torch.manual_seed(0)
-    contract = DataContract()
+    contract = ContractConfig().build()
     pixels = torch.rand(4, 2, 3, 6, 6)
     pixels[0, 0, :, 0, 0] = 0.0
     pixels[0, 0, :, 0, 1] = 1.0

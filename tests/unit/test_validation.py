@@ -280,3 +280,33 @@ def test_run_suite_keeps_suite_order_and_does_not_mutate_input(tmp_path):
     assert df.equals(before)
     # A Suite object can be run again (GX ties added expectations to a suite).
     assert run_suite(df, suite).success == report.success
+
+
+# --------------------------------------------------------------------------- features suite
+
+
+def _features_index(statuses: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "video_id": [f"clip_{i:03d}" for i in range(len(statuses))],
+        "status": statuses,
+        "message": ["extracted" if s == "ok" else f"{s}: why" for s in statuses],
+        "n_frames": 40, "face_ratio": 1.0, "has_audio": True, "speech_ratio": 0.5, "duration_s": 3.0,
+    })
+
+
+def test_features_suite_knows_the_error_status(tmp_path):
+    import typing
+
+    from veracity.config import ExtractStatus, FeatureBounds
+    from veracity.validation import validate_features
+
+    index = tmp_path / "index.csv"
+    _features_index(["ok"] * 59 + ["error"]).to_csv(index, index=False)
+    bounds = FeatureBounds(max_failure_ratio=0.05)
+    # The statuses `veracity validate --features` passes: a clip our code failed on is
+    # unusable (counted in the failure share), not an "unknown extraction status".
+    report = validate_features(bounds, ["ok"], typing.get_args(ExtractStatus), index, tmp_path / "out")
+    assert report.success, report.summary()
+    _features_index(["ok"] * 59 + ["exploded"]).to_csv(index, index=False)
+    report = validate_features(bounds, ["ok"], typing.get_args(ExtractStatus), index, tmp_path / "out2")
+    assert failed(report, "expect_column_values_to_be_in_set", "status")

@@ -21,6 +21,10 @@ import numpy as np
 
 _EPS = 1e-12  # energy floor: digital silence reads -120 dB instead of -inf
 FLOOR_DB = -120.0
+# Time resolution of the VAD mask: 10 ms, the usual speech-analysis hop (160 samples at
+# 16 kHz, the log-mel hop of the audio models). Extraction stores the hop it used with the
+# mask (features.ClipRecord.vad_hop_s); a reader of a stored mask takes it from there.
+HOP_MS = 10.0
 
 
 @dataclass
@@ -50,15 +54,29 @@ def _samples(ms: float, sample_rate: int) -> int:
     return max(1, int(round(ms * sample_rate / 1000.0)))
 
 
+def hop_seconds(sample_rate: int, hop_ms: float = HOP_MS) -> float:
+    """The hop :class:`EnergyVAD` uses at ``sample_rate``: ``hop_ms`` rounded to whole samples.
+
+    Args:
+        sample_rate: audio rate in Hz.
+        hop_ms: the nominal hop.
+
+    Returns:
+        Seconds per hop (exactly 0.01 at 16 kHz; 220 / 22050 s at 22.05 kHz).
+    """
+    return _samples(hop_ms, sample_rate) / int(sample_rate)
+
+
 class EnergyVAD:
     """Streaming energy VAD with an adaptive threshold.
 
     Call :meth:`feed` with consecutive chunks of mono audio, then :meth:`finish`.
 
     Args:
-        sample_rate: audio rate in Hz.
+        sample_rate: audio rate in Hz (the data contract's; no default of its own).
         frame_ms: analysis window; 25 ms spans a few pitch periods of any voice.
-        hop_ms: time resolution of the mask.
+        hop_ms: time resolution of the mask (:data:`HOP_MS`; the result states the exact
+            hop in seconds, see :func:`hop_seconds`).
         margin_db: how far above the noise floor speech must be.
         min_speech_ms: shorter speech islands are dropped (clicks, plosive-only blips).
         min_silence_ms: shorter pauses inside speech are bridged (between syllables).
@@ -69,9 +87,9 @@ class EnergyVAD:
 
     def __init__(
         self,
-        sample_rate: int = 16000,
+        sample_rate: int,
         frame_ms: float = 25.0,
-        hop_ms: float = 10.0,
+        hop_ms: float = HOP_MS,
         margin_db: float = 12.0,
         min_speech_ms: float = 60,
         min_silence_ms: float = 150,
@@ -84,7 +102,7 @@ class EnergyVAD:
         self.hop = _samples(hop_ms, sample_rate)
         if self.frame < self.hop:
             raise ValueError(f"frame_ms ({frame_ms}) must be >= hop_ms ({hop_ms})")
-        self.hop_s = self.hop / self.sample_rate
+        self.hop_s = hop_seconds(self.sample_rate, hop_ms)
         self.margin_db = float(margin_db)
         self.min_speech_hops = int(round(min_speech_ms / 1000.0 / self.hop_s))
         self.min_silence_hops = int(round(min_silence_ms / 1000.0 / self.hop_s))
@@ -217,7 +235,7 @@ def _segments(mask: np.ndarray, hop_s: float, duration: float) -> list[tuple[flo
 
 
 def frame_energy_db(
-    audio: np.ndarray, sample_rate: int, frame_ms: float = 25.0, hop_ms: float = 10.0
+    audio: np.ndarray, sample_rate: int, frame_ms: float = 25.0, hop_ms: float = HOP_MS
 ) -> np.ndarray:
     """Short-time energy per hop, in dBFS (a full-scale sine reads about -3 dB).
 
@@ -236,7 +254,7 @@ def frame_energy_db(
     return vad.energies_db()
 
 
-def energy_vad(audio: np.ndarray, sample_rate: int = 16000, **kw) -> VadResult:
+def energy_vad(audio: np.ndarray, sample_rate: int, **kw) -> VadResult:
     """One-shot :class:`EnergyVAD` over a whole signal.
 
     Args:

@@ -36,20 +36,7 @@ import cv2
 import numpy as np
 from av.stream import Disposition
 
-STATUSES = (
-    "ok",
-    "missing",
-    "empty",
-    "corrupt",
-    "unsupported",
-    "no_video",
-    "too_short",
-    "too_long",
-    "too_small",
-    "no_audio",
-    "silent",
-    "no_face",
-)
+from veracity.status import BAD_MEDIA_STATUSES
 
 # Pixel formats whose plane 0 is an 8-bit luma plane of the full frame size: gray() reads
 # it directly instead of asking swscale for a "gray" copy.
@@ -106,14 +93,15 @@ class MediaError(Exception):
     """A media file that cannot be used, with a machine-readable reason.
 
     Attributes:
-        status: one of :data:`STATUSES` (never ``"ok"`` in practice).
+        status: one of :data:`veracity.status.BAD_MEDIA_STATUSES` (never ``ok``, and never
+            ``error``: a failure of our code is not a fault of the media).
         message: a one-line human-readable explanation (no traceback); ``str(e)``.
         path: the file concerned, when known.
     """
 
     def __init__(self, status: str, message: str, path: Path | str | None = None) -> None:
-        if status not in STATUSES:
-            raise ValueError(f"unknown media status {status!r}; expected one of {STATUSES}")
+        if status not in BAD_MEDIA_STATUSES:
+            raise ValueError(f"unknown media status {status!r}; expected one of {BAD_MEDIA_STATUSES}")
         super().__init__(message)
         self.status = status
         self.message = message

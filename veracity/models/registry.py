@@ -28,6 +28,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from veracity.config import ContractConfig
 from veracity.contract import DataContract
 from veracity.models.base import Batch, DetectorOutput
 
@@ -186,7 +187,8 @@ def create_detector(name: str, contract: DataContract | None = None,
 
     Args:
         name: registry name (see :func:`list_detectors`).
-        contract: the data contract to build for (default: ``DataContract()``).
+        contract: the data contract to build for (default: ``ContractConfig().build()``,
+            the code defaults of the ``contract`` params section).
         pretrained: ``None`` (random init) or a local path: a safetensors/torch file with
             the whole detector's ``state_dict``, or the weights of a part (a timm backbone
             file or directory, a Hugging Face wav2vec2 directory). Never downloaded.
@@ -204,7 +206,7 @@ def create_detector(name: str, contract: DataContract | None = None,
             nothing in the detector.
     """
     entry = _entry(name)
-    contract = contract if contract is not None else DataContract()
+    contract = contract if contract is not None else ContractConfig().build()
     overrides = {k: v for k, v in overrides.items() if v is not None}
     path: Path | None = None
     if pretrained is True:

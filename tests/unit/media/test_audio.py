@@ -8,10 +8,12 @@ import pytest
 from veracity.corpus.synth import speech
 from veracity.corpus.synth.identity import sample_identity
 from veracity.media.audio import (
+    HOP_MS,
     EnergyVAD,
     apply_gain,
     energy_vad,
     frame_energy_db,
+    hop_seconds,
     loudness_gain_db,
     rms_dbfs,
 )
@@ -166,3 +168,12 @@ def test_gain_caps_and_attenuates():
     assert rms_dbfs(np.full(100, 0.5)) == pytest.approx(20 * np.log10(0.5))
     loud = apply_gain(np.array([0.5, -0.9], np.float32), 6.0)
     assert loud.max() <= 1.0 and loud.min() >= -1.0
+
+
+@pytest.mark.parametrize("rate", [16000, 22050, 8000])
+def test_hop_is_whole_samples_and_reported_with_the_mask(rate):
+    # The hop a mask was made with travels with it (VadResult.hop_s, stored by extraction):
+    # at 22.05 kHz it is 220 samples, not the nominal 10 ms a reader might assume.
+    res = energy_vad(np.zeros(rate // 2, np.float32), rate)
+    assert res.hop_s == EnergyVAD(rate).hop_s == hop_seconds(rate) == round(HOP_MS * rate / 1000) / rate
+    assert hop_seconds(16000) == 0.01

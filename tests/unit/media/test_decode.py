@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from veracity.media.decode import (
-    STATUSES,
     FrameReader,
     MediaError,
     SampledFrame,
@@ -28,6 +27,7 @@ from veracity.media.decode import (
     read_audio,
 )
 from veracity.media.encode import write_mp4
+from veracity.status import BAD_MEDIA_STATUSES
 
 W, H = 96, 64
 
@@ -146,9 +146,16 @@ def test_media_error_carries_status_and_clean_message() -> None:
     err = MediaError("corrupt", "cannot open container: bad")
     assert (err.status, str(err)) == ("corrupt", "cannot open container: bad")
     assert err.message == str(err)
-    assert set(STATUSES) >= {"ok", "missing", "empty", "corrupt", "unsupported", "no_video"}
+    assert set(BAD_MEDIA_STATUSES) >= {"missing", "empty", "corrupt", "unsupported", "no_video"}
     with pytest.raises(ValueError):
         MediaError("weird", "not a status")
+
+
+@pytest.mark.parametrize("status", ["ok", "error"])
+def test_media_error_refuses_statuses_that_do_not_blame_the_media(status: str) -> None:
+    # "error" is a failure of our code: a MediaError carrying it would pass a bug off as bad data.
+    with pytest.raises(ValueError, match="unknown media status"):
+        MediaError(status, "not the media's fault")
 
 
 @pytest.mark.parametrize(

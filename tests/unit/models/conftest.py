@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from veracity.config import ContractConfig
 from veracity.contract import DataContract
 from veracity.models import Batch
 
 # Small windows keep every forward/backward well under a second on 2 CPU cores.
-SMALL = DataContract(frames_per_window=4, face_size=32)
+SMALL = ContractConfig(frames_per_window=4, face_size=32).build()
 
 
 def _make_batch(contract: DataContract = SMALL, b: int = 2, seed: int = 0, **flags: torch.Tensor) -> Batch:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from veracity.config import ContractConfig, load_params
 from veracity.contract import DataContract
 from veracity.models import (
     Detector,
@@ -69,7 +70,9 @@ def test_none_overrides_fall_back_to_defaults(contract):
 
 def test_default_contract_and_metadata():
     det = create_detector("tiny_lipsync")
-    assert det.contract == DataContract()
+    # The factory's default contract is ContractConfig's, the pipeline's code defaults,
+    # not a second set of values (they once disagreed on face_margin).
+    assert det.contract == ContractConfig().build() == load_params(None).contract.build()
     assert det.name == "tiny_lipsync" and det.modality == "av"
     assert isinstance(det, Detector) and det.training
     json.dumps(det.config)  # plain data only

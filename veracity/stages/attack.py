@@ -2,7 +2,7 @@
 corruptions and gradient attacks on held-out clips (DESIGN §1, between calibrate and ensemble).
 
 Every condition is scored the way the shipped bundle scores a video: window logits ->
-pooled per member -> calibrated -> fused (:meth:`veracity.ensemble.Bundle.score_table`), and
+pooled per member -> calibrated -> fused (:meth:`veracity.bundle.Bundle.score_table`), and
 compared with the clean scores of the same clips:
 
 - **H.264 re-encode** (``attack.crf``): the clip's source file is re-encoded
@@ -12,10 +12,10 @@ compared with the clean scores of the same clips:
   in a pool of ``extract.workers`` processes.
 - **Face-crop corruptions** (JPEG, down-and-up scaling, noise, blur, brightness): applied to
   the extracted crops by a :class:`~veracity.data.WindowDataset` transform
-  (:class:`CropCorruption`). Optical flow is recomputed from the corrupted crops with the
+  (:class:`~veracity.robustness.CorruptedCrops`). Optical flow is recomputed from the corrupted crops with the
   extractor's own Farneback code, so the flow channels do not leak the clean motion.
 - **Audio corruptions** (noise at an SNR, resampling, low-pass, gain): applied to the window
-  waveform by :class:`AudioCorruption`.
+  waveform by :class:`~veracity.robustness.CorruptedAudio`.
 - **Gradient attacks** (FGSM, PGD; L-inf) on the face crops and on the waveform, against
   each member that sees the field and against the fused ensemble, on a balanced subset of
   ``attack.attack_clips`` clips. Each window is attacked on its own; the flow channels keep
@@ -45,30 +45,34 @@ import math
 import shutil
 import tempfile
 import time
-import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from scipy.optimize import minimize
 
 from veracity import metrics
-from veracity.calibration import Calibrator, target_mask
+from veracity.bundle import Bundle
+from veracity.calibration import target_mask
 from veracity.config import AttackConfig, ExtractConfig, write_resolved
 from veracity.contract import DataContract
 from veracity.data import ClipInfo, WindowDataset, collate, load_clips
-from veracity.ensemble import Bundle, Fusion, calibrate_torch
-from veracity.features import ClipRecord
-from veracity.media.flow import flow_sequence
+from veracity.decision import calibrate_torch, surrogate_fused_logit, surrogate_logodds
+from veracity.devices import resolve_device
 from veracity.models.base import Batch
-from veracity.robustness import AUDIO_CORRUPTIONS, CROP_CORRUPTIONS, attack_batch, reencode_video
+from veracity.robustness import (
+    SEED,
+    CorruptedAudio,
+    CorruptedCrops,
+    attack_batch,
+    reencode_video,
+    stable_key,
+)
+from veracity.stages import StageError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,6 @@ COLUMNS = ["kind", "name", "strength", "target", "field", "auc", "clean_auc", "d
 # 1 MB per window): every corruption of a chunk reuses its windows instead of re-reading them.
 BATCH_SIZE = 32
 CHUNK_CLIPS = 16
-SEED = 0  # base of every random draw (noise, PGD start); all draws are keyed by clip and condition
 
 # attack.<key> in params.yaml -> the corruption it sweeps (names in robustness.csv).
 CROP_KEYS = {"jpeg_quality": "jpeg", "downscale": "downscale", "noise_sigma": "noise", "blur_sigma": "blur",
@@ -90,120 +93,13 @@ AUDIO_KEYS = {"snr_db": "snr", "resample_hz": "resample", "lowpass_hz": "lowpass
 FIELD_MODALITIES = {"video": ("video", "av"), "audio": ("audio", "av")}
 
 
-class AttackError(RuntimeError):
+class AttackError(StageError):
     """The stage cannot run: missing inputs, no usable clips, inconsistent contracts."""
-
-
-def _key(*parts: object) -> int:
-    """A stable 32-bit seed component from names and numbers (never Python's salted hash)."""
-    return zlib.crc32(":".join(str(p) for p in parts).encode())
 
 
 def sees(modality: str, field: str) -> bool:
     """Whether a member of ``modality`` ('video' | 'audio' | 'av') reads ``field``."""
     return modality in FIELD_MODALITIES[field]
-
-
-# ----------------------------------------------------------------------- transforms
-
-
-class CropCorruption:
-    """WindowDataset transform: corrupt a window's face crops and recompute its optical flow.
-
-    The crops of the clip's whole track are corrupted once (noise drawn from a generator keyed
-    by the clip and the condition, so a frame looks the same in every window that holds it
-    and the result does not depend on the dataset's order) and the flow into each crop is
-    recomputed from the corrupted crops exactly as extraction computed it (crop resized to
-    the stored flow size with area filtering, Farneback from the previous crop of the same
-    track, zero for the track's first crop). Windows are then cut like the dataset cuts them.
-    The ``rng`` argument of the transform protocol is not used.
-
-    Args:
-        name: a key of :data:`veracity.robustness.CROP_CORRUPTIONS`.
-        strength: its strength (see there).
-        dataset: the dataset whose samples are transformed (for each window's clip and start).
-        recompute_flow: recompute flow from the corrupted crops (else keep the extracted flow).
-        seed: base seed of the noise.
-    """
-
-    def __init__(self, name: str, strength: float, dataset: WindowDataset, recompute_flow: bool = True,
-                 seed: int = SEED):
-        if name not in CROP_CORRUPTIONS:
-            raise ValueError(f"unknown crop corruption {name!r}; known: {sorted(CROP_CORRUPTIONS)}")
-        self.name, self.strength, self.dataset = name, float(strength), dataset
-        self.recompute_flow, self.seed = recompute_flow, seed
-        self._cached: tuple[str, np.ndarray, np.ndarray | None] | None = None
-
-    def clip_crops(self, clip: ClipInfo) -> tuple[np.ndarray, np.ndarray | None]:
-        """Corrupted uint8 crops (n, S, S, 3) of the clip's track and the flow into each (or None)."""
-        if self._cached is not None and self._cached[0] == clip.video_id:
-            return self._cached[1], self._cached[2]
-        rec = ClipRecord(clip.record)
-        rows = rec.track_crops(getattr(clip, "track", None))  # the track the dataset's windows follow
-        faces = np.asarray(rec.array("faces")[rows])
-        rng = np.random.default_rng([self.seed, _key(self.name, self.strength), _key(clip.video_id)])
-        crops = CROP_CORRUPTIONS[self.name](faces, self.strength, rng) if len(faces) else faces
-        flow = None
-        stored = rec.array("flow")
-        if self.recompute_flow and stored.ndim == 4 and len(crops):
-            fsize = stored.shape[1]
-            small = np.stack([cv2.resize(c, (fsize, fsize), interpolation=cv2.INTER_AREA) for c in crops])
-            flow = np.zeros((len(crops), fsize, fsize, 2), np.float32)
-            flow[1:] = flow_sequence(small)
-        self._cached = (clip.video_id, crops, flow)
-        return crops, flow
-
-    def __call__(self, sample: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
-        idx = int(sample["index"])
-        ds = self.dataset
-        start, n = ds.item_start(idx), ds.item_length(idx)
-        crops, flow = self.clip_crops(ds.item_clip(idx))
-        if n == 0 or len(crops) == 0:
-            return sample
-        c = ds.contract
-        t = c.frames_per_window
-        win = crops[start : start + n]
-        if n < t:  # pad as the dataset does: repeat the last crop, zero motion
-            win = np.concatenate([win, np.repeat(win[-1:], t - n, 0)])
-        video = torch.from_numpy(win).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(c.mean).view(1, 3, 1, 1)
-        std = torch.tensor(c.std).view(1, 3, 1, 1)
-        out = {**sample, "video": (video - mean) / std}
-        if flow is not None and sample.get("flow") is not None:
-            f = np.zeros((t, *flow.shape[1:]), np.float32)
-            f[:n] = flow[start : start + n]
-            out["flow"] = torch.from_numpy(f).permute(0, 3, 1, 2)
-        return out
-
-
-class AudioCorruption:
-    """WindowDataset transform: corrupt a window's waveform (clips without audio unchanged).
-
-    Random corruptions draw from a generator keyed by the clip, the window start and the
-    condition (the protocol's ``rng`` is not used), so results do not depend on order.
-
-    Args:
-        name: a key of :data:`veracity.robustness.AUDIO_CORRUPTIONS`.
-        strength: its strength (see there).
-        dataset: the dataset whose samples are transformed.
-        seed: base seed of the noise.
-    """
-
-    def __init__(self, name: str, strength: float, dataset: WindowDataset, seed: int = SEED):
-        if name not in AUDIO_CORRUPTIONS:
-            raise ValueError(f"unknown audio corruption {name!r}; known: {sorted(AUDIO_CORRUPTIONS)}")
-        self.name, self.strength, self.dataset, self.seed = name, float(strength), dataset, seed
-
-    def __call__(self, sample: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
-        if not sample.get("audio_present") or sample.get("audio") is None:
-            return sample
-        idx = int(sample["index"])
-        clip = self.dataset.item_clip(idx)
-        g = np.random.default_rng([self.seed, _key(self.name, self.strength), _key(clip.video_id),
-                                   self.dataset.item_start(idx)])
-        wave = sample["audio"].numpy()
-        out = AUDIO_CORRUPTIONS[self.name](wave, self.strength, self.dataset.contract.sample_rate, g)
-        return {**sample, "audio": torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))}
 
 
 # ----------------------------------------------------------------------- scoring
@@ -323,47 +219,6 @@ def target_aucs(bundle: Bundle, table: pd.DataFrame, ids: Iterable[str] | None =
 # ----------------------------------------------------------------------- attacks
 
 
-def surrogate_logodds(cal: Calibrator) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A smooth, unclamped stand-in for ``logit(cal.prob(z))``, for gradients only.
-
-    Identity, temperature and Platt calibrators are their own log-odds
-    (:meth:`Calibrator.log_odds`) without the clamp to [1e-4, 1 - 1e-4] (which zeroes the
-    gradient of a confident member). An
-    isotonic calibrator, a staircase with zero gradient on every step, is replaced by the
-    line ``a z + b`` of the logistic curve closest (soft cross-entropy) to its breakpoints.
-    """
-    if cal.method != "isotonic":
-        return cal.log_odds
-    x, y = np.asarray(cal.x, np.float64), np.clip(np.asarray(cal.y, np.float64), 1e-4, 1 - 1e-4)
-    a, b = 1.0, 0.0
-    if x.size >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0:
-        def loss(theta: np.ndarray) -> float:
-            u = theta[0] * x + theta[1]
-            return float(np.mean(np.logaddexp(0.0, u) - y * u))
-
-        a, b = (float(v) for v in minimize(loss, np.array([1.0, 0.0]), method="Nelder-Mead").x)
-    a = max(a, 1e-3)  # increasing, like the map it stands in for
-    return lambda z: a * z + b
-
-
-def surrogate_fused_logit(fusion: Fusion, ells: torch.Tensor) -> torch.Tensor:
-    """The fusion rule on members' log-odds ``ells`` (n, m), in log-odds and without clamps.
-
-    The fusion's final calibrator is left out: it is monotone, so it does not change the
-    sign of a window's gradient, which is all FGSM and PGD follow.
-    """
-    if fusion.rule == "stacking":
-        c = torch.tensor(fusion.coef, dtype=ells.dtype, device=ells.device)
-        return ells @ c + fusion.intercept
-    if fusion.rule == "weighted_mean":
-        logw = torch.log(torch.tensor(fusion.weights, dtype=ells.dtype, device=ells.device))
-        log_p = torch.logsumexp(logw + F.logsigmoid(ells), dim=1)
-        log_q = torch.logsumexp(logw + F.logsigmoid(-ells), dim=1)
-        return log_p - log_q
-    log_q = F.logsigmoid(-ells).sum(dim=1)  # noisy-or: 1 - p = prod(1 - p_i)
-    return torch.log(-torch.expm1(log_q).clamp_max(-1e-30)) - log_q
-
-
 def fused_logit_fn(bundle: Bundle, field: str, clean: Batch, bpda: bool = True) -> Callable[[Batch], torch.Tensor]:
     """Logit of :meth:`Bundle.fused_window_prob`, for attacks on ``field`` of ``clean``.
 
@@ -449,7 +304,7 @@ def attack_window_scores(bundle: Bundle, clips: Sequence[ClipInfo], contract: Da
                 return model(b).logits.float()
 
         gen = torch.Generator(device=bundle.device)
-        gen.manual_seed(int(_key(seed, target, field, method, eps, bi)))
+        gen.manual_seed(int(stable_key(seed, target, field, method, eps, bi)))
         adv = attack_batch(logits_fn, batch, contract, field, method, eps, steps=steps, generator=gen)  # type: ignore[arg-type]
         out = _member_logits(bundle, adv, names)
         for n in names:
@@ -584,22 +439,21 @@ def _check_inputs(models: Path, calibration: Path, features: Path, manifest: Pat
             raise AttackError(f"{what}: {path} does not exist")
 
 
-def run_attack(models: Path, calibration: Path, features: Path, manifest: Path, raw_root: Path,
-               cfg: AttackConfig, extract_cfg: ExtractConfig, out: Path,
-               device: str | torch.device | None = None) -> dict[str, Any]:
+def attack(cfg: AttackConfig, extract_cfg: ExtractConfig, models: Path, calibration: Path, features: Path,
+           manifest: Path, raw_root: Path, out: Path, *, device: str | torch.device = "auto") -> dict[str, Any]:
     """The ``attack`` stage: robustness of every member and of the fused ensemble.
 
     Args:
+        cfg: the sweep (``attack`` section).
+        extract_cfg: extraction settings for the re-encoded files (and the pool size).
         models: one folder per trained member (``model.json`` + weights).
         calibration: ``calibration.json`` of the calibrate stage (pooling, calibrators, fusion).
         features: the extracted features (``index.csv``, records, ``contract.json``).
         manifest: the manifest whose ``path`` column locates each clip's source file.
         raw_root: the raw corpus root, tried for relative manifest paths that are not
             relative to the manifest's own folder.
-        cfg: the sweep (``attack`` section).
-        extract_cfg: extraction settings for the re-encoded files (and the pool size).
         out: directory for ``robustness.csv``, ``summary.json`` and ``plots/``.
-        device: where the members run (default: CUDA when available).
+        device: where the members run (``auto``: CUDA when available).
 
     Returns:
         The summary written to ``summary.json``.
@@ -607,13 +461,13 @@ def run_attack(models: Path, calibration: Path, features: Path, manifest: Path, 
     Raises:
         AttackError: missing inputs, no usable clips, or a contract the members were not
             trained on.
-        veracity.ensemble.BundleError: the members or the calibration file do not fit together.
+        veracity.bundle.BundleError: the members or the calibration file do not fit together.
     """
     t_start = time.perf_counter()
     models, calibration, features, manifest, raw_root, out = map(Path, (models, calibration, features, manifest,
                                                                        raw_root, out))
     _check_inputs(models, calibration, features, manifest)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     contract = DataContract.load(features)
     bundle = Bundle.assemble(models, json.loads(calibration.read_text()), device=device)
     if dataclasses.replace(bundle.contract, backbones={}) != dataclasses.replace(contract, backbones={}):
@@ -630,7 +484,7 @@ def run_attack(models: Path, calibration: Path, features: Path, manifest: Path, 
     # Clean windows and the in-memory corruptions, one pass over the clips.
     conds: dict[Any, tuple[TransformFactory | None, Sequence[str]]] = {"clean": (None, bundle.names)}
     sweeps: list[tuple[Condition, str]] = []
-    for field, keys, transform in (("video", CROP_KEYS, CropCorruption), ("audio", AUDIO_KEYS, AudioCorruption)):
+    for field, keys, transform in (("video", CROP_KEYS, CorruptedCrops), ("audio", AUDIO_KEYS, CorruptedAudio)):
         affected = [n for n in bundle.names if sees(mods[n], field)]
         for key, name in keys.items():
             for s in getattr(cfg, key):

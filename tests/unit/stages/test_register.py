@@ -17,14 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from veracity.config import RegisterConfig
+from veracity.config import GateConfig, RegisterConfig
 from veracity.modelcard import NA, model_card
-from veracity.tracking import gate_metrics, promotion_gate, register_bundle, tracking_uri
+from veracity.stages.register import gate_metrics, promotion_gate, register_bundle
+from veracity.tracking import tracking_uri
 
 QUIET = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 # ------------------------------------------------------------------------------ helpers
+
+
+GATE = GateConfig()  # the defaults: max ECE 0.03, max robustness drop 0.05
 
 
 def make_bundle(path: Path, auc: float = 0.95, ece: float = 0.02, drop: float = 0.03) -> Path:
@@ -74,9 +78,9 @@ def make_bundle(path: Path, auc: float = 0.95, ece: float = 0.02, drop: float = 
 
 class _FakeReport:
     def __init__(self, path: Path, spec: dict):
-        # The real Analyzer's contract for a missing file: ABSTAIN/not_found, no probability.
+        # The real Analyzer's contract for a missing file: ABSTAIN/missing, no probability.
         found = Path(path).is_file()
-        self.verdict, self.probability, self.reason = ("FAKE", 0.875, None) if found else ("ABSTAIN", None, "not_found")
+        self.verdict, self.probability, self.reason = ("FAKE", 0.875, None) if found else ("ABSTAIN", None, "missing")
         self._d = {"path": str(path), "verdict": self.verdict, "probability": self.probability,
                    "bundle_auc": spec["metrics"]["ensemble"]["test"]["auc"]}
 
@@ -126,15 +130,15 @@ def _alias(client, name: str, alias: str) -> str:
 
 def test_better_bundles_become_champion_and_a_worse_one_stays_challenger(store: Path, tmp_path: Path) -> None:
     cfg = RegisterConfig(model_name="flow")
-    a = register_bundle(make_bundle(tmp_path / "a", auc=0.95), cfg, root=store, card_out=tmp_path / "card.md")
+    a = register_bundle(make_bundle(tmp_path / "a", auc=0.95), cfg, GATE, store, card_out=tmp_path / "card.md")
     assert (a["version"], a["promoted"], a["champion_version"], a["previous_champion_version"]) == ("1", True, "1", None)
     assert a["champion"] is None and a["candidate"] == pytest.approx({"auc": 0.95, "ece": 0.02, "robustness_drop": 0.03})
 
-    b = register_bundle(make_bundle(tmp_path / "b", auc=0.97), cfg, root=store)
+    b = register_bundle(make_bundle(tmp_path / "b", auc=0.97), cfg, GATE, store)
     assert (b["version"], b["promoted"], b["champion_version"], b["previous_champion_version"]) == ("2", True, "2", "1")
     assert b["champion"] == pytest.approx({"auc": 0.95, "ece": 0.02, "robustness_drop": 0.03})
 
-    c = register_bundle(make_bundle(tmp_path / "c", auc=0.90), cfg, root=store)
+    c = register_bundle(make_bundle(tmp_path / "c", auc=0.90), cfg, GATE, store)
     assert (c["version"], c["promoted"], c["champion_version"], c["previous_champion_version"]) == ("3", False, "2", "2")
     assert any(r.startswith("FAIL auc") and "0.9000" in r and "0.9700" in r for r in c["reasons"])
 
@@ -159,9 +163,9 @@ def test_the_champion_alias_loads_the_champion_bundle_as_a_pyfunc(store: Path, t
     import mlflow
 
     cfg = RegisterConfig(model_name="served")
-    register_bundle(make_bundle(tmp_path / "a", auc=0.95), cfg, root=store)
-    register_bundle(make_bundle(tmp_path / "b", auc=0.96), cfg, root=store)
-    register_bundle(make_bundle(tmp_path / "c", auc=0.91), cfg, root=store)  # stays challenger
+    register_bundle(make_bundle(tmp_path / "a", auc=0.95), cfg, GATE, store)
+    register_bundle(make_bundle(tmp_path / "b", auc=0.96), cfg, GATE, store)
+    register_bundle(make_bundle(tmp_path / "c", auc=0.91), cfg, GATE, store)  # stays challenger
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"not really a video")
     import pandas as pd
@@ -175,7 +179,7 @@ def test_the_champion_alias_loads_the_champion_bundle_as_a_pyfunc(store: Path, t
     assert list(out.columns) == ["path", "verdict", "probability", "reason", "report"]
     assert out["verdict"].tolist() == ["FAKE", "ABSTAIN"]
     assert out["probability"].iloc[0] == pytest.approx(0.875) and pd.isna(out["probability"].iloc[1])
-    assert out["reason"].iloc[1] == "not_found"  # the Analyzer's reason, passed through
+    assert out["reason"].iloc[1] == "missing"  # the Analyzer's reason, passed through
     assert json.loads(out["report"].iloc[0])["bundle_auc"] == pytest.approx(0.96)  # version 2's bundle
     assert not list((store / "mlartifacts").rglob("*.pkl"))  # logged as code: nothing to unpickle
     sig = model.metadata.signature
@@ -184,9 +188,9 @@ def test_the_champion_alias_loads_the_champion_bundle_as_a_pyfunc(store: Path, t
 
 
 def test_a_poorly_calibrated_candidate_is_not_promoted_despite_better_auc(store: Path, tmp_path: Path) -> None:
-    cfg = RegisterConfig(model_name="calib", max_ece=0.03)
-    assert register_bundle(make_bundle(tmp_path / "a", auc=0.95), cfg, root=store)["promoted"]
-    res = register_bundle(make_bundle(tmp_path / "b", auc=0.99, ece=0.05), cfg, root=store)
+    cfg = RegisterConfig(model_name="calib")
+    assert register_bundle(make_bundle(tmp_path / "a", auc=0.95), cfg, GATE, store)["promoted"]
+    res = register_bundle(make_bundle(tmp_path / "b", auc=0.99, ece=0.05), cfg, GATE, store)
     assert not res["promoted"] and res["champion_version"] == "1"
     assert any(r.startswith("PASS auc") for r in res["reasons"])
     assert any(r.startswith("FAIL ece") and "0.0500" in r for r in res["reasons"])
@@ -195,7 +199,7 @@ def test_a_poorly_calibrated_candidate_is_not_promoted_despite_better_auc(store:
 
 def test_a_first_candidate_failing_the_gate_leaves_no_champion(store: Path, tmp_path: Path) -> None:
     cfg = RegisterConfig(model_name="fragile")
-    res = register_bundle(make_bundle(tmp_path / "a", drop=0.2), cfg, root=store)
+    res = register_bundle(make_bundle(tmp_path / "a", drop=0.2), cfg, GATE, store)
     assert not res["promoted"] and res["champion_version"] is None
     from mlflow.exceptions import MlflowException
 
@@ -204,15 +208,15 @@ def test_a_first_candidate_failing_the_gate_leaves_no_champion(store: Path, tmp_
 
 
 def test_a_tampered_bundle_is_refused_naming_the_file(store: Path, tmp_path: Path) -> None:
-    from veracity.ensemble import BundleError
+    from veracity.bundle import BundleError
 
     bundle = make_bundle(tmp_path / "t")
     (bundle / "members/audio_specialist.safetensors").write_bytes(b"audio weights, edited")
     with pytest.raises(BundleError, match="members/audio_specialist.safetensors"):
-        register_bundle(bundle, RegisterConfig(model_name="tampered"), root=store)
+        register_bundle(bundle, RegisterConfig(model_name="tampered"), GATE, store)
     (bundle / "members/audio_specialist.safetensors").unlink()
     with pytest.raises(BundleError, match="members/audio_specialist.safetensors"):
-        register_bundle(bundle, RegisterConfig(model_name="tampered"), root=store)
+        register_bundle(bundle, RegisterConfig(model_name="tampered"), GATE, store)
     from mlflow.exceptions import MlflowException
 
     with pytest.raises(MlflowException):  # nothing was registered
@@ -239,8 +243,8 @@ def test_a_tampered_bundle_is_refused_naming_the_file(store: Path, tmp_path: Pat
     ],
 )
 def test_promotion_gate_boundaries(candidate: dict, champion: dict | None, margin: float, passed: bool) -> None:
-    cfg = RegisterConfig(auc_margin=margin, max_ece=0.03, max_robustness_drop=0.05)
-    ok, reasons = promotion_gate(candidate, champion, cfg)
+    cfg = RegisterConfig(auc_margin=margin)
+    ok, reasons = promotion_gate(candidate, champion, cfg, GateConfig(max_ece=0.03, max_robustness_drop=0.05))
     assert ok is passed
     assert len(reasons) == 3  # one sentence per check, passing ones included
     assert [r.split()[1] for r in reasons] == ["auc:", "ece:", "robustness_drop:"]
@@ -249,8 +253,9 @@ def test_promotion_gate_boundaries(candidate: dict, champion: dict | None, margi
 
 
 def test_gate_reasons_give_the_figures() -> None:
-    cfg = RegisterConfig(auc_margin=0.01, max_ece=0.03, max_robustness_drop=0.05)
-    ok, reasons = promotion_gate({"auc": 0.9, "ece": 0.04, "robustness_drop": 0.02}, {"auc": 0.95}, cfg)
+    cfg = RegisterConfig(auc_margin=0.01)
+    ok, reasons = promotion_gate({"auc": 0.9, "ece": 0.04, "robustness_drop": 0.02}, {"auc": 0.95}, cfg,
+                                 GateConfig(max_ece=0.03, max_robustness_drop=0.05))
     assert not ok
     assert reasons[0] == "FAIL auc: 0.9000 < champion 0.9500 - margin 0.0100 = 0.9400"
     assert reasons[1] == "FAIL ece: 0.0400 > max_ece 0.0300"
@@ -316,7 +321,7 @@ def test_cli_register_writes_summary_and_refuses_a_tampered_bundle(
 
     monkeypatch.chdir(store)  # the store is ./mlflow.db
     bundle, out = make_bundle(tmp_path / "bundle"), tmp_path / "out"
-    (tmp_path / "params.yaml").write_text("register:\n  model_name: ignored\n  max_ece: 0.03\n")
+    (tmp_path / "params.yaml").write_text("register:\n  model_name: ignored\ngate:\n  max_ece: 0.03\n")
     args = ["register", "--bundle", str(bundle), "--out", str(out), "--params", str(tmp_path / "params.yaml"),
             "--set", "model_name=cli"]
     result = CliRunner().invoke(app, args)

@@ -1,4 +1,4 @@
-"""Fusion rules, three-way thresholds, agreement and bundle checksums (veracity.ensemble)."""
+"""Fusion rules, three-way thresholds, agreement and gradient surrogates (veracity.decision)."""
 
 import json
 
@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from veracity.calibration import Calibrator, sigmoid
-from veracity.ensemble import (
-    BundleError,
+from veracity.decision import (
     Fusion,
     Thresholds,
     agreement,
@@ -16,8 +15,6 @@ from veracity.ensemble import (
     fit_fusion,
     fit_stacking,
     fit_thresholds,
-    sha256_file,
-    verify_bundle,
 )
 
 
@@ -43,7 +40,7 @@ def test_fit_fusion_rules_and_json_round_trip():
     y = rng.integers(0, 2, 200).astype(float)
     probs = np.c_[sigmoid(2 * (2 * y - 1) + rng.normal(0, 1, 200)), rng.random(200)]
     for rule in ("stacking", "noisy_or", "weighted_mean"):
-        f = fit_fusion(probs, y, ["a", "b"], rule)
+        f = fit_fusion(probs, y, ["a", "b"], rule, None, l2=1.0, method="auto", folds=5, isotonic_min_clips=1000)
         back = Fusion.from_dict(json.loads(json.dumps(f.to_dict())))
         np.testing.assert_allclose(back.prob(probs), f.prob(probs))
         # The torch path (gradient attacks) computes the same probabilities.
@@ -84,10 +81,10 @@ def test_thresholds_never_exceed_the_fpr_target():
 
 
 def test_thresholds_round_trip_and_validate():
-    th = Thresholds(0.2, 0.7, val={"fpr": 0.05})
+    th = Thresholds(0.2, 0.7, 0.05, 0.1, val={"fpr": 0.05})
     assert Thresholds.from_dict(th.to_dict()) == th
     with pytest.raises(ValueError, match="real_below <= fake_at"):
-        Thresholds(0.8, 0.3)
+        Thresholds(0.8, 0.3, 0.05, 0.1)
 
 
 def test_agreement_scores():
@@ -97,37 +94,3 @@ def test_agreement_scores():
     assert a["modality_agreement"] == pytest.approx(0.2)
     assert a["model_spread"] == pytest.approx(0.8)
     assert agreement({"v": 0.9}, 0.9, {"v": "video"})["modality_agreement"] is None
-
-
-def _bundle_dir(tmp_path):
-    root = tmp_path / "b"
-    (root / "members").mkdir(parents=True)
-    (root / "members" / "m.safetensors").write_bytes(b"weights")
-    spec = {"format": "veracity-bundle", "version": 1,
-            "files": {"members/m.safetensors": sha256_file(root / "members" / "m.safetensors")}}
-    (root / "bundle.json").write_text(json.dumps(spec))
-    return root
-
-
-def test_verify_bundle_accepts_a_matching_bundle(tmp_path):
-    assert verify_bundle(_bundle_dir(tmp_path))["format"] == "veracity-bundle"
-
-
-def test_verify_bundle_names_a_tampered_file(tmp_path):
-    root = _bundle_dir(tmp_path)
-    (root / "members" / "m.safetensors").write_bytes(b"weightz")
-    with pytest.raises(BundleError, match=r"members/m\.safetensors does not match its sha256"):
-        verify_bundle(root)
-
-
-def test_verify_bundle_refuses_missing_and_unlisted_files(tmp_path):
-    root = _bundle_dir(tmp_path)
-    (root / "extra.bin").write_bytes(b"x")
-    with pytest.raises(BundleError, match="extra.bin is not listed"):
-        verify_bundle(root)
-    (root / "extra.bin").unlink()
-    (root / "members" / "m.safetensors").unlink()
-    with pytest.raises(BundleError, match="missing"):
-        verify_bundle(root)
-    with pytest.raises(BundleError, match="not a bundle"):
-        verify_bundle(tmp_path / "nowhere")

@@ -1,0 +1,385 @@
+"""The bundle: the shipped detector as one verified directory (DESIGN §3).
+
+Owns the bundle's on-disk format (save, load, verify every checksum), :class:`Bundle`
+(members + pooling + calibrators + fusion + thresholds + evidence rules, and the forward
+pass that scores windows through them), and what one scored video looks like
+(:class:`Scored`). It is what the ``ensemble`` stage writes, what MLflow registers and
+what :mod:`veracity.analyzer` (the one inference path, CLI and service) loads.
+
+A bundle directory holds ``bundle.json`` and ``members/<name>.safetensors`` (and
+``members/<name>.onnx`` where the member exports). ``bundle.json`` lists the sha256 of
+every other file; :meth:`Bundle.load` refuses a bundle whose files do not match.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from veracity.calibration import Calibrator, Pooling
+from veracity.contract import DataContract
+from veracity.data import WindowDataset, collate
+from veracity.decision import Fusion, Thresholds, agreement, calibrate_torch, modality_scores
+from veracity.lineage import json_default, sha256_file
+from veracity.models import create_detector, detector_info
+from veracity.models.base import Batch
+from veracity.models.checkpoint import MODEL_META, load_member
+
+BUNDLE_FORMAT = "veracity-bundle"
+BUNDLE_VERSION = 1
+BUNDLE_JSON = "bundle.json"
+
+
+class BundleError(RuntimeError):
+    """A bundle that cannot be used: missing, malformed, or not matching its checksums."""
+
+
+def _bundle_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != BUNDLE_JSON)
+
+
+def verify_bundle(path: Path | str) -> dict[str, Any]:
+    """Check a bundle directory against the checksums in its ``bundle.json``.
+
+    Returns:
+        The parsed ``bundle.json``.
+
+    Raises:
+        BundleError: missing directory or ``bundle.json``, wrong format, or a file that is
+            missing, unlisted or whose sha256 differs (the message names the file).
+    """
+    root = Path(path)
+    spec_path = root / BUNDLE_JSON
+    if not spec_path.is_file():
+        raise BundleError(f"{root} is not a bundle: {BUNDLE_JSON} is missing")
+    try:
+        spec = json.loads(spec_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{spec_path} is not valid JSON ({exc})") from None
+    if spec.get("format") != BUNDLE_FORMAT or spec.get("version") != BUNDLE_VERSION:
+        raise BundleError(f"{spec_path}: not a {BUNDLE_FORMAT} v{BUNDLE_VERSION} bundle "
+                          f"(format={spec.get('format')!r}, version={spec.get('version')!r})")
+    listed = spec.get("files") or {}
+    present = set(_bundle_files(root))
+    for rel in sorted(set(listed) - present):
+        raise BundleError(f"bundle file {rel} is missing from {root}")
+    for rel in sorted(present - set(listed)):
+        raise BundleError(f"bundle file {rel} is not listed in {BUNDLE_JSON} (added after the bundle was made?)")
+    for rel in sorted(listed):
+        if sha256_file(root / rel) != listed[rel]:
+            raise BundleError(f"bundle file {rel} does not match its sha256 in {BUNDLE_JSON}: "
+                              "the file was changed or damaged; refusing to load the bundle")
+    return spec
+
+
+@dataclass
+class BundleMember:
+    """One member of a bundle: how it is rebuilt, pooled and calibrated."""
+
+    name: str
+    detector: str
+    detector_config: dict[str, Any]
+    modality: str
+    target: str
+    target_methods: tuple[str, ...] | None
+    pooling: Pooling
+    calibrator: Calibrator
+    model: torch.nn.Module | None = None
+    onnx_session: Any = None
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "detector": self.detector, "detector_config": self.detector_config,
+                "modality": self.modality, "target": self.target,
+                "target_methods": list(self.target_methods) if self.target_methods is not None else None,
+                "pooling": self.pooling.to_dict(), "calibrator": self.calibrator.to_dict()}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """When a video cannot be judged: too little face, too short, or no audio."""
+
+    min_face_ratio: float
+    min_duration_s: float
+    require_audio: bool
+
+
+@dataclass
+class Scored:
+    """One video scored by a bundle: per-member and fused probabilities and the call."""
+
+    member_logits: dict[str, float]
+    member_probs: dict[str, float]
+    modality_probs: dict[str, float]
+    probability: float
+    verdict: str
+    agreement: dict[str, float | None]
+
+
+class Bundle:
+    """Members + pooling + calibrators + fusion + thresholds: the shipped detector.
+
+    Build one with :meth:`assemble` (from trained members and a calibration file) or
+    :meth:`load` (from a saved, verified bundle directory).
+    """
+
+    def __init__(self, contract: DataContract, members: list[BundleMember], fusion: Fusion,
+                 thresholds: Thresholds, evidence: Evidence | None, spec: dict[str, Any] | None = None,
+                 root: Path | None = None, device: torch.device | str = "cpu"):
+        names = [m.name for m in members]
+        if list(fusion.members) != names:
+            raise BundleError(f"fusion members {list(fusion.members)} differ from bundle members {names}")
+        self.contract = contract
+        self.members = members
+        self.fusion = fusion
+        self.thresholds = thresholds
+        self.evidence = evidence
+        self.spec = spec or {}
+        self.root = root
+        self.device = torch.device(device)
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+    @property
+    def modalities(self) -> dict[str, str]:
+        return {m.name: m.modality for m in self.members}
+
+    @property
+    def needs_audio(self) -> bool:
+        """Whether any member listens (audio or audio-visual)."""
+        return any(m.modality in ("audio", "av") for m in self.members)
+
+    # --------------------------------------------------------------- construction
+
+    @classmethod
+    def assemble(cls, models: Path | str, calibration: Mapping[str, Any], evidence: Evidence | None = None,
+                 device: torch.device | str = "cpu") -> Bundle:
+        """Trained members (``models/<name>``) + a calibration file's content, in memory.
+
+        Without ``evidence`` (the evidence rules of ``ensemble``) the bundle scores windows
+        but cannot be saved: a shipped bundle always says when a video cannot be judged.
+        """
+        models = Path(models)
+        fusion = Fusion.from_dict(calibration["fusion"])
+        members = []
+        contract = None
+        for name in fusion.members:
+            meta_path = models / name / MODEL_META
+            if not meta_path.is_file():
+                raise BundleError(f"member {name!r} has no trained model at {meta_path}")
+            meta = json.loads(meta_path.read_text())
+            c = DataContract.from_dict(meta["contract"])
+            if contract is not None and c != contract:
+                raise BundleError(f"member {name!r} was trained on another data contract than "
+                                  f"{members[0].name!r}; a bundle has one contract")
+            contract = c
+            cal = calibration["members"][name]
+            mcfg = meta.get("member_config", {})
+            tm = mcfg.get("target_methods")
+            members.append(BundleMember(
+                name=name, detector=meta["detector"], detector_config=meta["detector_config"],
+                modality=detector_info(meta["detector"])["modality"], target=mcfg.get("target", "label"),
+                target_methods=tuple(tm) if tm is not None else None,
+                pooling=Pooling.from_dict(cal["pooling"]), calibrator=Calibrator.from_dict(cal["calibrator"]),
+                model=load_member(models / name, device)))
+        assert contract is not None
+        return cls(contract, members, fusion, Thresholds.from_dict(calibration["thresholds"]),
+                   evidence, device=device)
+
+    def save(self, out: Path | str, extra: Mapping[str, Any] | None = None, onnx: bool = False,
+             onnx_tolerance: float = 1e-4, example: Batch | None = None) -> Path:
+        """Write the bundle directory (weights as safetensors, optional ONNX, bundle.json).
+
+        Args:
+            out: the directory (replaced if it exists).
+            extra: more top-level bundle.json entries (metrics, robustness, lineage).
+            onnx: also export each member that ONNX can express, keeping it only if its
+                logits match PyTorch within ``onnx_tolerance`` on ``example``.
+            example: a batch for the ONNX export and parity check (required with onnx).
+        """
+        from safetensors.torch import save_file
+
+        if self.evidence is None:
+            raise BundleError("a bundle is saved with its evidence rules (Bundle.assemble(..., evidence=...))")
+        out = Path(out)
+        if out.exists():
+            shutil.rmtree(out)
+        (out / "members").mkdir(parents=True)
+        members = []
+        for m in self.members:
+            assert m.model is not None
+            rel = f"members/{m.name}.safetensors"
+            state = {k: v.detach().cpu().contiguous() for k, v in m.model.state_dict().items()}
+            save_file(state, out / rel)
+            spec = {**m.spec(), "weights": rel, "onnx": None, "onnx_max_abs_diff": None, "onnx_error": None}
+            if onnx:
+                if example is None:
+                    raise ValueError("an example batch is needed for the ONNX export")
+                from veracity.onnx_export import export_member
+
+                rel_onnx = f"members/{m.name}.onnx"
+                res = export_member(m.model, example, out / rel_onnx, onnx_tolerance)
+                spec.update(onnx=rel_onnx if res.ok else None, onnx_max_abs_diff=res.max_abs_diff,
+                            onnx_error=res.error)
+                if not res.ok and (out / rel_onnx).exists():
+                    (out / rel_onnx).unlink()
+            members.append(spec)
+        spec = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "contract": self.contract.to_dict(),
+                "members": members, "fusion": self.fusion.to_dict(), "thresholds": self.thresholds.to_dict(),
+                "evidence": vars(self.evidence).copy(), **dict(extra or {})}
+        spec["files"] = {rel: sha256_file(out / rel) for rel in _bundle_files(out)}
+        (out / BUNDLE_JSON).write_text(json.dumps(spec, indent=1, sort_keys=False, default=json_default) + "\n")
+        self.spec, self.root = spec, out
+        return out
+
+    @classmethod
+    def load(cls, path: Path | str, device: torch.device | str = "cpu", runtime: str = "torch") -> Bundle:
+        """Load a bundle after verifying every checksum.
+
+        Args:
+            path: the bundle directory.
+            device: where the PyTorch members run.
+            runtime: ``torch``, or ``onnx`` to run members that have an ONNX file with
+                ONNX Runtime on CPU (the others stay in PyTorch).
+
+        Raises:
+            BundleError: a file does not match ``bundle.json`` (named), or the bundle
+                cannot be rebuilt.
+        """
+        from safetensors.torch import load_file
+
+        if runtime not in ("torch", "onnx"):
+            raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
+        root = Path(path)
+        spec = verify_bundle(root)
+        try:
+            contract = DataContract.from_dict(spec["contract"])
+            members = []
+            for m in spec["members"]:
+                model = create_detector(m["detector"], contract, **m["detector_config"])
+                model.load_state_dict(load_file(root / m["weights"]))
+                tm = m.get("target_methods")
+                bm = BundleMember(name=m["name"], detector=m["detector"], detector_config=m["detector_config"],
+                                  modality=m["modality"], target=m["target"],
+                                  target_methods=tuple(tm) if tm is not None else None,
+                                  pooling=Pooling.from_dict(m["pooling"]),
+                                  calibrator=Calibrator.from_dict(m["calibrator"]),
+                                  model=model.to(device).eval())
+                if runtime == "onnx" and m.get("onnx"):
+                    from veracity.onnx_export import ort_session
+
+                    bm.onnx_session = ort_session(root / m["onnx"])
+                members.append(bm)
+            ev = spec.get("evidence", {})
+            return cls(contract, members, Fusion.from_dict(spec["fusion"]), Thresholds.from_dict(spec["thresholds"]),
+                       Evidence(**ev), spec=spec, root=root, device=device)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise BundleError(f"bundle {root} cannot be rebuilt: {type(exc).__name__}: {exc}") from None
+
+    # --------------------------------------------------------------- scoring
+
+    def window_logits(self, batch: Batch) -> dict[str, np.ndarray]:
+        """Every member's window logits for one batch: ``{member: (B,) array}``."""
+        out = {}
+        with torch.inference_mode():
+            gpu_batch = None
+            for m in self.members:
+                if m.onnx_session is not None:
+                    from veracity.onnx_export import run_session
+
+                    out[m.name] = run_session(m.onnx_session, batch)
+                    continue
+                if gpu_batch is None:
+                    gpu_batch = batch.to(self.device)
+                assert m.model is not None
+                out[m.name] = m.model(gpu_batch).logits.float().cpu().numpy()
+        return out
+
+    def member_video(self, window_logits: Mapping[str, np.ndarray]) -> tuple[dict[str, float], dict[str, float]]:
+        """Pooled logit and calibrated probability per member, for one video's windows."""
+        z = {m.name: m.pooling.one(window_logits[m.name]) for m in self.members}
+        p = {m.name: float(m.calibrator.prob(z[m.name])) for m in self.members}
+        return z, p
+
+    def score(self, window_logits: Mapping[str, np.ndarray]) -> Scored:
+        """One video: member windows -> pooled -> calibrated -> fused -> REAL/UNCERTAIN/FAKE."""
+        z, p = self.member_video(window_logits)
+        fused = float(self.fusion.prob(np.array([[p[n] for n in self.names]]))[0])
+        return Scored(member_logits=z, member_probs=p, modality_probs=modality_scores(p, self.modalities),
+                      probability=fused, verdict=self.thresholds.verdict(fused),
+                      agreement=agreement(p, fused, self.modalities))
+
+    def score_table(self, windows: pd.DataFrame) -> pd.DataFrame:
+        """Vectorised :meth:`score` for many videos.
+
+        Args:
+            windows: one row per (member, window): ``member``, ``video_id``, ``logit``,
+                plus any per-video columns (label, method, split) to carry along.
+
+        Returns:
+            One row per video: carried columns, ``z_<member>``, ``p_<member>``, ``prob``,
+            ``verdict``.
+        """
+        per_video = [c for c in windows.columns if c not in ("member", "logit", "start", "prob", "frame")]
+        base = windows[per_video].drop_duplicates("video_id").set_index("video_id").sort_index()
+        for m in self.members:
+            w = windows[windows["member"] == m.name]
+            if w.empty:
+                raise BundleError(f"no window scores for member {m.name!r}")
+            ids, pooled = m.pooling.apply(w["logit"].to_numpy(np.float64), w["video_id"].to_numpy())
+            base.loc[ids, f"z_{m.name}"] = pooled
+            base[f"p_{m.name}"] = m.calibrator.prob(base[f"z_{m.name}"].to_numpy())
+        missing = base[[f"z_{n}" for n in self.names]].isna().any(axis=1)
+        if missing.any():
+            raise BundleError(f"{int(missing.sum())} video(s) lack some member's scores, e.g. {missing.idxmax()}")
+        base["prob"] = self.fusion.prob(base[[f"p_{n}" for n in self.names]].to_numpy())
+        base["verdict"] = self.thresholds.verdicts(base["prob"].to_numpy())
+        return base.reset_index()
+
+    def fused_window_prob(self, batch: Batch) -> torch.Tensor:
+        """Differentiable fused probability of each window scored as a one-window video
+        (every pooling rule is the identity on one window): the target of gradient attacks
+        on the whole ensemble. PyTorch members only."""
+        cols = []
+        for m in self.members:
+            assert m.model is not None
+            cols.append(calibrate_torch(m.calibrator, m.model(batch).logits.float()))
+        return self.fusion.prob_torch(torch.stack(cols, dim=1))
+
+
+def window_table(bundle: Bundle, clips: Sequence[Any], batch_size: int = 32) -> pd.DataFrame:
+    """Every member's logit for every window of ``clips``, through the bundle's forward."""
+    from torch.utils.data import DataLoader
+
+    ds = WindowDataset(clips, bundle.contract)
+    rows: list[pd.DataFrame] = []
+    for batch, idx in DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate):
+        logits = bundle.window_logits(batch)
+        info = [ds.item_clip(int(i)) for i in idx]
+        base = pd.DataFrame({"video_id": [c.video_id for c in info], "start": [ds.item_start(int(i)) for i in idx],
+                             "split": [c.split for c in info], "method": [c.method for c in info],
+                             "label": [c.label for c in info], "video_label": [c.video_label for c in info],
+                             "audio_label": [c.audio_label for c in info]})
+        for name, z in logits.items():
+            rows.append(base.assign(member=name, logit=z.astype(np.float64)))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+
+
+def first_windows(clips: Sequence[Any], contract: DataContract, n: int) -> WindowDataset:
+    """A dataset of the first clips holding at least ``n`` windows (the export example)."""
+    ds = WindowDataset(list(clips)[: max(1, n)], contract)
+    if len(ds) < n:
+        raise BundleError(f"need {n} windows for the export example, the test split has {len(ds)}")
+    return ds
+

@@ -1,0 +1,168 @@
+"""The ``calibrate`` stage: everything that is fitted on validation scores.
+
+Per member: a window-to-video pooling rule and a calibrator (:mod:`veracity.calibration`);
+then the fusion rule over the members' calibrated probabilities and the REAL /
+UNCERTAIN / FAKE thresholds (:mod:`veracity.decision`). Writes ``calibration.json``
+(plain JSON, read by ``attack`` and ``ensemble``), its resolved config, and the reports:
+ECE and Brier before and after per member, every fusion rule on validation and test, the
+ECE a perfectly calibrated model would show on this many clips, reliability rows and the
+scores table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from veracity import metrics
+from veracity.calibration import (
+    Pooling,
+    calibration_report,
+    fit_calibrator,
+    reliability_rows,
+    sigmoid,
+    target_mask,
+)
+from veracity.config import CalibrateConfig, MemberConfig, PoolingConfig, write_resolved
+from veracity.decision import FUSION_RULES, fit_fusion, fit_thresholds
+from veracity.lineage import json_default
+from veracity.models.checkpoint import WINDOW_PREDICTIONS
+from veracity.stages import StageError
+
+CALIBRATION_JSON = "calibration.json"
+
+SCORE_COLUMNS = ["video_id", "split", "method", "label", "video_label", "audio_label"]
+
+
+def read_window_logits(models: Path | str, name: str) -> pd.DataFrame:
+    """One member's window logits on val and test (``predictions_window.csv``)."""
+    path = Path(models) / name / WINDOW_PREDICTIONS
+    if not path.is_file():
+        raise StageError(f"member {name!r} has no window predictions at {path}; train it first")
+    return pd.read_csv(path)
+
+
+def calibrate(cfg: CalibrateConfig, members: Mapping[str, MemberConfig], models: Path, out: Path,
+              reports: Path, *, ece_bins: int) -> dict[str, Any]:
+    """The ``calibrate`` stage: everything fitted on validation scores.
+
+    Per member: pool windows to videos with the configured rule, fit the calibrator on
+    validation clips of the member's own target (reals + its target methods), report ECE
+    and Brier before and after on validation and test. Then fit the fusion rule on the
+    members' calibrated validation probabilities and the REAL/UNCERTAIN/FAKE thresholds on
+    the fused validation probabilities.
+
+    Args:
+        cfg: the ``calibrate`` section.
+        members: ``train.members`` (target and target methods of each member).
+        models: directory with one folder per trained member.
+        out: directory for ``calibration.json`` and its resolved config.
+        reports: directory for ``metrics.json``, ``reliability.csv`` and ``scores.csv``.
+        ece_bins: bins of every ECE and reliability table (``metrics.ece_bins``).
+
+    Returns:
+        The metrics written to ``reports/metrics.json``.
+
+    Raises:
+        StageError: ``calibrate.fusion.members`` names an untrained member, or a member has
+            no window predictions.
+    """
+    out, reports = Path(out), Path(reports)
+    names = list(cfg.fusion.members) or sorted(members)
+    unknown = [n for n in names if n not in members]
+    if unknown:
+        raise StageError(f"calibrate.fusion.members names untrained members {unknown}; train.members has {sorted(members)}")
+    spec: dict[str, Any] = {"members": {}}
+    report: dict[str, Any] = {"members": {}}
+    rel_rows: list[dict[str, Any]] = []
+    table: pd.DataFrame | None = None
+    for name in names:
+        mcfg = members[name]
+        pcfg = cfg.pooling.get(name)
+        pooling = Pooling(**(pcfg or PoolingConfig()).model_dump())
+        wins = read_window_logits(models, name)
+        v = member_video_logits_from(wins, pooling)
+        target = mcfg.target
+        tm = tuple(mcfg.target_methods) if mcfg.target_methods is not None else None
+        keep = target_mask(v["method"], tm) & v[target].notna().to_numpy()
+        val, test = (v["split"] == "val").to_numpy() & keep, (v["split"] == "test").to_numpy() & keep
+        y = v[target].to_numpy(np.float64)
+        cal, cv = fit_calibrator(v["z"].to_numpy()[val], y[val], cfg.method, cfg.folds,
+                                 isotonic_min_clips=cfg.isotonic_min_clips)
+        p = cal.prob(v["z"].to_numpy())
+        raw = sigmoid(v["z"].to_numpy())
+        # Which pooling rule would have ranked validation best (for choosing it in params).
+        pool_auc = {}
+        for how in metrics.POOL_RULES:
+            alt = Pooling(how, pooling.k, pooling.beta)
+            a = member_video_logits_from(wins, alt)
+            akeep = target_mask(a["method"], tm) & a[target].notna().to_numpy() & (a["split"] == "val").to_numpy()
+            pool_auc[how] = metrics.roc_auc(a[target][akeep], a["z"][akeep])
+        report["members"][name] = {
+            "target": target, "pooling": pooling.to_dict(), "method": cal.method,
+            "temperature": cal.temperature if cal.method == "temperature" else None, "cv_log_loss": cv,
+            "val_auc_by_pooling": pool_auc,
+            "val": {**calibration_report(y[val], raw[val], p[val], ece_bins), "auc": metrics.roc_auc(y[val], p[val])},
+            "test": {**calibration_report(y[test], raw[test], p[test], ece_bins),
+                     "auc": metrics.roc_auc(y[test], v["z"].to_numpy()[test])},
+        }
+        for stage, probs in (("before", raw), ("after", p)):
+            rel_rows += reliability_rows(name, "test", y[test], probs[test], ece_bins, stage)
+        spec["members"][name] = {"pooling": pooling.to_dict(), "calibrator": cal.to_dict(), "target": target,
+                                 "target_methods": list(tm) if tm is not None else None}
+        cols = v[SCORE_COLUMNS].copy()
+        cols[f"p_{name}"] = p
+        table = cols if table is None else table.merge(cols[["video_id", f"p_{name}"]], on="video_id", how="inner")
+    assert table is not None
+    table = table.sort_values("video_id").reset_index(drop=True)
+    pcols = [f"p_{n}" for n in names]
+    is_val, is_test = (table["split"] == "val").to_numpy(), (table["split"] == "test").to_numpy()
+    y = table["label"].to_numpy(np.float64)
+    fusion = fit_fusion(table.loc[is_val, pcols].to_numpy(), y[is_val], names, cfg.fusion.rule,
+                        cfg.fusion.weights, cfg.fusion.stacking_l2, cfg.method, cfg.folds, cfg.isotonic_min_clips)
+    table["prob"] = fusion.prob(table[pcols].to_numpy())
+    th = fit_thresholds(table.loc[is_val, "prob"].to_numpy(), y[is_val], cfg.thresholds.target_fpr,
+                        cfg.thresholds.target_uncertain)
+    table["verdict"] = th.verdicts(table["prob"].to_numpy())
+    rules = {}
+    for rule in FUSION_RULES:
+        f = fusion if rule == fusion.rule else fit_fusion(
+            table.loc[is_val, pcols].to_numpy(), y[is_val], names, rule, cfg.fusion.weights,
+            cfg.fusion.stacking_l2, cfg.method, cfg.folds, cfg.isotonic_min_clips)
+        pr = f.prob(table[pcols].to_numpy())
+        rules[rule] = {"val_auc": metrics.roc_auc(y[is_val], pr[is_val]), "test_auc": metrics.roc_auc(y[is_test], pr[is_test]),
+                       "test_ece": metrics.ece(y[is_test], pr[is_test], ece_bins)}
+    fused_p = table["prob"].to_numpy()
+    report["ensemble"] = {
+        "rule": fusion.rule, "rules": rules,
+        "val": {"auc": metrics.roc_auc(y[is_val], fused_p[is_val]), "ece": metrics.ece(y[is_val], fused_p[is_val], ece_bins),
+                "brier": metrics.brier(y[is_val], fused_p[is_val]), **th.rates(fused_p[is_val], y[is_val])},
+        "test": {"auc": metrics.roc_auc(y[is_test], fused_p[is_test]),
+                 "ece": metrics.ece(y[is_test], fused_p[is_test], ece_bins),
+                 **{f"ece_if_calibrated_{k}": v for k, v in metrics.ece_if_calibrated(fused_p[is_test], ece_bins).items()},
+                 "brier": metrics.brier(y[is_test], fused_p[is_test]), **th.rates(fused_p[is_test], y[is_test])},
+        "thresholds": th.to_dict(),
+    }
+    rel_rows += reliability_rows("ensemble", "test", y[is_test], fused_p[is_test], ece_bins, "after")
+    spec.update(fusion=fusion.to_dict(), thresholds=th.to_dict())
+    out.mkdir(parents=True, exist_ok=True)
+    reports.mkdir(parents=True, exist_ok=True)
+    (out / CALIBRATION_JSON).write_text(json.dumps(spec, indent=1) + "\n")
+    write_resolved(cfg, out)
+    (reports / "metrics.json").write_text(json.dumps(report, indent=1, default=json_default) + "\n")
+    pd.DataFrame(rel_rows).to_csv(reports / "reliability.csv", index=False, float_format="%.6g")
+    table.to_csv(reports / "scores.csv", index=False, float_format="%.6g")
+    return report
+
+
+def member_video_logits_from(windows: pd.DataFrame, pooling: Pooling) -> pd.DataFrame:
+    """:func:`member_video_logits` for an already loaded window table."""
+    ids, z = pooling.apply(windows["logit"].to_numpy(np.float64), windows["video_id"].to_numpy())
+    info = windows[SCORE_COLUMNS].drop_duplicates("video_id").set_index("video_id").loc[ids].reset_index()
+    info["z"] = z
+    return info

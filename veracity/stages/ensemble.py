@@ -1,0 +1,173 @@
+"""The ``ensemble`` stage: assemble the bundle, measure it through its own forward pass, ship it.
+
+The test-split scores come from the bundle's own forward pass (not the training
+predictions), so what is measured is what ships. Three differences are bounded, and the
+stage fails past them (:class:`~veracity.stages.BoundError`), because past them the
+bundle is not the model that was evaluated:
+
+- the bundle's window logits against the training run's (``ensemble.consistency_tolerance``);
+- the written bundle, reloaded from disk (checksums verified), against the one in memory
+  (same tolerance);
+- each member's ONNX export against PyTorch (``ensemble.onnx_tolerance``; a member whose
+  export misses it at export time ships without ONNX, and the stage says so).
+
+The quality bars (``gate``) are measured and reported with PASS/FAIL; ``register``
+enforces them when it decides on promotion.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from veracity import metrics
+from veracity.bundle import Bundle, BundleError, Evidence, first_windows, window_table
+from veracity.config import EnsembleConfig, ExtractConfig, GateConfig, to_plain, write_resolved
+from veracity.data import collate, load_clips
+from veracity.lineage import data_hash, json_default, member_hashes
+from veracity.metrics import QualityCheck
+from veracity.models.checkpoint import WINDOW_PREDICTIONS
+from veracity.stages import BoundError
+
+EXAMPLE_WINDOWS = 4  # windows in the export example (and the reload / ONNX comparisons)
+
+
+def _method_aucs(table: pd.DataFrame, col: str) -> dict[str, dict[str, float]]:
+    real = table[table["method"] == "real"]
+    out = {}
+    for method in sorted(set(table["method"]) - {"real"}):
+        part = pd.concat([real, table[table["method"] == method]])
+        out[method] = {"auc": metrics.roc_auc(part["label"], part[col]), "n_fake": int((table["method"] == method).sum())}
+    return out
+
+
+def _consistency(windows: pd.DataFrame, models: Path, names: list[str]) -> dict[str, float]:
+    """Per member, the max abs window-logit difference between the bundle and training."""
+    out = {}
+    for name in names:
+        ref = pd.read_csv(models / name / WINDOW_PREDICTIONS)
+        both = windows[windows["member"] == name].merge(ref[ref["split"] == "test"], on=["video_id", "start"],
+                                                         suffixes=("", "_train"))
+        if both.empty:
+            raise BoundError(f"member {name!r}: none of the bundle's test windows is in {models / name / WINDOW_PREDICTIONS}"
+                             " (trained on other features?): the bundle cannot be checked against training")
+        out[name] = float(np.max(np.abs(both["logit"] - both["logit_train"])))
+    return out
+
+
+def quality_checks(ens: dict[str, Any], member_auc: dict[str, float], val_fpr: float, target_fpr: float,
+                   gate_row: dict[str, Any], gate: GateConfig) -> list[QualityCheck]:
+    """The bundle's quality bars (``gate``), measured on the test split."""
+    best = max(member_auc, key=lambda n: member_auc[n])
+    return [
+        QualityCheck(f"ensemble test AUC >= best member ({best}, {member_auc[best]:.4f})", ens["auc"],
+                     member_auc[best], ">="),
+        QualityCheck("ensemble test AUC", ens["auc"], gate.min_auc, ">="),
+        QualityCheck("ensemble test ECE after calibration", ens["ece"], gate.max_ece, "<="),
+        QualityCheck(f"|validation FPR - target {target_fpr:g}|", abs(val_fpr - target_fpr), gate.fpr_tolerance, "<="),
+        QualityCheck(f"ensemble AUC drop under {gate_row.get('corruption', '?')} {gate_row.get('strength', '?')}",
+                     float(gate_row.get("drop", math.nan)), gate.max_robustness_drop, "<="),
+    ]
+
+
+def ensemble(cfg: EnsembleConfig, gate: GateConfig, extract_cfg: ExtractConfig, models: Path, calibration: Path,
+             features: Path, out: Path, reports: Path, *, ece_bins: int, root: Path,
+             robustness: Path | None = None, calibrate_report: Path | None = None) -> dict[str, Any]:
+    """Assemble, evaluate on the test split, export, save and verify the bundle.
+
+    Args:
+        cfg: the ``ensemble`` section (ONNX export, evidence rules, tolerances).
+        gate: the quality bars reported (``gate`` section).
+        extract_cfg: the extraction settings stored in the bundle (the analyzer extracts
+            with them) and the usable statuses of test clips.
+        models: directory with one folder per trained member.
+        calibration: ``calibration.json`` of the calibrate stage.
+        features: the extracted features (the test split is scored).
+        out: the bundle directory (replaced).
+        reports: directory for ``metrics.json``, ``scores.csv`` and the resolved config.
+        ece_bins: bins of the ECE (``metrics.ece_bins``).
+        root: repository root, whose ``data.dvc`` and ``dvc.lock`` give the bundle's lineage.
+        robustness: ``summary.json`` of the attack stage (stored, and the gate's drop).
+        calibrate_report: ``metrics.json`` of the calibrate stage (per-member figures).
+
+    Returns:
+        The metrics written to ``reports/metrics.json``; ``checks`` holds the quality bars.
+
+    Raises:
+        BundleError: the members and the calibration do not fit together, or no test clips.
+        BoundError: a consistency, reload or ONNX difference is past its tolerance.
+    """
+    models, out, reports, root = Path(models), Path(out), Path(reports), Path(root)
+    for path in (calibration, robustness, calibrate_report):
+        if path is not None and not Path(path).is_file():
+            raise BundleError(f"{path} does not exist; run the stage that writes it first (dvc repro)")
+    cal = json.loads(Path(calibration).read_text())
+    bundle = Bundle.assemble(models, cal, Evidence(cfg.min_face_ratio, cfg.min_duration_s, cfg.require_audio))
+    clips = load_clips(features, ["test"], extract_cfg.usable_statuses)
+    if not clips:
+        raise BundleError(f"no usable test clips under {features}")
+    windows = window_table(bundle, clips)
+    consistency = _consistency(windows, models, bundle.names)
+    table = bundle.score_table(windows)
+    y = table["label"].to_numpy(np.float64)
+    p = table["prob"].to_numpy()
+    th = bundle.thresholds
+    member_auc = {n: metrics.roc_auc(y, table[f"p_{n}"]) for n in bundle.names}
+    floor = metrics.ece_if_calibrated(p, ece_bins)
+    ens = {"auc": metrics.roc_auc(y, p), "ap": metrics.average_precision(y, p), "ece": metrics.ece(y, p, ece_bins),
+           "ece_if_calibrated_median": floor["median"], "ece_if_calibrated_p90": floor["p90"],
+           "brier": metrics.brier(y, p), **th.rates(p, y)}
+    cal_members = json.loads(Path(calibrate_report).read_text()).get("members", {}) if calibrate_report else {}
+    rob = json.loads(Path(robustness).read_text()) if robustness else {}
+    member_metrics = {n: {"test": {"auc": member_auc[n],
+                                   **{k: v for k, v in cal_members.get(n, {}).get("test", {}).items() if k != "auc"},
+                                   "target_auc": cal_members.get(n, {}).get("test", {}).get("auc")},
+                          "consistency_max_abs_logit_diff": consistency[n]} for n in bundle.names}
+    result: dict[str, Any] = {
+        "ensemble": {"test": ens, "val": {k[4:]: v for k, v in th.to_dict().items() if k.startswith("val_")},
+                     "per_method": _method_aucs(table, "prob")},
+        "members": member_metrics}
+    checks = quality_checks(ens, member_auc, th.val.get("fpr", math.nan), th.target_fpr, rob.get("gate", {}), gate)
+    result["checks"] = [{**asdict(c), "passed": c.passed} for c in checks]
+    lineage = {"data_dvc_md5": data_hash(root), "dvc_lock": member_hashes(root, bundle.names)}
+    splits = pd.read_csv(Path(features) / "index.csv")
+    data = {"clips_by_split": {str(k): int(v) for k, v in splits["split"].value_counts().sort_index().items()}}
+    first = first_windows(clips, bundle.contract, EXAMPLE_WINDOWS)
+    example, _ = collate([first[i] for i in range(EXAMPLE_WINDOWS)])
+    bundle.save(out, extra={"extract": to_plain(extract_cfg, exclude=extract_cfg.EXECUTION_ONLY), "metrics": result,
+                            "robustness": rob, "lineage": lineage, "data": data},
+                onnx=cfg.onnx, onnx_tolerance=cfg.onnx_tolerance, example=example)
+    reloaded = Bundle.load(out)  # checksums verified on the written files
+    ref_logits = bundle.window_logits(example)
+    got = reloaded.window_logits(example)
+    result["reload_max_abs_logit_diff"] = max(float(np.max(np.abs(got[n] - ref_logits[n]))) for n in bundle.names)
+    onnx_members = [m["name"] for m in reloaded.spec["members"] if m.get("onnx")]
+    if onnx_members:
+        via_onnx = Bundle.load(out, runtime="onnx").window_logits(example)
+        result["onnx"] = {n: float(np.max(np.abs(via_onnx[n] - ref_logits[n]))) for n in onnx_members}
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "metrics.json").write_text(json.dumps(result, indent=1, default=json_default) + "\n")
+    table.to_csv(reports / "scores.csv", index=False, float_format="%.6g")
+    write_resolved(cfg, reports)
+    _enforce_bounds(result, cfg)
+    result["checks"] = checks
+    return result
+
+
+def _enforce_bounds(result: dict[str, Any], cfg: EnsembleConfig) -> None:
+    """Raise :class:`BoundError` naming every difference past its tolerance."""
+    bad = [f"{name}: bundle vs training window logits differ by {m['consistency_max_abs_logit_diff']:.3g}"
+           for name, m in result["members"].items() if not m["consistency_max_abs_logit_diff"] <= cfg.consistency_tolerance]
+    if not result["reload_max_abs_logit_diff"] <= cfg.consistency_tolerance:
+        bad.append(f"the bundle reloaded from disk differs from the one written by {result['reload_max_abs_logit_diff']:.3g}")
+    bad += [f"{name}: ONNX vs PyTorch logits differ by {d:.3g} (ensemble.onnx_tolerance {cfg.onnx_tolerance:g})"
+            for name, d in result.get("onnx", {}).items() if not d <= cfg.onnx_tolerance]
+    if bad:
+        raise BoundError(f"the bundle is not the model that was evaluated (ensemble.consistency_tolerance "
+                         f"{cfg.consistency_tolerance:g}): " + "; ".join(bad))
