@@ -57,7 +57,10 @@ def write_mp4(
                 vstream.thread_count = 1
                 # mbtree off: with it, x264 (as bundled in PyAV 18) gave different bytes for
                 # the same small frames from run to run (measured on 64-96 px clips).
-                vstream.options = {"crf": str(crf), "preset": preset, "threads": "1", "x264-params": "mbtree=0"}
+                # cpu-independent: x264's assembly otherwise makes decisions that depend on
+                # the CPU (asm up to SSE2 gave other bytes than SSE4.2/AVX2 for the same frames).
+                vstream.options = {"crf": str(crf), "preset": preset, "threads": "1",
+                                   "x264-params": "mbtree=0:cpu-independent=1"}
                 if samples is not None:
                     astream = container.add_stream("aac", rate=sample_rate)
                     astream.layout = "mono"
