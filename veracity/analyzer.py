@@ -52,14 +52,13 @@ from veracity.features import ClipRecord, record_dir
 from veracity.lineage import sha256_file
 from veracity.status import ABSTAIN_REASONS, OK
 
-__all__ = ["REASONS", "VIDEO_EXTENSIONS", "Analyzer", "BundleError", "Report", "folder_inputs", "report_text"]
+__all__ = ["REASONS", "Analyzer", "BundleError", "Report", "folder_inputs", "report_text"]
 
 log = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
 # Why a file may get ABSTAIN; the analyzer's public name for veracity.status.ABSTAIN_REASONS.
 REASONS = ABSTAIN_REASONS
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
 _CLIP_ID = "clip"
 
 

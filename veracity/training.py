@@ -422,10 +422,9 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
 
     # One scheduler, the member's: a LambdaLR stepped every batch would set the learning
     # rate back to base * 1.0 right after ReduceLROnPlateau lowered it.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at) if member.schedule != "plateau" else None
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=1) \
-        if member.schedule == "plateau" else None
-    scheduler: Any = sched if sched is not None else plateau
+    per_epoch = member.schedule == "plateau"  # stepped on validation AUC, not per batch
+    scheduler: Any = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=1)
+                      if per_epoch else torch.optim.lr_scheduler.LambdaLR(opt, lr_at))
     scaler = grad_scaler(amp, device)
     labels = np.array([getattr(c, member.target) if not np.isnan(getattr(c, member.target, np.nan)) else c.label
                        for c in train_clips], dtype=float)
@@ -483,8 +482,8 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
                 output = model(batch)
             loss = _loss(output, batch, y, mask, member, pos_weight)
             _backward_step(loss, opt, params, member.grad_clip, scaler)
-            if sched is not None:
-                sched.step()
+            if not per_epoch:
+                scheduler.step()
             losses.append(float(loss.detach()))
         val = predict(model, val_ds, device, member.batch_size * 2, amp)
         val_auc = _target_auc(val, member)
@@ -494,8 +493,8 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
         log.info(json.dumps({"member": name, **row}))
         if tracker is not None:
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-        if plateau is not None:
-            plateau.step(val_auc if not np.isnan(val_auc) else 0.0)
+        if per_epoch:
+            scheduler.step(val_auc if not np.isnan(val_auc) else 0.0)
         improved = not np.isnan(val_auc) and val_auc > best_auc
         if improved or best_epoch < 0:
             best_auc, best_epoch, bad = (val_auc if not np.isnan(val_auc) else best_auc), epoch, 0

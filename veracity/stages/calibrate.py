@@ -84,7 +84,7 @@ def calibrate(cfg: CalibrateConfig, members: Mapping[str, MemberConfig], models:
     for name in names:
         mcfg = members[name]
         pcfg = cfg.pooling.get(name)
-        pooling = Pooling(**(pcfg or PoolingConfig()).model_dump())
+        pooling = Pooling.from_config(pcfg or PoolingConfig())
         wins = read_window_logits(models, name)
         v = member_video_logits_from(wins, pooling)
         target = mcfg.target
