@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine with Python 3.11 (everything else is installed here):
-#   make pipeline   set up, generate the synthetic corpus, run the DVC pipeline (dvc repro)
+#   make pipeline   set up, generate the synthetic corpus, run the DVC pipeline (dvc repro),
+#                   print a dozen-line summary (every figure: dvc metrics show)
 #   make test       set up, run the default test suite (slow tests excluded)
 # uv installs from the committed uv.lock, straight from PyPI: it ignores this machine's pip
 # configuration, whose local torch +cpu wheel breaks torchvision/timm (DESIGN §6).
@@ -35,7 +36,7 @@ setup: $(VENV)/.synced
 pipeline: setup
 	veracity generate --out data/raw
 	dvc repro
-	dvc metrics show
+	veracity summary
 
 test: setup
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \

@@ -346,6 +346,8 @@ def register(
     out: Annotated[Path, typer.Option(help="Directory for summary.json and model_card.md.")] = Path(
         "reports/register"
     ),
+    benchmark: Annotated[Path, typer.Option(help="metrics.json of `veracity benchmark` (the gate reads it).")] = Path(
+        "reports/benchmark/metrics.json"),
     root: RootOpt = Path("."),
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
@@ -354,13 +356,77 @@ def register(
     from veracity.stages.register import register as run
 
     loaded = load_params(params, set_ or (), "register")
-    res = run(section(loaded, "register"), loaded.gate, bundle, out, root=root)
+    res = run(section(loaded, "register"), loaded.gate, bundle, benchmark, out, root=root)
     for reason in res["reasons"]:
         typer.echo(f"  {reason}")
     if res["promoted"]:
         typer.echo(f"promoted to champion: version {res['version']}")
     else:
         typer.echo(f"stays challenger: version {res['version']} (champion is version {res['champion_version']})")
+
+
+@app.command("benchmark-corpus")
+@_user_errors
+def benchmark_corpus(
+    out: Annotated[Path, typer.Option(help="Directory of the benchmark corpus.")] = Path("data/benchmark"),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Generate the benchmark corpus: new people (benchmark.seed), every method for each."""
+    from veracity.stages.generate import benchmark_corpus as run
+
+    loaded = load_params(params, set_ or (), "benchmark")
+    with _progress("benchmark corpus") as progress:
+        res = run(loaded.generate, loaded.benchmark, out, progress=progress)
+    if res.skipped:
+        typer.echo(f"benchmark corpus at {out} is up to date ({res.n_clips} clips)")
+    else:
+        typer.echo(f"wrote {res.n_clips} clips to {out} (" + ", ".join(f"{k}={v}" for k, v in res.counts.items()) + ")")
+
+
+@app.command()
+@_user_errors
+def benchmark(
+    bundle: Annotated[Path, typer.Option(help="Bundle directory (written by `veracity ensemble`).")] = Path(
+        "models/bundle"),
+    corpus_dir: Annotated[Path, typer.Option("--corpus", help="Benchmark corpus (`veracity benchmark-corpus`).")] = Path(
+        "data/benchmark"),
+    out: Annotated[Path, typer.Option(help="Directory for metrics.json, scores.csv and plots.")] = Path(
+        "reports/benchmark"),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Analyse the benchmark corpus with the bundle; every figure with a 95% interval over people."""
+    from veracity.stages.benchmark import benchmark as run
+
+    _log_to_terminal(logging.WARNING)
+    loaded = load_params(params, set_ or (), "benchmark")
+    with _progress("benchmark") as progress:
+        res = run(loaded.benchmark, loaded.analyze, bundle, corpus_dir, out, ece_bins=loaded.metrics.ece_bins,
+                  progress=progress)
+    ens = res["ensemble"]
+
+    def iv(node: dict) -> str:
+        return f"{node['value']:.4f} [{node['lo']:.4f}, {node['hi']:.4f}]"
+
+    typer.echo(f"benchmark: {res['clips_analysed']} analyses in {res['seconds']:.0f} s; {res['n']} clips of "
+               f"{res['n_people']} unseen people, {res['n_abstain']} abstained ({out / 'metrics.json'})")
+    typer.echo(f"  AUC {iv(ens['auc'])}, ECE {iv(ens['ece'])}, FPR {iv(ens['fpr'])}, "
+               f"re-encode drop {iv(res['reencode']['drop'])}; `veracity summary` puts them against the gate")
+
+
+@app.command()
+@_user_errors
+def summary(
+    root: RootOpt = Path("."),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """A dozen lines on the last pipeline run: corpus, extraction, members, benchmark, gate, champion."""
+    from veracity.summary import pipeline_summary
+
+    loaded = load_params(params, set_ or (), None)
+    typer.echo(pipeline_summary(root, loaded.gate))
 
 
 @app.command()

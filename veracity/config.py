@@ -352,7 +352,8 @@ class AttackConfig(_Section):
     pgd_steps: int = Field(5, ge=1)
     audio_eps: tuple[float, ...] = (0.0005, 0.002)
     attack_clips: int = Field(24, ge=2)
-    # The corruption and strength the promotion gate reads (AUC drop of the ensemble).
+    # The corruption and strength printed against gate.max_robustness_drop on the test split
+    # (for information: the promotion gate reads the benchmark's re-encode drop).
     gate_corruption: str = "crf"
     gate_strength: float = 35
 
@@ -383,14 +384,53 @@ class RegisterConfig(_Section):
 
 
 class GateConfig(_Section):
-    """The quality bars of a bundle: the ensemble stage prints them (PASS/FAIL), the attack
-    stage prints the robustness one, and ``register`` promotes only a bundle within them."""
+    """The quality bars a champion must meet, judged on the benchmark (people no split has seen).
 
-    min_auc: float = Field(0.98, ge=0, le=1)  # ensemble test AUC
-    max_ece: float = Field(0.03, gt=0)  # ensemble test ECE after calibration
-    fpr_tolerance: float = Field(0.005, ge=0)  # |validation FPR - calibrate.thresholds.target_fpr|
-    # Ensemble AUC drop allowed under attack.gate_corruption at attack.gate_strength.
+    Each bar is compared with the benchmark's interval (``benchmark.confidence``), not with
+    the point figure alone: a bundle fails a bar only when the whole interval is on the
+    wrong side of it. A bundle exactly at a bar then passes with probability >= 97.5% at
+    95% confidence, and one whose interval is clear of the bar fails, so the decision does
+    not flip from one corpus draw to the next. The ensemble and attack stages print the
+    same bars on the test split, for information.
+    """
+
+    min_auc: float = Field(0.99, ge=0, le=1)  # ensemble AUC: fails when the interval ends below it
+    min_method_auc: float = Field(0.97, ge=0, le=1)  # the ensemble's AUC on each manipulation method
+    # ECE after calibration: fails when the interval starts above it. The benchmark also
+    # reports the ECE a perfectly calibrated model shows at its size (binned ECE is biased up).
+    max_ece: float = Field(0.03, gt=0)
+    # Ensemble AUC drop when the benchmark's clips are re-encoded (benchmark.reencode_crf).
     max_robustness_drop: float = Field(0.05, gt=0)
+    # The false-positive rate on real clips fails when its interval starts above
+    # calibrate.thresholds.target_fpr (the bundle accuses real people more often than it says).
+
+
+class BenchmarkConfig(_Section):
+    """The benchmark (``veracity benchmark``): a second synthetic corpus of people no split
+    has seen, every method for every person, scored through the bundle's Analyzer."""
+
+    # The benchmark corpus is the `generate` section with these keys replaced (and every
+    # method for every person). Its seed must differ from generate.seed: new faces and voices.
+    seed: int = 2027
+    # 125 people x (2 real + 6 fakes) = 1000 clips, 250 of them real: an FPR of 0.05 is then
+    # measured to about +/- 0.03, where 40 real clips give +/- 0.07.
+    n_identities: int = Field(125, ge=3)
+    # Robustness on the served path: this many people's clips re-encoded with x264 at this
+    # CRF, then analysed again (the AUC drop, paired on the same clips, is a gate bar).
+    reencode_crf: int = Field(35, ge=0, le=51)
+    reencode_identities: int = Field(32, ge=0)
+    bootstrap: int = Field(1000, ge=100)  # draws of people (not clips) for every interval
+    confidence: float = Field(0.95, gt=0, lt=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # float32 either way: the same calls
+    workers: int = Field(2, ge=1)  # analysis processes, one bundle each
+
+    # Keys that change how fast the benchmark runs, never its figures.
+    EXECUTION_ONLY: ClassVar[set[str]] = {"workers", "device"}
+
+    def corpus(self, generate: GenerateConfig) -> GenerateConfig:
+        """The generator config of the benchmark corpus: ``generate`` with this seed and these people."""
+        return GenerateConfig(**{**generate.model_dump(), "seed": self.seed, "n_identities": self.n_identities,
+                                 "methods_per_identity": None})
 
 
 class AnalyzeConfig(_Section):
@@ -418,6 +458,7 @@ class Params(_Section):
     calibrate: CalibrateConfig = CalibrateConfig()
     attack: AttackConfig = AttackConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
     gate: GateConfig = GateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")  # `register` is taken by ABCMeta
     analyze: AnalyzeConfig = AnalyzeConfig()

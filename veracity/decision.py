@@ -208,25 +208,46 @@ def _cut(sorted_desc: np.ndarray, k: int, ceiling: float) -> float:
     return float((sorted_desc[k - 1] + sorted_desc[k]) / 2)
 
 
-def fit_thresholds(p: np.ndarray, y: np.ndarray, target_fpr: float, target_uncertain: float) -> Thresholds:
-    """Thresholds from validation: at most ``target_fpr`` of reals called FAKE (the lowest
-    such threshold, to call as many fakes as possible), then the ``target_uncertain``
-    share of all clips just below it marked UNCERTAIN.
+def _fpr_cut(reals_asc: np.ndarray, target_fpr: float) -> float:
+    """The FAKE threshold whose expected false-positive rate on new real clips is ``target_fpr``.
 
-    The achievable FPR moves in steps of 1 / (number of real clips); the fitted value is
-    the largest step not above the target.
+    For ``n`` reals from a continuous distribution F, ``E[F(X_(i))] = i / (n + 1)`` (the
+    i-th smallest), so the quantile at position ``(1 - target) * (n + 1)``, interpolated
+    between neighbours (Hyndman & Fan's type 6), leaves an expected ``target`` of new reals
+    above it. The midpoint cut this replaced left ``(k + 0.5) / (n + 1)``: 0.061 for a 0.05
+    target on 40 reals, a bias the benchmark showed.
+    """
+    n = reals_asc.size
+    h = (1.0 - target_fpr) * (n + 1)
+    i = int(math.floor(h + 1e-9))  # reals with index > i (1-based) lie above the cut
+    if i >= n:
+        return min(1.0, float(np.nextafter(reals_asc[-1], np.inf)))
+    if i < 1:
+        return float(reals_asc[0])
+    lo, hi = float(reals_asc[i - 1]), float(reals_asc[i])
+    cut = lo + (h - i) * (hi - lo)
+    return cut if cut > lo else float(np.nextafter(lo, np.inf))
+
+
+def fit_thresholds(p: np.ndarray, y: np.ndarray, target_fpr: float, target_uncertain: float) -> Thresholds:
+    """Thresholds from validation: FAKE at the cut whose expected false-positive rate on new
+    real clips is ``target_fpr`` (:func:`_fpr_cut`), then the ``target_uncertain`` share of
+    all clips just below it marked UNCERTAIN.
+
+    On validation the FPR moves in steps of 1 / (number of real clips) and comes out at
+    or just under the target. Out of sample it scatters around the target: with 40 reals
+    the standard deviation is about 0.034 for a 0.05 target, with 250 about 0.014.
     """
     p = np.asarray(p, dtype=np.float64)
     y = np.asarray(y)
-    reals = np.sort(p[y == 0])[::-1]
+    reals = np.sort(p[y == 0])
     if reals.size == 0 or (y == 1).sum() == 0:
         raise ValueError("thresholds need real and fake validation clips")
-    k = int(math.floor(target_fpr * reals.size + 1e-9))
-    fake_at = _cut(reals, k, 1.0)
+    fake_at = _fpr_cut(reals, target_fpr)
+    above = reals.size - int(math.floor((1.0 - target_fpr) * (reals.size + 1) + 1e-9))
     # Ties at the cut would let more reals through: move the cut above the tied value.
-    while k > 0 and np.mean(reals >= fake_at) > target_fpr + 1e-12:
-        k -= 1
-        fake_at = _cut(reals, k, 1.0)
+    while np.sum(reals >= fake_at) > max(above, 0) and fake_at < 1.0:
+        fake_at = min(1.0, float(np.nextafter(reals[reals >= fake_at][0], np.inf)))
     below = np.sort(p[p < fake_at])[::-1]
     m = int(round(target_uncertain * p.size))
     real_below = fake_at if m <= 0 or below.size == 0 else _cut(below, min(m, below.size), fake_at)

@@ -36,7 +36,9 @@ Functions
 :func:`confusion` (at a threshold); :func:`brier`, :func:`ece`, :func:`reliability`
 (calibration); :func:`summarize` (all of the above as one flat dict); :func:`pool`
 (frame/window scores to clip/video scores); :func:`table` (``summarize`` per split and
-per manipulation method, as a DataFrame); :class:`QualityCheck` (a figure against its bound).
+per manipulation method, as a DataFrame); :func:`cluster_bootstrap` (intervals that
+resample people, not clips) and :func:`binomial_range` (where a rate lands by chance);
+:class:`QualityCheck` (a figure against its bound).
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ if TYPE_CHECKING:
 __all__ = [
     "POOL_RULES",
     "average_precision",
+    "binomial_range",
     "brier",
+    "cluster_bootstrap",
     "confusion",
     "ece",
     "ece_if_calibrated",
@@ -560,6 +564,73 @@ def ece_if_calibrated(y_prob: Any, n_bins: int, draws: int = 1000, seed: int = 0
     rng = np.random.default_rng(seed)
     values = [ece((rng.random(p.size) < p).astype(np.float64), p, n_bins, strategy) for _ in range(draws)]
     return {"median": float(np.median(values)), "p90": float(np.percentile(values, 90))}
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def cluster_bootstrap(groups: Any, stats: Any, draws: int, confidence: float,
+                      seed: int = 0) -> dict[str, dict[str, float]]:
+    """Percentile bootstrap intervals that resample whole groups (e.g. people), not rows.
+
+    Clips of one person share a face and a voice, so they are not independent draws: a
+    row bootstrap would give intervals that are too narrow. Each draw picks as many
+    groups as there are, with replacement, and evaluates ``stats`` on all their rows.
+
+    Args:
+        groups: one group label per row.
+        stats: ``stats(rows) -> {name: value}`` for an integer index array of rows; a value
+            may be ``nan`` (e.g. an AUC on a draw without reals) and is then left out of that
+            figure's interval.
+        draws: number of bootstrap draws.
+        confidence: coverage of the interval, e.g. 0.95.
+        seed: seed of the resampling (fixed, so reports are reproducible).
+
+    Returns:
+        ``{name: {"value", "lo", "hi"}}``: ``value`` on all rows, ``lo``/``hi`` the
+        percentile interval (``nan`` when no draw gave a finite value).
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    labels = _as_1d(groups, "groups")
+    _, inv = np.unique(labels, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(int(inv.max()) + 1)] if labels.size else []
+    point = {k: float(v) for k, v in stats(np.arange(labels.size)).items()}
+    samples: dict[str, list[float]] = {k: [] for k in point}
+    rng = np.random.default_rng(seed)
+    for _ in range(draws if members else 0):
+        rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        for k, v in stats(rows).items():
+            if math.isfinite(v):
+                samples[k].append(float(v))
+    tail = 100 * (1 - confidence) / 2
+    out = {}
+    for k, v in point.items():
+        lo, hi = np.percentile(samples[k], [tail, 100 - tail]) if samples[k] else (NAN, NAN)
+        out[k] = {"value": v, "lo": float(lo), "hi": float(hi)}
+    return out
+
+
+def binomial_range(n: int, rate: float, confidence: float) -> tuple[float, float]:
+    """Where an observed rate over ``n`` trials lands with probability ``confidence`` when
+    the true rate is ``rate`` (equal-tailed binomial quantiles, as fractions of ``n``).
+
+    With 40 real clips and a 5% target, a correctly set threshold shows an FPR anywhere
+    from 0 to 0.125; with 250, from 0.024 to 0.08.
+    """
+    if n <= 0:
+        return NAN, NAN
+    k = np.arange(n + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 * log(0) at rate 0 or 1, fixed below
+        logpmf = (np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in k])
+                  + k * (math.log(rate) if rate > 0 else -np.inf) + (n - k) * (math.log1p(-rate) if rate < 1 else -np.inf))
+    logpmf = np.where((k == 0) & (rate == 0), 0.0, logpmf)
+    logpmf = np.where((k == n) & (rate == 1), 0.0, logpmf)
+    cdf = np.cumsum(np.exp(logpmf))
+    tail = (1 - confidence) / 2
+    lo = int(np.searchsorted(cdf, tail - 1e-12))  # smallest k with P(X <= k) >= tail
+    hi = int(np.searchsorted(cdf, 1 - tail - 1e-12))
+    return lo / n, min(hi, n) / n
 
 
 # --------------------------------------------------------------------------- summary

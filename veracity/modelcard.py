@@ -86,13 +86,48 @@ def _members(bundle: dict) -> list[dict]:
     return [m for m in members if isinstance(m, dict)] if isinstance(members, list) else []
 
 
+def _interval(node: Any) -> str:
+    if not isinstance(node, dict) or not isinstance(node.get("value"), int | float):
+        return NA
+    lo, hi = node.get("lo"), node.get("hi")
+    shown = _fmt(node["value"])
+    return f"{shown} [{_fmt(lo)}, {_fmt(hi)}]" if isinstance(lo, int | float) and isinstance(hi, int | float) else shown
+
+
+def _benchmark(bench: dict) -> list[str]:
+    """The benchmark section: figures on people no split has seen, with their intervals."""
+    ens = _get(bench, "ensemble", default={})
+    conf = _get(bench, "confidence", default=0.95)
+    out = ["## Benchmark: people no split has seen", "",
+           f"- {_fmt(_get(bench, 'n'))} clips of {_fmt(_get(bench, 'n_people'))} people generated apart from the "
+           f"training corpus ({_fmt(_get(bench, 'n_real'))} real), every method for every person, analysed through "
+           f"the served path. Intervals: {_fmt(100 * conf if isinstance(conf, int | float) else None)}%, "
+           "resampling people.", ""]
+    keys = ("auc", "ap", "ece", "brier", "fpr", "tpr", "uncertain_rate", "abstain_rate")
+    out += _table(["figure", "value [interval]"], [[k, _interval(_get(ens, k))] for k in keys])
+    out.append("")
+    per_method = _get(bench, "per_method", default={})
+    if isinstance(per_method, dict) and per_method:
+        who = sorted({w for v in per_method.values() if isinstance(v, dict) for w in v})
+        who = ["ensemble", *[w for w in who if w != "ensemble"]]
+        out += _table(["method", *who], [[m, *(_interval(_get(v, w)) for w in who)] for m, v in sorted(per_method.items())])
+        out.append("")
+    re = _get(bench, "reencode", default={})
+    if isinstance(re, dict) and re:
+        out.append(f"- Re-encoded at CRF {_fmt(re.get('crf'))} ({_fmt(re.get('n'))} clips): ensemble AUC drop "
+                   f"{_interval(re.get('drop'))}.")
+        out.append("")
+    return out
+
+
 def model_card(bundle: dict, extra: dict | None = None) -> str:
     """Render the model card of a bundle.
 
     Args:
         bundle: the parsed ``bundle.json``; any field may be missing.
         extra: registration facts to show on top (``model_name``, ``version``, ``run_id``,
-            ``promoted``, ``champion_version``, ``reasons``), and an optional ``title``.
+            ``promoted``, ``champion_version``, ``reasons``), an optional ``title``, and the
+            benchmark's ``metrics.json`` as ``benchmark``.
 
     Returns:
         The card as Markdown (ends with a newline).
@@ -206,7 +241,11 @@ def model_card(bundle: dict, extra: dict | None = None) -> str:
     )
     out.append("")
 
-    out += ["## AUC per manipulation method", ""]
+    bench = extra.get("benchmark")
+    if isinstance(bench, dict):
+        out += _benchmark(bench)
+
+    out += ["## AUC per manipulation method (test split)", ""]
     per_method = _get(metrics, "ensemble", "per_method", default={})
     out += _table(
         ["method", "AUC"],

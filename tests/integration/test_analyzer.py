@@ -285,3 +285,52 @@ def test_analyze_config_limits_top_frames(bundle_dir: Path, tiny_corpus: Path) -
     r = a.analyze(_videos(tiny_corpus)[0])
     assert len(r.top_frames) == 1
     assert sum(s["windows"] for s in r.timeline) == len(r.timeline)  # one window per segment when not merged
+
+
+# ------------------------------------------------------------------------------ benchmark
+
+
+def test_benchmark_scores_every_clip_through_the_analyzer_and_goes_on_past_a_bad_one(
+        bundle_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from veracity.config import BenchmarkConfig
+    from veracity.stages.benchmark import benchmark
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, corpus)
+    manifest = pd.read_csv(corpus / "manifest.csv")
+    broken = manifest.iloc[0].copy()
+    broken["video_id"], broken["path"], broken["label"], broken["method"] = "broken", "videos/broken.mp4", 0, "real"
+    (corpus / "videos" / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    pd.concat([manifest, broken.to_frame().T]).to_csv(corpus / "manifest.csv", index=False)
+    cfg = BenchmarkConfig(reencode_identities=2, bootstrap=100, workers=2, device="cpu")
+    seen: list[int] = []
+    res = benchmark(cfg, AnalyzeConfig(), bundle_dir, corpus, tmp_path / "out", ece_bins=10,
+                    progress=lambda done, total: seen.append(total))
+
+    scores = pd.read_csv(tmp_path / "out" / "scores.csv")
+    clean = scores[scores["condition"] == "clean"]
+    assert sorted(clean["video_id"]) == sorted([*manifest["video_id"], "broken"])
+    two = sorted(manifest["identity"].unique())
+    reencoded = scores[scores["condition"] == "crf35"]
+    assert reencoded["identity"].nunique() == 2 and set(reencoded["identity"]) <= set(two)
+    assert seen and seen[-1] == len(scores)
+    # The damaged file is a row with its reason; every other clip was judged.
+    bad = clean.set_index("video_id").loc["broken"]
+    assert bad["verdict"] == "ABSTAIN" and bad["reason"] == "corrupt"
+    assert res["n_abstain"] == int((clean["verdict"] == "ABSTAIN").sum()) >= 1
+    assert res["abstain_reasons"]["corrupt"] == 1
+    # The same figures as the Analyzer gives one clip at a time, in this process.
+    one = Analyzer(bundle_dir, device="cpu").analyze(corpus / manifest["path"].iloc[3])
+    row = clean.set_index("video_id").loc[manifest["video_id"].iloc[3]]
+    assert row["verdict"] == one.verdict and row["probability"] == pytest.approx(one.probability, abs=1e-5)
+    for name in ("auc", "ece", "fpr", "brier"):  # (ECE's interval may sit above it: binned ECE is biased up)
+        iv = res["ensemble"][name]
+        assert set(iv) == {"value", "lo", "hi"} and iv["lo"] <= iv["hi"]
+    assert set(res["members"]) == {"video", "audio"} and res["n_people"] == manifest["identity"].nunique()
+    assert res["bundle_sha256"] == hashlib.sha256((bundle_dir / "bundle.json").read_bytes()).hexdigest()
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert "seconds" not in written and written["n"] == res["n"]  # wall time would change dvc.lock
+    for plot in ("plots/roc.csv", "plots/reliability.csv"):
+        assert set(pd.read_csv(tmp_path / "out" / plot)["member"]) == {"ensemble", "video", "audio"}

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from veracity.config import GenerateConfig, to_plain
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,7 +21,7 @@ TINY = {"video_specialist": "tiny_video", "audio_specialist": "tiny_audio", "lip
         "av_fusion": "tiny_fusion"}
 STAGES = ("corpus", "validate", "extract", "validate_features", "train@video_specialist",
           "train@audio_specialist", "train@lipsync", "train_fusion@av_fusion", "evaluate", "calibrate", "attack",
-          "ensemble", "register")
+          "ensemble", "benchmark_corpus", "benchmark", "register")
 
 
 def test_every_member_has_exactly_one_training_stage() -> None:
@@ -46,7 +48,7 @@ def _run(args: list[str], cwd: Path) -> str:
 
 
 @pytest.fixture()
-def project(tmp_path: Path, tiny_corpus: Path) -> Path:
+def project(tmp_path: Path, tiny_corpus: Path, tiny_config: GenerateConfig) -> Path:
     """A git+dvc project with the repo's dvc.yaml/params.yaml and the tiny corpus as data/raw."""
     root = tmp_path / "proj"
     root.mkdir()
@@ -64,6 +66,11 @@ def project(tmp_path: Path, tiny_corpus: Path) -> Path:
     params["attack"].update(crf=[35], jpeg_quality=[50], downscale=[0.5], noise_sigma=[0.05], blur_sigma=[1.0],
                             brightness=[0.2], snr_db=[10], resample_hz=[8000], lowpass_hz=[2000], gain_db=[-20],
                             fgsm_eps=[0.01], pgd_eps=[0.01], pgd_steps=2, audio_eps=[0.002], attack_clips=4)
+    # The benchmark: the tiny corpus's generator with 6 other people (face swaps need a donor in
+    # the same split), 1 of them re-encoded.
+    params["generate"].update(to_plain(tiny_config))
+    # One analysis process: a spawned pool costs a torch import each (tested in test_analyzer.py).
+    params["benchmark"].update(n_identities=6, reencode_identities=1, bootstrap=100, workers=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(tiny_corpus, root / "data" / "raw")
     _run(["git", "init", "-q"], root)
@@ -87,8 +94,13 @@ def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) 
     assert "True" in metrics  # summary.json: success
     assert "reports/evaluate/metrics.json" in metrics and "best_val_auc" in metrics
     for path in ("reports/calibrate/metrics.json", "reports/attack/summary.json", "reports/ensemble/metrics.json",
-                 "reports/register/summary.json"):
+                 "reports/benchmark/metrics.json", "reports/register/summary.json"):
         assert path in metrics
+    bench = json.loads((project / "reports" / "benchmark" / "metrics.json").read_text())
+    gen = yaml.safe_load((project / "params.yaml").read_text())["generate"]
+    per_person = gen["real_per_identity"] + len(gen["methods"])  # every method for every person
+    assert bench["n"] == 6 * per_person and bench["n_people"] == 6
+    assert bench["reencode"]["n_people"] == 1 and set(bench["ensemble"]["auc"]) == {"value", "lo", "hi"}
     # The bundle is complete and verifies; the registry has a champion (the first candidate
     # passes the gate unless its ECE or robustness misses the bounds, and tiny members may).
     from veracity.bundle import verify_bundle
@@ -115,10 +127,14 @@ def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) 
 
     second = _run([*dvc, "repro"], project)
     assert "Running stage" not in second
+    summary_text = _run(["veracity", "summary"], project)
+    assert f"benchmark    {bench['n']} clips of 6 unseen people" in summary_text and "champion" in summary_text
+    assert len(summary_text.strip().splitlines()) <= 14
 
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["generate"]["workers"] = 1  # read by no DVC stage
-    params["extract"]["workers"] = 1  # changes speed, not outputs
+    params["generate"]["workers"] = 1  # changes speed, not outputs
+    params["extract"]["workers"] = 1
+    params["benchmark"]["workers"] = 2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "Running stage" not in _run([*dvc, "repro"], project)
 

@@ -565,6 +565,17 @@ ALLOWED_UNTRACKED = [
      "with --features the verb uses cfg.features only (the suite and config.resolved.yaml)"),
     ("attack", "gate.max_robustness_drop", None,
      "only printed by the verb as PASS/FAIL after the stage ran; written to no output"),
+    ("benchmark_corpus", "benchmark.reencode_*", None,
+     "BenchmarkConfig.corpus() and the seed check read seed and n_identities only"),
+    ("benchmark_corpus", "benchmark.bootstrap", None, "as above"),
+    ("benchmark_corpus", "generate.n_identities", None,
+     "BenchmarkConfig.corpus() replaces it with benchmark.n_identities"),
+    ("benchmark_corpus", "generate.methods_per_identity", None,
+     "BenchmarkConfig.corpus() replaces it with None: every method for every person"),
+    ("benchmark_corpus", "benchmark.confidence", None, "as above"),
+    ("benchmark", "benchmark.seed", None,
+     "the scoring reads the corpus it is given (a dep), never the seed that made it"),
+    ("benchmark", "benchmark.n_identities", None, "as for benchmark.seed"),
 ]
 
 

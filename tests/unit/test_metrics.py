@@ -579,3 +579,51 @@ def test_pool_parameters_have_no_default():
     with pytest.raises(TypeError, match="needs beta"):
         vm.pool([0.1, 0.9], [0, 0], "softmax")
     assert vm.pool([0.1, 0.9], [0, 0], "mean")[1] == pytest.approx([0.5])  # mean and max need neither
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def test_cluster_bootstrap_covers_the_truth_about_95_percent_of_the_time() -> None:
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(200):
+        person = rng.normal(0, 1, 30)  # a shared effect per person: rows are not independent
+        x = np.repeat(person, 5) + rng.normal(0, 0.3, 150)
+        iv = vm.cluster_bootstrap(np.repeat(np.arange(30), 5), lambda r, x=x: {"mean": float(x[r].mean())}, 300, 0.95,
+                               seed=int(rng.integers(1 << 30)))["mean"]
+        hits += iv["lo"] <= 0.0 <= iv["hi"]
+    assert 0.88 <= hits / 200 <= 0.99
+
+
+def test_cluster_bootstrap_is_wider_than_a_row_bootstrap_when_people_repeat() -> None:
+    rng = np.random.default_rng(1)
+    x = np.repeat(rng.normal(0, 1, 40), 8) + rng.normal(0, 0.1, 320)
+    stat = lambda r: {"mean": float(x[r].mean())}  # noqa: E731
+    by_person = vm.cluster_bootstrap(np.repeat(np.arange(40), 8), stat, 500, 0.95)["mean"]
+    by_row = vm.cluster_bootstrap(np.arange(320), stat, 500, 0.95)["mean"]
+    assert (by_person["hi"] - by_person["lo"]) > 2 * (by_row["hi"] - by_row["lo"])
+    assert by_person["value"] == pytest.approx(x.mean())
+
+
+def test_cluster_bootstrap_leaves_undefined_draws_out_and_is_reproducible() -> None:
+    y = np.array([0, 1, 0, 1, 1, 1])
+    s = np.array([0.1, 0.9, 0.2, 0.8, 0.7, 0.6])
+    groups = np.array(["a", "a", "b", "b", "c", "c"])  # c has no real: some draws have no AUC
+    stat = lambda r: {"auc": vm.roc_auc(y[r], s[r])}  # noqa: E731
+    a = vm.cluster_bootstrap(groups, stat, 200, 0.9, seed=3)
+    assert a == vm.cluster_bootstrap(groups, stat, 200, 0.9, seed=3)
+    assert a["auc"] == {"value": 1.0, "lo": 1.0, "hi": 1.0}
+    nothing = vm.cluster_bootstrap(np.array(["c", "c"]), lambda r: {"auc": vm.roc_auc(y[4:][r], s[4:][r])}, 50, 0.9)
+    assert math.isnan(nothing["auc"]["value"]) and math.isnan(nothing["auc"]["lo"])
+    with pytest.raises(ValueError, match="confidence"):
+        vm.cluster_bootstrap(groups, stat, 10, 1.0)
+
+
+@pytest.mark.parametrize(("n", "rate"), [(40, 0.05), (250, 0.05), (1000, 0.3), (7, 0.5), (100, 0.0), (10, 1.0)])
+def test_binomial_range_matches_scipy(n: int, rate: float) -> None:
+    from scipy.stats import binom
+
+    lo, hi = vm.binomial_range(n, rate, 0.95)
+    assert lo == pytest.approx(binom.ppf(0.025, n, rate) / n)
+    assert hi == pytest.approx(binom.ppf(0.975, n, rate) / n)

@@ -10,7 +10,8 @@ all call the same functions; the CLI only parses arguments and prints.
 ==============  ==============================================================
 module          stage function(s)
 ==============  ==============================================================
-``generate``    :func:`~veracity.stages.generate.generate`
+``generate``    :func:`~veracity.stages.generate.generate`,
+                :func:`~veracity.stages.generate.benchmark_corpus`
 ``corpus``      :func:`~veracity.stages.corpus.corpus`
 ``validate``    :func:`~veracity.stages.validate.validate_manifest`,
                 :func:`~veracity.stages.validate.validate_features`
@@ -21,6 +22,7 @@ module          stage function(s)
 ``calibrate``   :func:`~veracity.stages.calibrate.calibrate`
 ``attack``      :func:`~veracity.stages.attack.attack`
 ``ensemble``    :func:`~veracity.stages.ensemble.ensemble`
+``benchmark``   :func:`~veracity.stages.benchmark.benchmark`
 ``register``    :func:`~veracity.stages.register.register`
 ==============  ==============================================================
 

@@ -1,5 +1,8 @@
 """The ``generate`` stage: the embedded synthetic corpus, written only when out of date.
 
+:func:`generate` writes the training corpus (``data/raw``); :func:`benchmark_corpus`
+writes the benchmark's (``data/benchmark``): other people, every method for each.
+
 A stamp beside the corpus (``.<name>.generated.json``) holds the fingerprint of the
 generator's code and config; the same fingerprint means the same bytes, so an up-to-date
 corpus is left alone. A folder that the generator did not write (a real dataset placed
@@ -14,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from veracity.config import GenerateConfig, to_plain
+from veracity.config import BenchmarkConfig, GenerateConfig, to_plain
 from veracity.corpus import synth
 from veracity.corpus.synth.generate import IDENTITIES_NAME, MANIFEST_NAME
 from veracity.corpus.synth.generate import generate as write_corpus
@@ -74,3 +77,18 @@ def generate(cfg: GenerateConfig, out: Path, *, force: bool = False,
     result = write_corpus(cfg, out, progress=progress)
     stamp.write_text(json.dumps({"fingerprint": fp, "n_clips": result.n_clips}))
     return GenerateOutcome(out, fp, skipped=False, n_clips=result.n_clips, counts=dict(result.counts))
+
+
+def benchmark_corpus(generate_cfg: GenerateConfig, cfg: BenchmarkConfig, out: Path, *,
+                     progress: Callable[[int, int], None] | None = None) -> GenerateOutcome:
+    """Write the benchmark corpus to ``out``: ``generate_cfg`` with ``cfg``'s seed and people,
+    every method for every person (skipped when up to date, as :func:`generate` does).
+
+    Raises:
+        StageError: ``benchmark.seed`` equals ``generate.seed`` (the benchmark would show the
+            bundle the people it was trained on), or as :func:`generate`.
+    """
+    if cfg.seed == generate_cfg.seed:
+        raise StageError(f"benchmark.seed ({cfg.seed}) equals generate.seed: the benchmark would hold the "
+                         "training people; choose another seed")
+    return generate(cfg.corpus(generate_cfg), Path(out), progress=progress)

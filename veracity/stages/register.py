@@ -2,14 +2,16 @@
 
 Logs the verified bundle as an MLflow pyfunc model (the bundle directory is its
 artifact), registers a new version with alias ``challenger``, and moves alias
-``champion`` to it only when :func:`promotion_gate` passes (``gate`` bounds, and an AUC
-not below the current champion's). Writes ``summary.json`` (a DVC metric, without run
-ids), the model card and the resolved config.
+``champion`` to it only when :func:`promotion_gate` passes: the ``gate`` bars judged on
+the benchmark's intervals (people no split has seen), and an AUC not clearly below the
+current champion's. Writes ``summary.json`` (a DVC metric, without run ids), the model
+card and the resolved config.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -18,87 +20,109 @@ from typing import Any
 from veracity.bundle import BUNDLE_JSON, BundleError, verify_bundle
 from veracity.config import GateConfig, RegisterConfig, to_plain, write_resolved
 from veracity.lineage import sha256_file
+from veracity.stages import StageError
 from veracity.tracking import start_run
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-GATE_METRICS = {"auc": "test_auc", "ece": "test_ece", "robustness_drop": "robustness_drop"}
+# The run metric that holds a version's benchmark AUC (compared with the next candidate's).
+CHAMPION_AUC_METRIC = "benchmark_auc"
 # Float slack on the gate's boundaries so that, e.g., 0.96 >= 0.97 - 0.01 holds as written.
 _EPS = 1e-9
 
+Interval = dict[str, float]  # {"value", "lo", "hi"}
 
-def gate_metrics(bundle: dict) -> dict[str, float | None]:
-    """The promotion gate's inputs from a parsed ``bundle.json``.
+
+def gate_metrics(benchmark: dict) -> dict[str, Any]:
+    """The promotion gate's inputs from the benchmark's ``metrics.json``.
 
     Returns:
-        ``auc`` and ``ece`` of the ensemble on the test split and ``robustness_drop`` (the AUC
-        lost under the gate corruption); None where the bundle does not say.
+        ``auc``, ``ece``, ``fpr`` (ensemble, on the benchmark) and ``robustness_drop`` (AUC
+        lost when re-encoded), each ``{value, lo, hi}`` or None where not measured;
+        ``method_auc`` ({method: interval}); ``target_fpr``; ``bundle_sha256``.
     """
 
-    def num(*keys: str) -> float | None:
-        node: Any = bundle
-        for key in keys:
-            node = node.get(key) if isinstance(node, dict) else None
-        return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
+    def interval(node: Any) -> Interval | None:
+        if not isinstance(node, dict):
+            return None
+        try:
+            out = {k: float(node[k]) for k in ("value", "lo", "hi")}
+        except (KeyError, TypeError, ValueError):
+            return None
+        return out if all(math.isfinite(v) for v in out.values()) else None
 
+    ens = benchmark.get("ensemble") or {}
+    per_method = benchmark.get("per_method") or {}
+    target = (benchmark.get("thresholds") or {}).get("target_fpr")
     return {
-        "auc": num("metrics", "ensemble", "test", "auc"),
-        "ece": num("metrics", "ensemble", "test", "ece"),
-        "robustness_drop": num("robustness", "gate", "drop"),
+        "auc": interval(ens.get("auc")),
+        "ece": interval(ens.get("ece")),
+        "fpr": interval(ens.get("fpr")),
+        "robustness_drop": interval((benchmark.get("reencode") or {}).get("drop")),
+        "method_auc": {m: interval((v or {}).get("ensemble")) for m, v in sorted(per_method.items())},
+        "target_fpr": float(target) if isinstance(target, int | float) else None,
+        "bundle_sha256": benchmark.get("bundle_sha256"),
     }
+
+
+def _show(iv: Interval) -> str:
+    return f"{iv['value']:.4f} [{iv['lo']:.4f}, {iv['hi']:.4f}]"
 
 
 def promotion_gate(candidate: dict, champion: dict | None, cfg: RegisterConfig,
                    gate: GateConfig) -> tuple[bool, list[str]]:
-    """Decide whether a candidate may replace the champion.
+    """Decide whether a candidate may replace the champion, from benchmark intervals.
 
-    The candidate passes iff (there is no champion, or its AUC >= the champion's AUC minus
-    ``cfg.auc_margin``) and its ECE <= ``gate.max_ece`` and its robustness drop <=
-    ``gate.max_robustness_drop``. A candidate metric that is missing fails its check; a
-    champion without an AUC on record is not compared.
+    A bar fails only when the candidate's whole interval is on the wrong side of it (see
+    :class:`~veracity.config.GateConfig`): AUC and every method's AUC fail when the upper
+    end is below ``gate.min_auc`` / ``gate.min_method_auc`` (and below the champion's AUC
+    minus ``cfg.auc_margin``); ECE, FPR and the re-encode drop fail when the lower end is
+    above ``gate.max_ece``, the bundle's target FPR and ``gate.max_robustness_drop``. A
+    figure that was not measured fails its bar.
 
     Args:
-        candidate: ``auc``, ``ece``, ``robustness_drop`` of the new bundle.
-        champion: the same for the current champion, or None when there is none.
+        candidate: what :func:`gate_metrics` returns for the new bundle.
+        champion: ``{"auc": float | None}`` of the current champion, or None when there is none.
         cfg: a :class:`veracity.config.RegisterConfig` (the AUC margin).
-        gate: a :class:`veracity.config.GateConfig` (the bounds every bundle must meet).
+        gate: a :class:`veracity.config.GateConfig` (the bars).
 
     Returns:
-        ``(passed, reasons)``: one sentence per check, passing ones included, with figures.
+        ``(passed, reasons)``: one sentence per bar, passing ones included, with figures.
     """
     reasons: list[str] = []
     ok = True
 
-    def verdict(passed: bool) -> str:
-        return "PASS" if passed else "FAIL"
+    def check(name: str, iv: Interval | None, bar: float | None, higher_is_better: bool, what: str) -> None:
+        nonlocal ok
+        if iv is None or bar is None:
+            ok = False
+            reasons.append(f"FAIL {name}: not measured by the benchmark (needs {what})")
+            return
+        passed = iv["hi"] >= bar - _EPS if higher_is_better else iv["lo"] <= bar + _EPS
+        ok &= passed
+        end = "upper" if higher_is_better else "lower"
+        rel = (">=" if passed else "<") if higher_is_better else ("<=" if passed else ">")
+        reasons.append(f"{'PASS' if passed else 'FAIL'} {name}: {_show(iv)}, {end} end {rel} {what} {bar:.4f}")
 
     auc = candidate.get("auc")
+    check("auc", auc, gate.min_auc, True, "gate.min_auc")
     champ_auc = None if champion is None else champion.get("auc")
-    if auc is None:
-        ok = False
-        reasons.append("FAIL auc: the candidate has no test AUC")
-    elif champion is None:
-        reasons.append(f"PASS auc: {auc:.4f}, no champion to compare with")
+    if champion is None:
+        reasons.append("PASS champion: none to compare with")
     elif champ_auc is None:
-        reasons.append(f"PASS auc: {auc:.4f}, the champion has no AUC on record (not compared)")
+        reasons.append("PASS champion: the champion has no benchmark AUC on record (not compared)")
     else:
-        bound = champ_auc - cfg.auc_margin
-        passed = auc >= bound - _EPS
-        ok &= passed
-        rel = ">=" if passed else "<"
-        reasons.append(f"{verdict(passed)} auc: {auc:.4f} {rel} champion {champ_auc:.4f} - margin "
-                       f"{cfg.auc_margin:.4f} = {bound:.4f}")
-
-    for key, limit, name in (("ece", gate.max_ece, "max_ece"),
-                             ("robustness_drop", gate.max_robustness_drop, "max_robustness_drop")):
-        value = candidate.get(key)
-        if value is None:
-            ok = False
-            reasons.append(f"FAIL {key}: the candidate has no {key} (needs <= {limit:.4f})")
-            continue
-        passed = value <= limit + _EPS
-        ok &= passed
-        reasons.append(f"{verdict(passed)} {key}: {value:.4f} {'<=' if passed else '>'} {name} {limit:.4f}")
+        check("auc vs champion", auc, champ_auc - cfg.auc_margin, True,
+              f"champion {champ_auc:.4f} - register.auc_margin {cfg.auc_margin:g} =")
+    methods = candidate.get("method_auc") or {}
+    if not methods:
+        check("method auc", None, gate.min_method_auc, True, "gate.min_method_auc")
+    for method, iv in methods.items():
+        check(f"auc on {method}", iv, gate.min_method_auc, True, "gate.min_method_auc")
+    check("ece", candidate.get("ece"), gate.max_ece, False, "gate.max_ece")
+    check("fpr", candidate.get("fpr"), candidate.get("target_fpr"), False, "the bundle's target FPR")
+    check("robustness_drop", candidate.get("robustness_drop"), gate.max_robustness_drop, False,
+          "gate.max_robustness_drop")
     return bool(ok), reasons
 
 
@@ -107,7 +131,29 @@ def _metric_key(text: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", str(text))
 
 
-def register_bundle(bundle_dir: Path, cfg: RegisterConfig, gate: GateConfig, root: Path,
+def _benchmark_metrics(benchmark: dict) -> dict[str, float]:
+    """The benchmark's figures as flat MLflow metrics: ``benchmark_<figure>[_lo|_hi]``."""
+    out: dict[str, float] = {}
+
+    def put(key: str, iv: Any) -> None:
+        if isinstance(iv, dict):
+            for part, suffix in (("value", ""), ("lo", "_lo"), ("hi", "_hi")):
+                v = iv.get(part)
+                if isinstance(v, int | float) and math.isfinite(v):
+                    out[_metric_key(f"benchmark_{key}{suffix}")] = float(v)
+
+    for k, iv in (benchmark.get("ensemble") or {}).items():
+        put(k, iv)
+    for m, node in (benchmark.get("members") or {}).items():
+        put(f"{m}.auc", (node or {}).get("auc"))
+    for method, node in (benchmark.get("per_method") or {}).items():
+        for who, iv in (node or {}).items():
+            put(f"auc.{method}.{who}", iv)
+    put("reencode_drop", (benchmark.get("reencode") or {}).get("drop"))
+    return out
+
+
+def register_bundle(bundle_dir: Path, benchmark: dict, cfg: RegisterConfig, gate: GateConfig, root: Path,
                     card_out: Path | None = None) -> dict:
     """Register a verified bundle as a new model version and promote it if it passes the gate.
 
@@ -119,6 +165,7 @@ def register_bundle(bundle_dir: Path, cfg: RegisterConfig, gate: GateConfig, roo
 
     Args:
         bundle_dir: the bundle directory (``bundle.json`` + weights).
+        benchmark: the benchmark's ``metrics.json`` for this bundle.
         cfg: a :class:`veracity.config.RegisterConfig`.
         gate: a :class:`veracity.config.GateConfig`.
         root: project root (the MLflow store is ``root/mlflow.db`` unless MLFLOW_TRACKING_URI).
@@ -129,11 +176,16 @@ def register_bundle(bundle_dir: Path, cfg: RegisterConfig, gate: GateConfig, roo
         reasons, candidate, champion`` (the last two are gate metrics; champion None if none).
 
     Raises:
-        veracity.bundle.BundleError: a file is missing, extra or its sha256 differs.
+        veracity.bundle.BundleError: a file is missing, extra or its sha256 differs, or the
+            benchmark measured another bundle.
     """
     bundle_dir = Path(bundle_dir)
     bundle = verify_bundle(bundle_dir)
-    candidate = gate_metrics(bundle)
+    candidate = gate_metrics(benchmark)
+    digest = sha256_file(bundle_dir / BUNDLE_JSON)
+    if candidate["bundle_sha256"] != digest:
+        raise BundleError(f"the benchmark measured bundle {candidate['bundle_sha256']}, not {bundle_dir} ({digest}): "
+                          "run `veracity benchmark` on this bundle first")
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
@@ -145,18 +197,13 @@ def register_bundle(bundle_dir: Path, cfg: RegisterConfig, gate: GateConfig, roo
     from veracity.modelcard import model_card
 
     name = cfg.model_name
-    digest = sha256_file(bundle_dir / BUNDLE_JSON)
     with start_run(f"register-{name}", root, tags={"stage": "register", "bundle_sha256": digest}) as tracker:
         tracker.log_params({"register": to_plain(cfg), "gate": to_plain(gate), "fusion_rule": (bundle.get("fusion") or {}).get("rule"),
                             "thresholds": bundle.get("thresholds") or {},
                             "members": [m.get("name") for m in bundle.get("members") or [] if isinstance(m, dict)]})
-        tracker.log_metrics({GATE_METRICS[k]: v for k, v in candidate.items() if v is not None})
-        ens = ((bundle.get("metrics") or {}).get("ensemble") or {})
-        test = ens.get("test") or {}
-        tracker.log_metrics({f"test_{k}": v for k, v in test.items() if k not in ("auc", "ece")})
-        per_method = ens.get("per_method") or {}
-        aucs = {m: v.get("auc") if isinstance(v, dict) else v for m, v in per_method.items()}
-        tracker.log_metrics({f"test_auc.{_metric_key(m)}": v for m, v in aucs.items() if isinstance(v, int | float)})
+        tracker.log_metrics(_benchmark_metrics(benchmark))
+        test = ((bundle.get("metrics") or {}).get("ensemble") or {}).get("test") or {}
+        tracker.log_metrics({f"test_{k}": v for k, v in test.items() if isinstance(v, int | float)})
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(CODE_PATH),  # models from code: the registry holds no pickle
@@ -178,7 +225,7 @@ def register_bundle(bundle_dir: Path, cfg: RegisterConfig, gate: GateConfig, roo
         if prev is not None:
             previous = str(prev.version)
             run_metrics = client.get_run(prev.run_id).data.metrics if prev.run_id else {}
-            champion = {k: run_metrics.get(m) for k, m in GATE_METRICS.items()}
+            champion = {"auc": run_metrics.get(CHAMPION_AUC_METRIC)}
 
         passed, reasons = promotion_gate(candidate, champion, cfg, gate)
         if passed:
@@ -199,7 +246,7 @@ def register_bundle(bundle_dir: Path, cfg: RegisterConfig, gate: GateConfig, roo
             "candidate": candidate,
             "champion": champion,
         }
-        card = model_card(bundle, extra={**result, "model_name": name})
+        card = model_card(bundle, extra={**result, "model_name": name, "benchmark": benchmark})
         mlflow.log_text(card, "model_card.md")
         tracker.log_dict(result, "register/summary.json")
     if card_out is not None:
@@ -208,13 +255,15 @@ def register_bundle(bundle_dir: Path, cfg: RegisterConfig, gate: GateConfig, roo
     return result
 
 
-def register(cfg: RegisterConfig, gate: GateConfig, bundle: Path, out: Path, *, root: Path) -> dict[str, Any]:
+def register(cfg: RegisterConfig, gate: GateConfig, bundle: Path, benchmark: Path, out: Path, *,
+             root: Path) -> dict[str, Any]:
     """Register ``bundle`` (alias ``challenger``) and promote it to ``champion`` if it passes the gate.
 
     Args:
         cfg: the ``register`` section (model name, AUC margin against the champion).
         gate: the quality bars a champion must meet (``gate`` section).
         bundle: the bundle directory written by the ensemble stage.
+        benchmark: the benchmark stage's ``metrics.json`` for this bundle.
         out: directory for ``summary.json``, ``model_card.md`` and the resolved config.
         root: repository root (the MLflow store is ``root/mlflow.db`` unless
             ``MLFLOW_TRACKING_URI`` is set).
@@ -223,13 +272,18 @@ def register(cfg: RegisterConfig, gate: GateConfig, bundle: Path, out: Path, *, 
         What :func:`register_bundle` returns (``run_id`` included).
 
     Raises:
-        BundleError: no bundle at ``bundle``, or a file that does not match its checksum.
+        BundleError: no bundle at ``bundle``, a file that does not match its checksum, or a
+            benchmark of another bundle.
+        StageError: no benchmark at ``benchmark``.
     """
-    bundle, out = Path(bundle), Path(out)
+    bundle, benchmark, out = Path(bundle), Path(benchmark), Path(out)
     if not (bundle / BUNDLE_JSON).is_file():
         raise BundleError(f"{bundle} holds no {BUNDLE_JSON} (run `veracity ensemble` first)")
+    if not benchmark.is_file():
+        raise StageError(f"{benchmark} does not exist (run `veracity benchmark` first): the gate judges the "
+                         "benchmark")
     out.mkdir(parents=True, exist_ok=True)
-    res = register_bundle(bundle, cfg, gate, root, card_out=out / "model_card.md")
+    res = register_bundle(bundle, json.loads(benchmark.read_text()), cfg, gate, root, card_out=out / "model_card.md")
     # summary.json is a DVC metric: run ids (new on every run) stay in MLflow and the model card.
     summary = {k: v for k, v in res.items() if k != "run_id"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))

@@ -1,7 +1,8 @@
 """Registration: the promotion gate, aliases in a real MLflow registry, the model card, the CLI verb.
 
-Bundles are written by hand (small files + a ``bundle.json`` with their sha256s), so these
-tests exercise the registry and the gate, not the detectors. The analyzer that the pyfunc
+Bundles are written by hand (small files + a ``bundle.json`` with their sha256s), and so
+are their benchmark figures, so these tests exercise the registry and the gate, not the
+detectors. The analyzer that the pyfunc
 model loads is replaced by a stand-in that reads ``bundle.json``.
 """
 
@@ -28,7 +29,32 @@ QUIET = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
 # ------------------------------------------------------------------------------ helpers
 
 
-GATE = GateConfig()  # the defaults: max ECE 0.03, max robustness drop 0.05
+GATE = GateConfig()  # the defaults: AUC 0.99, method AUC 0.97, ECE 0.03, robustness drop 0.05
+
+
+def iv(value: float, half: float = 0.002) -> dict[str, float]:
+    """An interval ``value +/- half``."""
+    return {"value": value, "lo": value - half, "hi": value + half}
+
+
+def make_benchmark(bundle: Path | None, auc: float = 0.995, ece: float = 0.02, fpr: float = 0.05,
+                   drop: float = 0.01, method_auc: float = 0.99, half: float = 0.002) -> dict:
+    """The benchmark's metrics.json for ``bundle``, every figure ``value +/- half``."""
+    sha = hashlib.sha256((bundle / "bundle.json").read_bytes()).hexdigest() if bundle else None
+    return {"ensemble": {"auc": iv(auc, half), "ap": iv(0.99, half), "ece": iv(ece, half), "fpr": iv(fpr, half),
+                         "tpr": iv(0.9, half)},
+            "members": {"video_specialist": {"auc": iv(0.9)}},
+            "per_method": {"faceswap": {"ensemble": iv(method_auc, half), "video_specialist": iv(0.9)},
+                           "lipsync": {"ensemble": iv(0.999, half), "video_specialist": iv(0.6)}},
+            "reencode": {"crf": 35, "n": 64, "drop": iv(drop, half)},
+            "thresholds": {"real_below": 0.2, "fake_at": 0.7, "target_fpr": 0.05},
+            "n": 1000, "n_real": 250, "n_people": 125, "confidence": 0.95, "bundle_sha256": sha}
+
+
+def register(path: Path, cfg: RegisterConfig, root: Path, card_out: Path | None = None, **figures: float) -> dict:
+    """Register a hand-made bundle at ``path`` with hand-made benchmark figures."""
+    bundle = make_bundle(path)
+    return register_bundle(bundle, make_benchmark(bundle, **figures), cfg, GATE, root, card_out=card_out)
 
 
 def make_bundle(path: Path, auc: float = 0.95, ece: float = 0.02, drop: float = 0.03) -> Path:
@@ -130,32 +156,38 @@ def _alias(client, name: str, alias: str) -> str:
 
 def test_better_bundles_become_champion_and_a_worse_one_stays_challenger(store: Path, tmp_path: Path) -> None:
     cfg = RegisterConfig(model_name="flow")
-    a = register_bundle(make_bundle(tmp_path / "a", auc=0.95), cfg, GATE, store, card_out=tmp_path / "card.md")
+    a = register(tmp_path / "a", cfg, store, card_out=tmp_path / "card.md", auc=0.992)
     assert (a["version"], a["promoted"], a["champion_version"], a["previous_champion_version"]) == ("1", True, "1", None)
-    assert a["champion"] is None and a["candidate"] == pytest.approx({"auc": 0.95, "ece": 0.02, "robustness_drop": 0.03})
+    assert a["champion"] is None and a["candidate"]["auc"] == pytest.approx(iv(0.992))
 
-    b = register_bundle(make_bundle(tmp_path / "b", auc=0.97), cfg, GATE, store)
+    b = register(tmp_path / "b", cfg, store, auc=0.996)
     assert (b["version"], b["promoted"], b["champion_version"], b["previous_champion_version"]) == ("2", True, "2", "1")
-    assert b["champion"] == pytest.approx({"auc": 0.95, "ece": 0.02, "robustness_drop": 0.03})
+    assert b["champion"] == pytest.approx({"auc": 0.992})
 
-    c = register_bundle(make_bundle(tmp_path / "c", auc=0.90), cfg, GATE, store)
+    # Above gate.min_auc, but its whole interval is below the champion's AUC.
+    c = register(tmp_path / "c", cfg, store, auc=0.992, half=0.001)
     assert (c["version"], c["promoted"], c["champion_version"], c["previous_champion_version"]) == ("3", False, "2", "2")
-    assert any(r.startswith("FAIL auc") and "0.9000" in r and "0.9700" in r for r in c["reasons"])
+    assert any(r.startswith("PASS auc:") for r in c["reasons"])
+    assert any(r.startswith("FAIL auc vs champion") and "0.9930" in r and "0.9960" in r for r in c["reasons"])
 
     client = _client(store)
     assert _alias(client, "flow", "champion") == "2"
     assert _alias(client, "flow", "challenger") == "3"
     v3 = client.get_model_version("flow", "3")
-    assert v3.tags["gate"] == "failed" and "FAIL auc" in v3.tags["gate_reasons"]
+    assert v3.tags["gate"] == "failed" and "FAIL auc vs champion" in v3.tags["gate_reasons"]
     assert client.get_model_version("flow", "2").tags["gate"] == "passed"
-    # The gate metrics live on the version's run, per-method AUCs included; the card is attached.
+    # The benchmark figures live on the version's run, intervals and per-method AUCs included.
     run = client.get_run(c["run_id"])
-    assert run.data.metrics["test_auc"] == pytest.approx(0.90)
-    assert run.data.metrics["test_auc.faceswap"] == pytest.approx(0.981)
-    assert run.data.metrics["test_auc.voice_clone"] == pytest.approx(0.933)
+    assert run.data.metrics["benchmark_auc"] == pytest.approx(0.992)
+    assert run.data.metrics["benchmark_auc_hi"] == pytest.approx(0.993)
+    assert run.data.metrics["benchmark_auc.lipsync.video_specialist"] == pytest.approx(0.6)
+    assert run.data.metrics["benchmark_reencode_drop_lo"] == pytest.approx(0.009)
+    assert run.data.metrics["test_auc"] == pytest.approx(0.95)  # the test split, from the bundle
     assert run.data.tags["stage"] == "register"
     assert "model_card.md" in [f.path for f in client.list_artifacts(c["run_id"])]
-    assert "version 1" in (tmp_path / "card.md").read_text()
+    card = (tmp_path / "card.md").read_text()
+    assert "version 1" in card and "## Benchmark: people no split has seen" in card
+    assert "| lipsync | 0.999 [0.997, 1.001] | 0.6 [0.598, 0.602] |" in card
     assert "MLFLOW_TRACKING_URI" not in os.environ
 
 
@@ -163,9 +195,9 @@ def test_the_champion_alias_loads_the_champion_bundle_as_a_pyfunc(store: Path, t
     import mlflow
 
     cfg = RegisterConfig(model_name="served")
-    register_bundle(make_bundle(tmp_path / "a", auc=0.95), cfg, GATE, store)
-    register_bundle(make_bundle(tmp_path / "b", auc=0.96), cfg, GATE, store)
-    register_bundle(make_bundle(tmp_path / "c", auc=0.91), cfg, GATE, store)  # stays challenger
+    for name, auc in (("a", 0.95), ("b", 0.96), ("c", 0.91)):  # c stays challenger (worse than b)
+        bundle = make_bundle(tmp_path / name, auc=auc)
+        register_bundle(bundle, make_benchmark(bundle, auc=0.99 + auc / 100, half=0.0001), cfg, GATE, store)
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"not really a video")
     import pandas as pd
@@ -189,17 +221,17 @@ def test_the_champion_alias_loads_the_champion_bundle_as_a_pyfunc(store: Path, t
 
 def test_a_poorly_calibrated_candidate_is_not_promoted_despite_better_auc(store: Path, tmp_path: Path) -> None:
     cfg = RegisterConfig(model_name="calib")
-    assert register_bundle(make_bundle(tmp_path / "a", auc=0.95), cfg, GATE, store)["promoted"]
-    res = register_bundle(make_bundle(tmp_path / "b", auc=0.99, ece=0.05), cfg, GATE, store)
+    assert register(tmp_path / "a", cfg, store, auc=0.992)["promoted"]
+    res = register(tmp_path / "b", cfg, store, auc=0.999, ece=0.05)
     assert not res["promoted"] and res["champion_version"] == "1"
-    assert any(r.startswith("PASS auc") for r in res["reasons"])
-    assert any(r.startswith("FAIL ece") and "0.0500" in r for r in res["reasons"])
+    assert any(r.startswith("PASS auc vs champion") for r in res["reasons"])
+    assert any(r.startswith("FAIL ece") and "0.0480" in r for r in res["reasons"])
     assert _alias(_client(store), "calib", "champion") == "1"
 
 
 def test_a_first_candidate_failing_the_gate_leaves_no_champion(store: Path, tmp_path: Path) -> None:
     cfg = RegisterConfig(model_name="fragile")
-    res = register_bundle(make_bundle(tmp_path / "a", drop=0.2), cfg, GATE, store)
+    res = register(tmp_path / "a", cfg, store, drop=0.2)
     assert not res["promoted"] and res["champion_version"] is None
     from mlflow.exceptions import MlflowException
 
@@ -211,61 +243,90 @@ def test_a_tampered_bundle_is_refused_naming_the_file(store: Path, tmp_path: Pat
     from veracity.bundle import BundleError
 
     bundle = make_bundle(tmp_path / "t")
+    bench = make_benchmark(bundle)
     (bundle / "members/audio_specialist.safetensors").write_bytes(b"audio weights, edited")
     with pytest.raises(BundleError, match="members/audio_specialist.safetensors"):
-        register_bundle(bundle, RegisterConfig(model_name="tampered"), GATE, store)
+        register_bundle(bundle, bench, RegisterConfig(model_name="tampered"), GATE, store)
     (bundle / "members/audio_specialist.safetensors").unlink()
     with pytest.raises(BundleError, match="members/audio_specialist.safetensors"):
-        register_bundle(bundle, RegisterConfig(model_name="tampered"), GATE, store)
+        register_bundle(bundle, bench, RegisterConfig(model_name="tampered"), GATE, store)
     from mlflow.exceptions import MlflowException
 
     with pytest.raises(MlflowException):  # nothing was registered
         _client(store).get_registered_model("tampered")
 
 
+def test_a_benchmark_of_another_bundle_is_refused(store: Path, tmp_path: Path) -> None:
+    from veracity.bundle import BundleError
+
+    bundle, other = make_bundle(tmp_path / "b"), make_bundle(tmp_path / "o", auc=0.5)
+    with pytest.raises(BundleError, match="the benchmark measured bundle"):
+        register_bundle(bundle, make_benchmark(other), RegisterConfig(model_name="mixed"), GATE, store)
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException):
+        _client(store).get_registered_model("mixed")
+
+
 # ---------------------------------------------------------------------------- the gate
 
 
+def candidate(**changes: object) -> dict:
+    """Gate inputs of a good candidate, with ``changes``."""
+    return {**gate_metrics(make_benchmark(None)), **changes}
+
+
 @pytest.mark.parametrize(
-    ("candidate", "champion", "margin", "passed"),
+    ("changes", "champion", "margin", "passed", "failed"),
     [
-        ({"auc": 0.8, "ece": 0.01, "robustness_drop": 0.01}, None, 0.0, True),  # no champion: AUC not compared
-        ({"auc": 0.95, "ece": 0.01, "robustness_drop": 0.01}, {"auc": 0.95}, 0.0, True),  # equal AUC passes
-        ({"auc": 0.9499, "ece": 0.01, "robustness_drop": 0.01}, {"auc": 0.95}, 0.0, False),
-        ({"auc": 0.96, "ece": 0.01, "robustness_drop": 0.01}, {"auc": 0.97}, 0.01, True),  # exactly at margin
-        ({"auc": 0.959, "ece": 0.01, "robustness_drop": 0.01}, {"auc": 0.97}, 0.01, False),
-        ({"auc": 0.99, "ece": 0.03, "robustness_drop": 0.05}, {"auc": 0.9}, 0.0, True),  # both limits inclusive
-        ({"auc": 0.99, "ece": 0.0301, "robustness_drop": 0.01}, {"auc": 0.9}, 0.0, False),
-        ({"auc": 0.99, "ece": 0.01, "robustness_drop": 0.0501}, {"auc": 0.9}, 0.0, False),
-        ({"auc": 0.99, "ece": 0.01, "robustness_drop": 0.01}, {"auc": None}, 0.0, True),  # champion AUC unknown
-        ({"auc": None, "ece": 0.01, "robustness_drop": 0.01}, None, 0.0, False),  # missing metric fails
-        ({"auc": 0.99, "ece": 0.01}, None, 0.0, False),
+        ({}, None, 0.0, True, None),
+        # A bar fails only when the whole interval is on the wrong side of it.
+        ({"auc": {"value": 0.985, "lo": 0.975, "hi": 0.99}}, None, 0.0, True, None),  # reaches 0.99: passes
+        ({"auc": {"value": 0.985, "lo": 0.975, "hi": 0.9899}}, None, 0.0, False, "auc"),
+        ({"ece": {"value": 0.05, "lo": 0.03, "hi": 0.07}}, None, 0.0, True, None),  # starts at the bar
+        ({"ece": {"value": 0.05, "lo": 0.0301, "hi": 0.07}}, None, 0.0, False, "ece"),
+        ({"fpr": {"value": 0.09, "lo": 0.05, "hi": 0.12}}, None, 0.0, True, None),
+        ({"fpr": {"value": 0.09, "lo": 0.051, "hi": 0.12}}, None, 0.0, False, "fpr"),
+        ({"robustness_drop": {"value": 0.07, "lo": 0.0501, "hi": 0.09}}, None, 0.0, False, "robustness_drop"),
+        ({"method_auc": {"faceswap": {"value": 0.95, "lo": 0.94, "hi": 0.969}}}, None, 0.0, False, "auc on faceswap"),
+        ({}, {"auc": 0.997}, 0.0, True, None),  # upper end 0.997 reaches the champion's
+        ({}, {"auc": 0.9971}, 0.0, False, "auc vs champion"),
+        ({}, {"auc": 0.9971}, 0.001, True, None),  # within the margin
+        ({}, {"auc": None}, 0.0, True, None),  # a champion without a benchmark AUC is not compared
+        ({"auc": None}, None, 0.0, False, "auc"),  # not measured fails
+        ({"robustness_drop": None}, None, 0.0, False, "robustness_drop"),
+        ({"method_auc": {}}, None, 0.0, False, "method auc"),
+        ({"target_fpr": None}, None, 0.0, False, "fpr"),
     ],
 )
-def test_promotion_gate_boundaries(candidate: dict, champion: dict | None, margin: float, passed: bool) -> None:
-    cfg = RegisterConfig(auc_margin=margin)
-    ok, reasons = promotion_gate(candidate, champion, cfg, GateConfig(max_ece=0.03, max_robustness_drop=0.05))
+def test_promotion_gate_judges_intervals(changes: dict, champion: dict | None, margin: float, passed: bool,
+                                         failed: str | None) -> None:
+    ok, reasons = promotion_gate(candidate(**changes), champion, RegisterConfig(auc_margin=margin), GATE)
     assert ok is passed
-    assert len(reasons) == 3  # one sentence per check, passing ones included
-    assert [r.split()[1] for r in reasons] == ["auc:", "ece:", "robustness_drop:"]
     assert all(r.startswith(("PASS", "FAIL")) for r in reasons)
-    assert any(r.startswith("FAIL") for r in reasons) is not passed
+    fails = [r.split(":")[0][5:] for r in reasons if r.startswith("FAIL")]
+    assert fails == ([] if failed is None else [failed])
 
 
 def test_gate_reasons_give_the_figures() -> None:
-    cfg = RegisterConfig(auc_margin=0.01)
-    ok, reasons = promotion_gate({"auc": 0.9, "ece": 0.04, "robustness_drop": 0.02}, {"auc": 0.95}, cfg,
-                                 GateConfig(max_ece=0.03, max_robustness_drop=0.05))
+    ok, reasons = promotion_gate(candidate(ece={"value": 0.04, "lo": 0.035, "hi": 0.045}), {"auc": 0.999},
+                                 RegisterConfig(auc_margin=0.001), GATE)
     assert not ok
-    assert reasons[0] == "FAIL auc: 0.9000 < champion 0.9500 - margin 0.0100 = 0.9400"
-    assert reasons[1] == "FAIL ece: 0.0400 > max_ece 0.0300"
-    assert reasons[2] == "PASS robustness_drop: 0.0200 <= max_robustness_drop 0.0500"
+    assert reasons[0] == "PASS auc: 0.9950 [0.9930, 0.9970], upper end >= gate.min_auc 0.9900"
+    assert reasons[1] == ("FAIL auc vs champion: 0.9950 [0.9930, 0.9970], upper end < champion 0.9990 - "
+                          "register.auc_margin 0.001 = 0.9980")
+    assert "FAIL ece: 0.0400 [0.0350, 0.0450], lower end > gate.max_ece 0.0300" in reasons
+    assert "PASS fpr: 0.0500 [0.0480, 0.0520], lower end <= the bundle's target FPR 0.0500" in reasons
 
 
-def test_gate_metrics_read_from_the_bundle(tmp_path: Path) -> None:
-    spec = json.loads((make_bundle(tmp_path, auc=0.93, ece=0.025, drop=0.04) / "bundle.json").read_text())
-    assert gate_metrics(spec) == pytest.approx({"auc": 0.93, "ece": 0.025, "robustness_drop": 0.04})
-    assert gate_metrics({}) == {"auc": None, "ece": None, "robustness_drop": None}
+def test_gate_metrics_read_from_the_benchmark() -> None:
+    got = gate_metrics(make_benchmark(None, auc=0.993, drop=0.04))
+    assert got["auc"] == pytest.approx(iv(0.993)) and got["robustness_drop"] == pytest.approx(iv(0.04))
+    assert set(got["method_auc"]) == {"faceswap", "lipsync"} and got["target_fpr"] == 0.05
+    empty = gate_metrics({})
+    assert empty["auc"] is None and empty["method_auc"] == {} and empty["target_fpr"] is None
+    # an interval with a missing or non-finite end is not a measurement
+    assert gate_metrics({"ensemble": {"auc": {"value": 0.99, "lo": float("nan"), "hi": 1.0}}})["auc"] is None
 
 
 # ---------------------------------------------------------------------------- model card
@@ -321,21 +382,27 @@ def test_cli_register_writes_summary_and_refuses_a_tampered_bundle(
 
     monkeypatch.chdir(store)  # the store is ./mlflow.db
     bundle, out = make_bundle(tmp_path / "bundle"), tmp_path / "out"
+    bench = tmp_path / "benchmark.json"
+    bench.write_text(json.dumps(make_benchmark(bundle)))
     (tmp_path / "params.yaml").write_text("register:\n  model_name: ignored\ngate:\n  max_ece: 0.03\n")
-    args = ["register", "--bundle", str(bundle), "--out", str(out), "--params", str(tmp_path / "params.yaml"),
-            "--set", "model_name=cli"]
+    args = ["register", "--bundle", str(bundle), "--out", str(out), "--benchmark", str(bench),
+            "--params", str(tmp_path / "params.yaml"), "--set", "model_name=cli"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model_name"] == "cli" and summary["version"] == "1" and summary["promoted"] is True
     assert "promoted to champion: version 1" in result.output
-    assert "PASS ece: 0.0200 <= max_ece 0.0300" in result.output
+    assert "PASS ece: 0.0200 [0.0180, 0.0220], lower end <= gate.max_ece 0.0300" in result.output
     assert "video_specialist" in (out / "model_card.md").read_text()
 
     worse = make_bundle(tmp_path / "worse", auc=0.5)
+    bench.write_text(json.dumps(make_benchmark(worse, auc=0.98)))
     result = CliRunner().invoke(app, [*args[:2], str(worse), *args[3:]])
     assert result.exit_code == 0, result.output
     assert "stays challenger: version 2" in result.output
+
+    result = CliRunner().invoke(app, [*args[:6], str(tmp_path / "none.json"), *args[7:]])
+    assert result.exit_code == 2 and "run `veracity benchmark` first" in result.output
 
     (bundle / "members/video_specialist.onnx").write_bytes(b"swapped graph")
     result = CliRunner().invoke(app, args)

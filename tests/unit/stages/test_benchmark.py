@@ -1,0 +1,104 @@
+"""The benchmark's figures from a scored table, the re-encode drop, and its refusals.
+
+The scoring through the real Analyzer is tested in tests/integration/test_analyzer.py and,
+as a DVC stage, in tests/integration/test_dvc_pipeline.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from veracity import metrics
+from veracity.config import AnalyzeConfig, BenchmarkConfig, GenerateConfig
+from veracity.stages import StageError
+from veracity.stages.benchmark import (
+    BenchmarkError,
+    _figures,
+    _nest,
+    _reencode_drop,
+    _reencoded_people,
+    benchmark,
+)
+from veracity.stages.generate import benchmark_corpus
+
+NAMES = ["video", "audio"]
+
+
+def scored_table() -> pd.DataFrame:
+    """Four people: one real and two fakes (faceswap, voice) each; one real clip abstains."""
+    rows = []
+    for i, person in enumerate("abcd"):
+        rows += [
+            {"video_id": f"{person}0", "identity": person, "method": "real", "label": 0, "verdict": "REAL",
+             "probability": 0.1 + 0.01 * i, "p_video": 0.1, "p_audio": 0.2},
+            {"video_id": f"{person}1", "identity": person, "method": "faceswap", "label": 1, "verdict": "FAKE",
+             "probability": 0.9, "p_video": 0.9, "p_audio": 0.2},
+            {"video_id": f"{person}2", "identity": person, "method": "voice", "label": 1, "verdict": "UNCERTAIN",
+             "probability": 0.5, "p_video": 0.1, "p_audio": 0.8},
+        ]
+    rows[0].update(verdict="FAKE", probability=0.95)  # a false positive
+    rows[3].update(verdict="ABSTAIN", probability=np.nan, p_video=np.nan, p_audio=np.nan)  # b's real clip
+    return pd.DataFrame(rows)
+
+
+def test_figures_leave_abstentions_out_and_score_each_method_and_member() -> None:
+    table = scored_table()
+    got = _figures(table, NAMES, ece_bins=10)(np.arange(len(table)))
+    assert got["abstain_rate"] == pytest.approx(1 / 12)
+    scored = table[table["verdict"] != "ABSTAIN"]
+    assert got["auc"] == pytest.approx(metrics.roc_auc(scored["label"], scored["probability"]))
+    assert got["fpr"] == pytest.approx(1 / 3)  # 1 of the 3 reals that were scored called FAKE
+    assert got["tpr"] == pytest.approx(4 / 8)  # faceswap FAKE, voice UNCERTAIN
+    assert got["uncertain_rate"] == pytest.approx(4 / 11)
+    # The video member sees face swaps, not voices; the audio member the other way round.
+    assert got["method.faceswap.video"] == 1.0 and got["method.voice.video"] == 0.5
+    assert got["method.voice.audio"] == 1.0 and got["method.faceswap.audio"] == 0.5
+    nested = _nest({k: {"value": v, "lo": v, "hi": v} for k, v in got.items()}, NAMES)
+    assert set(nested) == {"ensemble", "members", "per_method"}
+    assert nested["per_method"]["voice"]["audio"]["value"] == 1.0
+    assert nested["members"]["video"]["auc"]["value"] == got["video.auc"]
+    assert "auc" in nested["ensemble"] and not any("." in k for k in nested["ensemble"])
+
+
+def test_reencode_drop_is_paired_on_the_clips_both_conditions_scored() -> None:
+    clean = scored_table().assign(condition="clean")
+    re = clean.assign(condition="crf35")
+    re["probability"] = np.where(re["label"] == 1, 0.05, re["probability"])  # fakes now look real
+    re.loc[re["video_id"] == "c1", ["verdict", "probability"]] = ["ABSTAIN", np.nan]
+    got = _reencode_drop(pd.concat([clean, re]), 35, draws=200, confidence=0.95)
+    assert got["abstained_after_reencode"] == 1 and got["n"] == 12 - 1 - 1  # b0 (clean) and c1 (re-encoded) out
+    assert got["drop"]["value"] == pytest.approx(got["clean_auc"]["value"] - got["auc"]["value"])
+    assert got["drop"]["value"] > 0.5 and got["drop"]["lo"] <= got["drop"]["value"] <= got["drop"]["hi"]
+
+
+def test_reencoded_people_are_a_stable_spread_not_the_first_names() -> None:
+    people = [f"id{i:03d}" for i in range(125)]
+    chosen = _reencoded_people(people, 32)
+    assert len(chosen) == 32 and chosen == sorted(chosen)
+    assert chosen == _reencoded_people(list(reversed(people)), 32)
+    assert chosen != people[:32]
+    assert _reencoded_people(people, 0) == [] and len(_reencoded_people(people[:5], 32)) == 5
+
+
+def test_the_benchmark_corpus_never_reuses_the_training_seed(tmp_path: Path) -> None:
+    with pytest.raises(StageError, match="equals generate.seed"):
+        benchmark_corpus(GenerateConfig(seed=5), BenchmarkConfig(seed=5), tmp_path / "bench")
+    assert not (tmp_path / "bench").exists()
+    corpus = BenchmarkConfig(seed=9, n_identities=40).corpus(GenerateConfig(seed=5, methods_per_identity=2, width=96))
+    assert (corpus.seed, corpus.n_identities, corpus.methods_per_identity, corpus.width) == (9, 40, None, 96)
+
+
+def test_benchmark_names_what_is_missing(tmp_path: Path) -> None:
+    cfg, analyze = BenchmarkConfig(), AnalyzeConfig()
+    with pytest.raises(BenchmarkError, match="manifest.csv does not exist"):
+        benchmark(cfg, analyze, tmp_path / "bundle", tmp_path / "corpus", tmp_path / "out", ece_bins=10)
+    (tmp_path / "corpus").mkdir()
+    pd.DataFrame({"video_id": ["x"], "path": ["x.mp4"], "label": [0], "identity": ["p"], "method": ["real"]}).to_csv(
+        tmp_path / "corpus" / "manifest.csv", index=False)
+    with pytest.raises(BenchmarkError, match="holds no bundle.json"):
+        benchmark(cfg, analyze, tmp_path / "bundle", tmp_path / "corpus", tmp_path / "out", ece_bins=10)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,294 @@
+"""The ``benchmark`` stage: the bundle judged on people no split has seen, on the served path.
+
+Two DVC stages make the benchmark:
+
+- :func:`~veracity.stages.generate.benchmark_corpus` writes a second synthetic corpus
+  (``data/benchmark``): the ``generate`` section with the benchmark's own seed and
+  people, every manipulation method for every person. (It lives with ``generate`` so that
+  a change to the scoring below does not regenerate the corpus.)
+- :func:`benchmark` analyses every clip with the bundle's
+  :class:`~veracity.analyzer.Analyzer` (the path ``veracity analyze`` and the service
+  take, extraction included), in ``benchmark.workers`` processes; re-encodes the clips
+  of ``benchmark.reencode_identities`` people at ``benchmark.reencode_crf`` and analyses
+  them again; and reports every figure with a bootstrap interval that resamples people,
+  not clips (a person's clips share a face and a voice, so they are not independent).
+
+It writes ``metrics.json`` (a DVC metric, read by the promotion gate in ``register``),
+``scores.csv`` (one row per clip and condition), ``plots/roc.csv`` and
+``plots/reliability.csv`` (ensemble and members, for ``dvc plots``) and the resolved
+config. A clip that abstains is counted in the abstain share and left out of the
+figures that need a probability; the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from veracity import metrics
+from veracity.config import AnalyzeConfig, BenchmarkConfig, write_resolved
+from veracity.lineage import json_default, sha256_file
+from veracity.robustness import stable_key
+from veracity.stages import StageError
+
+log = logging.getLogger(__name__)
+
+METRICS_JSON = "metrics.json"
+SCORES_CSV = "scores.csv"
+ROC_CSV = "plots/roc.csv"
+RELIABILITY_CSV = "plots/reliability.csv"
+ENSEMBLE = "ensemble"
+CLEAN = "clean"
+ABSTAIN = "ABSTAIN"
+
+
+class BenchmarkError(StageError):
+    """The benchmark cannot be run or would not mean what it says (the message says why)."""
+
+
+# ----------------------------------------------------------------------- scoring
+
+_ANALYZER: Any = None
+
+
+def _init_worker(bundle: str, device: str, analyze: dict[str, Any], threads: int) -> None:
+    global _ANALYZER
+    import torch
+
+    from veracity.analyzer import Analyzer
+
+    torch.set_num_threads(threads)
+    _ANALYZER = Analyzer(bundle, device=device, cfg=AnalyzeConfig(**analyze))
+
+
+def _score(task: tuple[str, str, int | None, str]) -> dict[str, Any]:
+    """Analyse one clip (re-encoded first when a CRF is given); never raises."""
+    from veracity.robustness import reencode_video
+
+    video_id, path, crf, tmp = task
+    row: dict[str, Any] = {"video_id": video_id, "condition": CLEAN if crf is None else f"crf{crf}"}
+    target = Path(path)
+    if crf is not None:
+        target = Path(tmp) / f"{video_id}.crf{crf}.mp4"
+        try:
+            reencode_video(path, target, int(crf))
+        except Exception as exc:  # noqa: BLE001 - one clip's failure is a row, not a stopped run
+            return {**row, "verdict": ABSTAIN, "probability": None, "reason": "error",
+                    "message": f"re-encode at crf {crf} failed: {type(exc).__name__}: {exc}"[:300]}
+    report = _ANALYZER.analyze(target)
+    if crf is not None:
+        target.unlink(missing_ok=True)
+    row.update(verdict=report.verdict, probability=report.probability, reason=report.reason,
+               message=report.message if report.verdict == ABSTAIN else "")
+    row.update({f"p_{name}": m["probability"] for name, m in report.members.items()})
+    return row
+
+
+def _run(tasks: list[tuple[str, str, int | None, str]], bundle: Path, cfg: BenchmarkConfig,
+         analyze: AnalyzeConfig, progress: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
+    workers = min(cfg.workers, len(tasks)) or 1
+    # Threads per process: the cores shared out, so that two processes do not fight for one.
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    init = (str(bundle), cfg.device, analyze.model_dump(), threads)
+    rows = []
+    if workers == 1:
+        _init_worker(*init)
+        for task in tasks:
+            rows.append(_score(task))
+            if progress:
+                progress(len(rows), len(tasks))
+        return rows
+    # spawn: a forked child would inherit torch's thread pools in an undefined state.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=init) as pool:
+        for row in pool.map(_score, tasks, chunksize=4):
+            rows.append(row)
+            if progress:
+                progress(len(rows), len(tasks))
+    return rows
+
+
+def _reencoded_people(identities: list[str], k: int) -> list[str]:
+    """``k`` people chosen by a stable hash of their names (not the first ``k`` in order)."""
+    return sorted(sorted(identities, key=lambda i: (stable_key("reencode", i), i))[:k])
+
+
+# ----------------------------------------------------------------------- figures
+
+
+def _rates(verdict: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    real, fake = y == 0, y == 1
+    return {"fpr": float(np.mean(verdict[real] == "FAKE")) if real.any() else math.nan,
+            "tpr": float(np.mean(verdict[fake] == "FAKE")) if fake.any() else math.nan,
+            "uncertain_rate": float(np.mean(verdict == "UNCERTAIN")) if verdict.size else math.nan}
+
+
+def _figures(clean: pd.DataFrame, names: list[str], ece_bins: int) -> Callable[[np.ndarray], dict[str, float]]:
+    """The benchmark's figures on any subset of rows of ``clean`` (one clip per row)."""
+    y_all = clean["label"].to_numpy(np.int64)
+    verdict_all = clean["verdict"].to_numpy(str)
+    scored_all = verdict_all != ABSTAIN
+    prob_all = clean["probability"].to_numpy(np.float64)
+    member_all = {n: clean[f"p_{n}"].to_numpy(np.float64) for n in names}
+    method_all = clean["method"].to_numpy(str)
+    methods = sorted(set(method_all) - {"real"})
+
+    def stats(rows: np.ndarray) -> dict[str, float]:
+        out = {"abstain_rate": float(np.mean(~scored_all[rows])) if rows.size else math.nan}
+        rows = rows[scored_all[rows]]
+        y, p, v, m = y_all[rows], prob_all[rows], verdict_all[rows], method_all[rows]
+        out.update(auc=metrics.roc_auc(y, p), ap=metrics.average_precision(y, p),
+                   ece=metrics.ece(y, p, ece_bins), brier=metrics.brier(y, p), **_rates(v, y))
+        for n in names:
+            out[f"{n}.auc"] = metrics.roc_auc(y, member_all[n][rows])
+        real = m == "real"
+        for method in methods:
+            keep = real | (m == method)
+            out[f"method.{method}.{ENSEMBLE}"] = metrics.roc_auc(y[keep], p[keep])
+            for n in names:
+                out[f"method.{method}.{n}"] = metrics.roc_auc(y[keep], member_all[n][rows][keep])
+        return out
+
+    return stats
+
+
+def _nest(flat: Mapping[str, dict[str, float]], names: list[str]) -> dict[str, Any]:
+    """The flat bootstrap result as ``ensemble`` / ``members`` / ``per_method`` sections."""
+    ens = {k: v for k, v in flat.items() if "." not in k}
+    members = {n: {"auc": flat[f"{n}.auc"]} for n in names}
+    per_method: dict[str, dict[str, Any]] = {}
+    for key, v in flat.items():
+        if key.startswith("method."):
+            _, method, who = key.split(".", 2)
+            per_method.setdefault(method, {})[who] = v
+    return {ENSEMBLE: ens, "members": members, "per_method": per_method}
+
+
+def _plots(clean: pd.DataFrame, names: list[str], ece_bins: int, out: Path) -> None:
+    scored = clean[clean["verdict"] != ABSTAIN]
+    y = scored["label"].to_numpy(np.int64)
+    roc_rows, rel_rows = [], []
+    for who, col in [(ENSEMBLE, "probability"), *((n, f"p_{n}") for n in names)]:
+        p = scored[col].to_numpy(np.float64)
+        fpr, tpr, _ = metrics.roc_curve(y, p)
+        roc_rows += [{"member": who, "fpr": float(a), "tpr": float(b)} for a, b in zip(fpr, tpr, strict=True)]
+        rel = metrics.reliability(y, p, ece_bins)
+        rel_rows += [{"member": who, "mean_pred": float(a), "frac_pos": float(b), "count": int(c)}
+                     for a, b, c in zip(rel["mean_pred"], rel["frac_pos"], rel["count"], strict=True) if c > 0]
+    (out / ROC_CSV).parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(roc_rows).to_csv(out / ROC_CSV, index=False)
+    pd.DataFrame(rel_rows).to_csv(out / RELIABILITY_CSV, index=False)
+
+
+def _reencode_drop(table: pd.DataFrame, crf: int, draws: int, confidence: float) -> dict[str, Any]:
+    """Ensemble AUC on the re-encoded people, clean and re-encoded, on the clips both scored."""
+    cond = f"crf{crf}"
+    both = table[table["condition"] == CLEAN].merge(table[table["condition"] == cond], on="video_id",
+                                                    suffixes=("", "_re"))
+    # Clips scored clean that abstain once re-encoded (e.g. the face is no longer found).
+    failed = int(((both["verdict"] != ABSTAIN) & (both["verdict_re"] == ABSTAIN)).sum())
+    both = both[(both["verdict"] != ABSTAIN) & (both["verdict_re"] != ABSTAIN)].reset_index(drop=True)
+    y = both["label"].to_numpy(np.int64)
+    p, q = both["probability"].to_numpy(np.float64), both["probability_re"].to_numpy(np.float64)
+
+    def stats(rows: np.ndarray) -> dict[str, float]:
+        clean_auc, auc = metrics.roc_auc(y[rows], p[rows]), metrics.roc_auc(y[rows], q[rows])
+        return {"clean_auc": clean_auc, "auc": auc, "drop": clean_auc - auc}
+
+    res = metrics.cluster_bootstrap(both["identity"].to_numpy(str), stats, draws, confidence)
+    return {"crf": crf, "n": len(both), "n_people": int(both["identity"].nunique()),
+            "abstained_after_reencode": failed, **res}
+
+
+def benchmark(cfg: BenchmarkConfig, analyze: AnalyzeConfig, bundle: Path, corpus: Path, out: Path, *,
+              ece_bins: int, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Analyse the benchmark corpus with ``bundle`` and write its figures with intervals.
+
+    Args:
+        cfg: the ``benchmark`` section.
+        analyze: the ``analyze`` section (how the Analyzer builds a report).
+        bundle: the bundle directory (``veracity ensemble``).
+        corpus: the benchmark corpus (:func:`benchmark_corpus`): ``manifest.csv`` + videos.
+        out: directory for ``metrics.json``, ``scores.csv``, ``plots/`` and the resolved config.
+        ece_bins: bins of the ECE (``metrics.ece_bins``).
+        progress: ``progress(done, total)`` per analysed clip.
+
+    Returns:
+        What ``metrics.json`` holds: ``ensemble`` (AUC, AP, ECE, Brier, FPR, TPR, uncertain
+        and abstain shares), ``members`` (AUC), ``per_method`` (ensemble and member AUC per
+        method), ``reencode`` (AUC drop), each ``{value, lo, hi}``; plus counts, the
+        perfect-calibration ECE at this size, the FPR range a correct threshold shows at
+        this size, the bundle's sha256 and thresholds; and ``seconds`` (wall time, not
+        written).
+
+    Raises:
+        BenchmarkError: no manifest, no bundle, or a corpus without both real and fake clips.
+    """
+    bundle, corpus, out = Path(bundle), Path(corpus), Path(out)
+    manifest_path = corpus / "manifest.csv"
+    if not manifest_path.is_file():
+        raise BenchmarkError(f"{manifest_path} does not exist: run `veracity benchmark-corpus` first")
+    spec_path = bundle / "bundle.json"
+    if not spec_path.is_file():
+        raise BenchmarkError(f"{bundle} holds no bundle.json: run `veracity ensemble` first")
+    spec = json.loads(spec_path.read_text())
+    names = [m["name"] for m in spec["members"]]
+    manifest = pd.read_csv(manifest_path)
+    if set(manifest["label"]) != {0, 1}:
+        raise BenchmarkError(f"{manifest_path} must hold real and fake clips to measure anything")
+    people = _reencoded_people(sorted(set(manifest["identity"])), cfg.reencode_identities)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="veracity-benchmark-") as tmp:
+        tasks = [(r.video_id, str((corpus / r.path).resolve()), None, tmp) for r in manifest.itertuples()]
+        tasks += [(r.video_id, str((corpus / r.path).resolve()), cfg.reencode_crf, tmp)
+                  for r in manifest.itertuples() if r.identity in set(people)]
+        rows = _run(tasks, bundle, cfg, analyze, progress)
+    seconds = time.perf_counter() - t0
+    keep = ["video_id", "identity", "method", "label", "video_label", "audio_label"]
+    table = pd.DataFrame(rows).merge(manifest[keep], on="video_id")
+    for n in names:  # an ABSTAIN row has no member probabilities
+        table[f"p_{n}"] = table.get(f"p_{n}", np.nan)
+    table = table.sort_values(["condition", "video_id"]).reset_index(drop=True)
+
+    clean = table[table["condition"] == CLEAN].reset_index(drop=True)
+    flat = metrics.cluster_bootstrap(clean["identity"].to_numpy(str), _figures(clean, names, ece_bins),
+                                     cfg.bootstrap, cfg.confidence)
+    scored = clean[clean["verdict"] != ABSTAIN]
+    n_real = int((scored["label"] == 0).sum())
+    th = spec["thresholds"]
+    floor = metrics.ece_if_calibrated(scored["probability"].to_numpy(np.float64), ece_bins)
+    reasons = clean.loc[clean["verdict"] == ABSTAIN, "reason"].value_counts().to_dict()
+    result: dict[str, Any] = {
+        **_nest(flat, names),
+        "reencode": _reencode_drop(table, cfg.reencode_crf, cfg.bootstrap, cfg.confidence),
+        "n": len(clean), "n_real": n_real, "n_fake": int((scored["label"] == 1).sum()),
+        "n_people": int(clean["identity"].nunique()), "n_abstain": int((clean["verdict"] == ABSTAIN).sum()),
+        "abstain_reasons": {str(k): int(v) for k, v in reasons.items()},
+        "confidence": cfg.confidence, "bootstrap": cfg.bootstrap, "resampled": "people",
+        "ece_if_calibrated": floor,
+        "thresholds": {"real_below": th["real_below"], "fake_at": th["fake_at"], "target_fpr": th["target_fpr"]},
+        # Where the FPR of a threshold that truly meets the target lands on this many reals.
+        "target_fpr_range": list(metrics.binomial_range(n_real, float(th["target_fpr"]), cfg.confidence)),
+        "bundle_sha256": sha256_file(spec_path), "clips_analysed": len(table),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / SCORES_CSV, index=False, float_format="%.6g")
+    _plots(clean, names, ece_bins, out)
+    (out / METRICS_JSON).write_text(json.dumps(result, indent=1, default=json_default) + "\n")
+    write_resolved(cfg, out)
+    log.info("benchmark: %d analyses in %.1f s", len(table), seconds)
+    # Wall time is returned, not written: metrics.json's hash is in dvc.lock, and must not
+    # change from one run to the next.
+    return {**result, "seconds": seconds}
