@@ -6,12 +6,14 @@ benchmark corpus is the same in every run (``benchmark.seed`` is not varied), so
 spread is the spread of the trained bundle, not of the yardstick.
 
     python bench/seeds.py                      # generate.seed 1337, 1, 2: a new training corpus each
-    python bench/seeds.py --vary train.seed --seeds 0 1 2   # same corpus, other training seeds
+    python bench/seeds.py --vary train.seed --seeds 1 2 --from /tmp/veracity-seeds/generate-seed-1337
 
 ``--vary generate.seed`` moves everything downstream of the corpus (people, clips, splits
 and so training); ``--vary train.seed`` keeps the corpus and moves only training's
 randomness (initialisation, batches, augmentation). Comparing the two spreads says which
-stage's randomness moves the figures most.
+stage's randomness moves the figures most. ``--from DIR`` starts each run from a copy of a
+finished run (its environment linked, its MLflow store dropped) instead of a clone, so
+``dvc repro`` reruns only what the changed seed touches.
 
 Writes ``bench/results/seeds-<key>.json``: per run, the wall time, whether a champion was
 promoted, the gate's reasons and the benchmark's figures with intervals; then mean, standard
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,16 +50,23 @@ def set_param(params: str, dotted: str, value: int) -> str:
     return params[:block.start()] + body + params[block.end():]
 
 
-def run_one(work: Path, key: str, seed: int, log: Path) -> dict[str, Any]:
-    """Clone, set the seed, run ``make pipeline``; the run's figures (or why it failed)."""
-    subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
+def run_one(work: Path, key: str, seed: int, log: Path, start: Path | None = None) -> dict[str, Any]:
+    """Clone (or copy ``start``), set the seed, run ``make pipeline``; the run's figures."""
+    if start is None:
+        subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
+    else:
+        shutil.copytree(start, work, symlinks=True,
+                        ignore=shutil.ignore_patterns(".venv", ".tools", "mlflow.db", "mlartifacts"))
+        for env in (".venv", ".tools"):
+            (work / env).symlink_to(start.resolve() / env)
     params = work / "params.yaml"
     params.write_text(set_param(params.read_text(), key, seed))
     t0 = time.perf_counter()
     with log.open("w") as fh:
         rc = subprocess.run(["make", "pipeline"], cwd=work, stdout=fh, stderr=subprocess.STDOUT).returncode
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True).stdout.strip()
     out: dict[str, Any] = {"seed": seed, "rc": rc, "minutes": round((time.perf_counter() - t0) / 60, 2),
-                           "log": str(log)}
+                           "log": str(log), "commit": commit, "from": str(start) if start else None}
     bench, reg = work / "reports/benchmark/metrics.json", work / "reports/register/summary.json"
     if bench.is_file():
         b = json.loads(bench.read_text())
@@ -93,6 +103,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2])
     ap.add_argument("--work", type=Path, default=Path("/tmp/veracity-seeds"))
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--from", dest="start", type=Path, default=None,
+                    help="start each run from a copy of this finished run instead of a clean clone")
     args = ap.parse_args()
     out = args.out or REPO / "bench" / "results" / f"seeds-{args.vary.replace('.', '-')}.json"
     args.work.mkdir(parents=True, exist_ok=True)
@@ -103,11 +115,12 @@ def main() -> int:
         if work.exists():
             raise SystemExit(f"{work} exists: remove it or pass another --work")
         print(f"{args.vary}={seed}: make pipeline in {work} ...", flush=True)
-        runs.append(run_one(work, args.vary, seed, args.work / f"{work.name}.log"))
+        runs.append(run_one(work, args.vary, seed, args.work / f"{work.name}.log", args.start))
         r = runs[-1]
         auc = r.get("benchmark", {}).get("auc", {}).get("value")
         print(f"  rc {r['rc']}, {r['minutes']} min, promoted {r.get('promoted')}, benchmark AUC {auc}", flush=True)
-        result = {"commit": commit, "vary": args.vary, "runs": runs, "spread": spread(runs)}
+        result = {"commit": commit, "vary": args.vary, "from": str(args.start) if args.start else None, "runs": runs,
+                  "spread": spread(runs)}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
