@@ -418,7 +418,7 @@ class BenchmarkConfig(_Section):
     # Robustness on the served path: this many people's clips re-encoded with x264 at this
     # CRF, then analysed again (the AUC drop, paired on the same clips, is a gate bar).
     reencode_crf: int = Field(35, ge=0, le=51)
-    reencode_identities: int = Field(24, ge=0)
+    reencode_identities: int = Field(32, ge=0)
     bootstrap: int = Field(1000, ge=100)  # draws of people (not clips) for every interval
     confidence: float = Field(0.95, gt=0, lt=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # float32 either way: the same calls

@@ -65,15 +65,11 @@ _ANALYZER: Any = None
 
 def _init_worker(bundle: str, device: str, analyze: dict[str, Any], threads: int) -> None:
     global _ANALYZER
-    import cv2
     import torch
 
     from veracity.analyzer import Analyzer
 
-    # Each process gets its share of the cores, OpenCV's pool included: two processes with
-    # a pool of every core each fight over the same cores.
     torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
     _ANALYZER = Analyzer(bundle, device=device, cfg=AnalyzeConfig(**analyze))
 
 
