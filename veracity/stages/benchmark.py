@@ -39,6 +39,7 @@ import pandas as pd
 
 from veracity import metrics
 from veracity.config import AnalyzeConfig, BenchmarkConfig, write_resolved
+from veracity.decision import Thresholds
 from veracity.lineage import json_default, sha256_file
 from veracity.robustness import stable_key
 from veracity.stages import StageError
@@ -128,14 +129,8 @@ def _reencoded_people(identities: list[str], k: int) -> list[str]:
 # ----------------------------------------------------------------------- figures
 
 
-def _rates(verdict: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    real, fake = y == 0, y == 1
-    return {"fpr": float(np.mean(verdict[real] == "FAKE")) if real.any() else math.nan,
-            "tpr": float(np.mean(verdict[fake] == "FAKE")) if fake.any() else math.nan,
-            "uncertain_rate": float(np.mean(verdict == "UNCERTAIN")) if verdict.size else math.nan}
-
-
-def _figures(clean: pd.DataFrame, names: list[str], ece_bins: int) -> Callable[[np.ndarray], dict[str, float]]:
+def _figures(clean: pd.DataFrame, names: list[str], thresholds: Thresholds,
+             ece_bins: int) -> Callable[[np.ndarray], dict[str, float]]:
     """The benchmark's figures on any subset of rows of ``clean`` (one clip per row)."""
     y_all = clean["label"].to_numpy(np.int64)
     verdict_all = clean["verdict"].to_numpy(str)
@@ -148,9 +143,10 @@ def _figures(clean: pd.DataFrame, names: list[str], ece_bins: int) -> Callable[[
     def stats(rows: np.ndarray) -> dict[str, float]:
         out = {"abstain_rate": float(np.mean(~scored_all[rows])) if rows.size else math.nan}
         rows = rows[scored_all[rows]]
-        y, p, v, m = y_all[rows], prob_all[rows], verdict_all[rows], method_all[rows]
-        out.update(auc=metrics.roc_auc(y, p), ap=metrics.average_precision(y, p),
-                   ece=metrics.ece(y, p, ece_bins), brier=metrics.brier(y, p), **_rates(v, y))
+        y, p, m = y_all[rows], prob_all[rows], method_all[rows]
+        rates = thresholds.rates(p, y)  # the Analyzer's verdicts come from these thresholds
+        out.update(auc=metrics.roc_auc(y, p), ap=metrics.average_precision(y, p), ece=metrics.ece(y, p, ece_bins),
+                   brier=metrics.brier(y, p), **{k: rates[k] for k in ("fpr", "tpr", "uncertain_rate")})
         for n in names:
             out[f"{n}.auc"] = metrics.roc_auc(y, member_all[n][rows])
         real = m == "real"
@@ -248,12 +244,12 @@ def benchmark(cfg: BenchmarkConfig, analyze: AnalyzeConfig, bundle: Path, corpus
     manifest = pd.read_csv(manifest_path)
     if set(manifest["label"]) != {0, 1}:
         raise BenchmarkError(f"{manifest_path} must hold real and fake clips to measure anything")
-    people = _reencoded_people(sorted(set(manifest["identity"])), cfg.reencode_identities)
+    people = set(_reencoded_people(sorted(set(manifest["identity"])), cfg.reencode_identities))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="veracity-benchmark-") as tmp:
         tasks = [(r.video_id, str((corpus / r.path).resolve()), None, tmp) for r in manifest.itertuples()]
         tasks += [(r.video_id, str((corpus / r.path).resolve()), cfg.reencode_crf, tmp)
-                  for r in manifest.itertuples() if r.identity in set(people)]
+                  for r in manifest.itertuples() if r.identity in people]
         rows = _run(tasks, bundle, cfg, analyze, progress)
     seconds = time.perf_counter() - t0
     keep = ["video_id", "identity", "method", "label", "video_label", "audio_label"]
@@ -263,11 +259,11 @@ def benchmark(cfg: BenchmarkConfig, analyze: AnalyzeConfig, bundle: Path, corpus
     table = table.sort_values(["condition", "video_id"]).reset_index(drop=True)
 
     clean = table[table["condition"] == CLEAN].reset_index(drop=True)
-    flat = metrics.cluster_bootstrap(clean["identity"].to_numpy(str), _figures(clean, names, ece_bins),
+    th = Thresholds.from_dict(spec["thresholds"])
+    flat = metrics.cluster_bootstrap(clean["identity"].to_numpy(str), _figures(clean, names, th, ece_bins),
                                      cfg.bootstrap, cfg.confidence)
     scored = clean[clean["verdict"] != ABSTAIN]
     n_real = int((scored["label"] == 0).sum())
-    th = spec["thresholds"]
     floor = metrics.ece_if_calibrated(scored["probability"].to_numpy(np.float64), ece_bins)
     reasons = clean.loc[clean["verdict"] == ABSTAIN, "reason"].value_counts().to_dict()
     result: dict[str, Any] = {
@@ -278,9 +274,9 @@ def benchmark(cfg: BenchmarkConfig, analyze: AnalyzeConfig, bundle: Path, corpus
         "abstain_reasons": {str(k): int(v) for k, v in reasons.items()},
         "confidence": cfg.confidence, "bootstrap": cfg.bootstrap, "resampled": "people",
         "ece_if_calibrated": floor,
-        "thresholds": {"real_below": th["real_below"], "fake_at": th["fake_at"], "target_fpr": th["target_fpr"]},
+        "thresholds": {"real_below": th.real_below, "fake_at": th.fake_at, "target_fpr": th.target_fpr},
         # Where the FPR of a threshold that truly meets the target lands on this many reals.
-        "target_fpr_range": list(metrics.binomial_range(n_real, float(th["target_fpr"]), cfg.confidence)),
+        "target_fpr_range": list(metrics.binomial_range(n_real, th.target_fpr, cfg.confidence)),
         "bundle_sha256": sha256_file(spec_path), "clips_analysed": len(table),
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import pytest
 
 from veracity import metrics
 from veracity.config import AnalyzeConfig, BenchmarkConfig, GenerateConfig
+from veracity.decision import Thresholds
 from veracity.stages import StageError
 from veracity.stages.benchmark import (
     BenchmarkError,
@@ -47,7 +48,8 @@ def scored_table() -> pd.DataFrame:
 
 def test_figures_leave_abstentions_out_and_score_each_method_and_member() -> None:
     table = scored_table()
-    got = _figures(table, NAMES, ece_bins=10)(np.arange(len(table)))
+    # FAKE at 0.7, REAL below 0.3: the verdicts in scored_table()
+    got = _figures(table, NAMES, Thresholds(0.3, 0.7, 0.05, 0.1), ece_bins=10)(np.arange(len(table)))
     assert got["abstain_rate"] == pytest.approx(1 / 12)
     scored = table[table["verdict"] != "ABSTAIN"]
     assert got["auc"] == pytest.approx(metrics.roc_auc(scored["label"], scored["probability"]))
