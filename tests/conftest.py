@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from veracity.config import GenerateConfig, SplitRatios
+from veracity.config import ContractConfig, ExtractConfig, GenerateConfig, SplitRatios
 from veracity.corpus.synth import generate
 
 for _key, _value in {
@@ -71,3 +71,35 @@ def train_tiny_members():
         return {"features": features, "models": models, "calibration": models / "calibration" / "calibration.json"}
 
     return make
+
+
+# The tiny bundle's settings: small windows and crops so one epoch trains in seconds.
+TINY_CONTRACT = ContractConfig(fps=12.5, frames_per_window=8, face_size=32).build()
+TINY_EXTRACT = ExtractConfig(workers=2, min_duration_s=0.5)
+ONE_EPOCH = dict(epochs=1, batch_size=8, windows_per_clip=1, augment=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory, train_tiny_members) -> Path:
+    """A real bundle built once per session the way the pipeline builds one.
+
+    The tiny corpus is extracted, a tiny video member and a tiny audio member are trained
+    for one epoch, ``calibrate`` fits pooling, calibrators, fusion and thresholds, and the
+    bundle is saved with ONNX exports and the extraction settings.
+    """
+    import json
+
+    from veracity.bundle import Bundle, Evidence
+    from veracity.config import MemberConfig, to_plain
+    from veracity.data import WindowDataset, collate, load_clips
+
+    root = tmp_path_factory.mktemp("tiny_bundle")
+    members = {"video": MemberConfig(detector="tiny_video", target="video_label", **ONE_EPOCH),
+               "audio": MemberConfig(detector="tiny_audio", target="audio_label", **ONE_EPOCH)}
+    paths = train_tiny_members(tiny_corpus, root, members, TINY_CONTRACT, TINY_EXTRACT)
+    spec = json.loads(paths["calibration"].read_text())
+    bundle = Bundle.assemble(paths["models"], spec, evidence=Evidence(min_face_ratio=0.5, min_duration_s=0.5,
+                                                                      require_audio=True))
+    ds = WindowDataset(load_clips(paths["features"], ["val"])[:2], TINY_CONTRACT)
+    example, _ = collate([ds[i] for i in range(min(4, len(ds)))])
+    return bundle.save(root / "bundle", extra={"extract": to_plain(TINY_EXTRACT)}, onnx=True, example=example)

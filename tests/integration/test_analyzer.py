@@ -1,9 +1,7 @@
 """The analyzer end to end with a tiny real bundle: reports, abstentions, persons, CLI, ONNX.
 
-The bundle is built once for the module the way the pipeline builds it: the tiny corpus
-is extracted, a tiny video member and a tiny audio member are trained for one epoch,
-``calibrate`` fits pooling/calibrators/fusion/thresholds, and the bundle is assembled and
-saved with ONNX exports and the extraction settings. Test media that the corpus lacks
+The bundle is the session's ``tiny_bundle`` (tests/conftest.py), built the way the
+pipeline builds one. Test media that the corpus lacks
 (no face, no audio, two people, random bytes) are made here from the synthetic renderer.
 """
 
@@ -22,27 +20,17 @@ import pytest
 from typer.testing import CliRunner
 
 from veracity.analyzer import REASONS, Analyzer, Report
-from veracity.bundle import Bundle, BundleError, Evidence
+from veracity.bundle import Bundle, BundleError
 from veracity.cli import app
-from veracity.config import (
-    AnalyzeConfig,
-    ContractConfig,
-    ExtractConfig,
-    MemberConfig,
-    to_plain,
-)
+from veracity.config import AnalyzeConfig
 from veracity.corpus.synth.families import ClipSpec, render
 from veracity.corpus.synth.identity import sample_identity
-from veracity.data import WindowDataset, collate, load_clips
 from veracity.decision import Fusion
 from veracity.media.encode import write_mp4
 from veracity.status import EXTRACT_STATUSES
 
 pytestmark = pytest.mark.integration
 
-CONTRACT = ContractConfig(fps=12.5, frames_per_window=8, face_size=32).build()
-EXTRACT = ExtractConfig(workers=2, min_duration_s=0.5)
-ONE_EPOCH = dict(epochs=1, batch_size=8, windows_per_clip=1, augment=False)
 VERDICTS = {"FAKE", "UNCERTAIN", "REAL", "ABSTAIN"}
 runner = CliRunner()
 
@@ -51,17 +39,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory, train_tiny_members) -> Path:
-    """A real bundle (video + audio member, stacking, thresholds, ONNX) from the tiny corpus."""
-    root = tmp_path_factory.mktemp("analyzer_bundle")
-    members = {"video": MemberConfig(detector="tiny_video", target="video_label", **ONE_EPOCH),
-               "audio": MemberConfig(detector="tiny_audio", target="audio_label", **ONE_EPOCH)}
-    paths = train_tiny_members(tiny_corpus, root, members, CONTRACT, EXTRACT)
-    spec = json.loads(paths["calibration"].read_text())
-    bundle = Bundle.assemble(paths["models"], spec, evidence=Evidence(min_face_ratio=0.5, min_duration_s=0.5, require_audio=True))
-    ds = WindowDataset(load_clips(paths["features"], ["val"])[:2], CONTRACT)
-    example, _ = collate([ds[i] for i in range(min(4, len(ds)))])
-    return bundle.save(root / "bundle", extra={"extract": to_plain(EXTRACT)}, onnx=True, example=example)
+def bundle_dir(tiny_bundle: Path) -> Path:
+    """The session's tiny bundle (video + audio member, stacking, thresholds, ONNX)."""
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
