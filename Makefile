@@ -2,6 +2,8 @@
 #   make pipeline   set up, generate the synthetic corpus, run the DVC pipeline (dvc repro),
 #                   print a dozen-line summary (every figure: dvc metrics show)
 #   make test       set up, run the default test suite (slow tests excluded)
+#   make serve      set up, start the REST service on 127.0.0.1:3000 (the registry's champion;
+#                   SERVE_ARGS="--bundle models/bundle --port 3001" to change; README "Serve")
 # uv installs from the committed uv.lock, straight from PyPI: it ignores this machine's pip
 # configuration, whose local torch +cpu wheel breaks torchvision/timm (DESIGN §6).
 
@@ -21,7 +23,7 @@ export DVC_NO_ANALYTICS := 1
 export UV_PYTHON_DOWNLOADS := never
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup pipeline test test-all lint clean
+.PHONY: setup pipeline test test-all serve lint clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -42,11 +44,14 @@ test: setup
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
 
+serve: setup
+	veracity serve $(SERVE_ARGS)
+
 test-all: PYTEST_ARGS =
 test-all: test
 
 lint: setup
-	$(BIN)/ruff check veracity tests
+	$(BIN)/ruff check veracity serving tests bench
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache

@@ -526,6 +526,97 @@ def attack(
                f"{shown} (needs <= {bound:g})")
 
 
+weights_app = typer.Typer(help="Weights kept outside the model registry: fetch by URL with a pinned sha256, verify.",
+                          no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+def _weights_errors(func: F) -> F:
+    """A sha256 that differs exits 1 (a failed check), any other weights error 2."""
+    from veracity.weights import ChecksumMismatch, WeightsError
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ChecksumMismatch as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(1) from None
+        except WeightsError as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@weights_app.command("fetch")
+@_user_errors
+@_weights_errors
+def weights_fetch(
+    url: Annotated[str, typer.Argument(help="http(s):// or file:// URL of the weights file.")],
+    sha256: Annotated[str, typer.Option(help="Expected sha256 (64 hex digits); a download that differs is deleted.")],
+    out: Annotated[Path, typer.Option(help="File to write, or a directory for the URL's file name.")] = Path("."),
+    progress: Annotated[bool, typer.Option(help="Draw a progress bar (on a terminal).")] = True,
+) -> None:
+    """Download weights (resumable, retried) and keep them only if their sha256 matches."""
+    from veracity.weights import fetch
+
+    path = fetch(url, out, sha256, progress=progress)
+    typer.echo(f"OK {path} ({path.stat().st_size} bytes)\nsha256 {sha256.lower()}")
+
+
+@weights_app.command("verify")
+@_user_errors
+@_weights_errors
+def weights_verify(
+    path: Annotated[Path, typer.Argument(help="A weights file, or a bundle directory (checked against bundle.json).")],
+    sha256: Annotated[str | None, typer.Option(help="Expected sha256 of the file (of bundle.json for a bundle).")] = None,
+) -> None:
+    """Print a weights file's sha256 (compared with --sha256), or check every file of a bundle; exit 1 if one differs."""
+    from veracity.weights import verify
+
+    res = verify(path, sha256)
+    if res["kind"] == "bundle":
+        typer.echo(f"OK bundle {res['path']}: {res['files']} files match bundle.json")
+    else:
+        typer.echo(f"{'OK ' if res['checked'] else ''}{res['path']} ({res['size']} bytes)")
+    typer.echo(f"sha256 {res['sha256']}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 in a container).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
+    bundle: Annotated[Path | None, typer.Option(help="Serve this bundle directory instead of the registry's "
+                                                     "champion (sets VERACITY_BUNDLE).")] = None,
+    env: Annotated[bool, typer.Option("--env", help="List the VERACITY_* settings and exit.")] = False,
+) -> None:
+    """Start the BentoML service (serving/): the champion behind REST routes."""
+    import os
+    import shutil
+    import sys
+
+    from serving.config import env_table
+
+    if env:
+        for var, default, meaning in env_table():
+            typer.echo(f"{var:32s} {default or '-':40s} {meaning}")
+        return
+    root = Path(__file__).resolve().parents[1]
+    bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or shutil.which("bentoml")
+    if bentoml is None:
+        _err("bentoml is not installed in this environment (make setup installs it)")
+        raise typer.Exit(2)
+    if bundle is not None:
+        os.environ["VERACITY_BUNDLE"] = str(bundle.resolve())
+    os.environ.setdefault("VERACITY_PROJECT_ROOT", str(Path.cwd()))
+    for key, value in {"BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
+                       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
+        os.environ.setdefault(key, value)
+    os.execv(bentoml, [bentoml, "serve", "serving.service:Veracity", "--host", host, "--port", str(port),
+                       "--working-dir", str(root)])
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -4,14 +4,18 @@ The default backend is a SQLite database under the project (``mlflow.db``), a re
 backend store; ``MLFLOW_TRACKING_URI`` points runs at a server instead. Every run is
 tagged with the git commit and the DVC hash of the raw corpus (``data.dvc``) of the
 repository root it is given. Registration in the model registry is the ``register``
-stage's (:mod:`veracity.stages.register`).
+stage's (:mod:`veracity.stages.register`); :func:`resolve_bundle` turns a registry URI
+(``models:/veracity-detector@champion``) back into a local bundle for the service.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +101,72 @@ def start_run(run_name: str, root: Path | str, tags: dict[str, str] | None = Non
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = user_uri
+
+
+@dataclass(frozen=True)
+class RegisteredBundle:
+    """A bundle resolved from the model registry: where it lies and which version it is."""
+
+    path: Path
+    uri: str
+    name: str
+    version: str
+    alias: str | None
+    run_id: str | None
+
+
+class RegistryError(RuntimeError):
+    """The model URI cannot be resolved (no such model, version or alias; store unreachable)."""
+
+
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+
+
+def resolve_bundle(uri: str, root: Path | str, cache: Path | str) -> RegisteredBundle:
+    """Resolve ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` to a local bundle.
+
+    The version's artifacts are downloaded once into ``cache/<name>/<version>`` (a version's
+    files never change in the registry, so a finished download is reused); the bundle is
+    the pyfunc model's ``bundle`` artifact, which the ``register`` stage logged. The caller
+    verifies the bundle's checksums when it loads it.
+
+    Raises:
+        RegistryError: malformed URI, unknown model, version or alias, or a registered
+            model without a bundle artifact.
+    """
+    m = _MODEL_URI.match(uri.strip())
+    if m is None:
+        raise RegistryError(f"model URI {uri!r} is not models:/<name>@<alias> or models:/<name>/<version>")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name, alias = m.group("name"), m.group("alias")
+    client = MlflowClient(tracking_uri=tracking_uri(root), registry_uri=tracking_uri(root))
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, m.group("version"))
+    except MlflowException as exc:
+        what = f"alias {alias!r}" if alias else f"version {m.group('version')}"
+        raise RegistryError(f"no {what} of model {name!r} in {tracking_uri(root)}: "
+                            f"{str(exc).splitlines()[0][:200]}") from None
+    version = str(mv.version)
+    dest = Path(cache) / name / version
+    done = dest / ".complete"
+    if not done.is_file():
+        tmp = Path(cache) / name / f".{version}.partial-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            mlflow.set_tracking_uri(tracking_uri(root))
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp))
+        except MlflowException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RegistryError(f"cannot download {name} version {version}: {str(exc).splitlines()[0][:200]}") from None
+        (tmp / ".complete").write_text(version + "\n")
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    bundles = [p.parent for p in dest.rglob("bundle.json")]
+    if len(bundles) != 1:
+        raise RegistryError(f"{name} version {version} holds {len(bundles)} bundles (bundle.json files); expected one")
+    return RegisteredBundle(path=bundles[0], uri=uri, name=name, version=version, alias=alias, run_id=mv.run_id)

@@ -1,0 +1,99 @@
+"""The service's settings, read once from ``VERACITY_*`` environment variables.
+
+Every variable, its default and meaning is listed in :class:`ServiceConfig` (README's
+"Serve" section is generated from the same field descriptions by ``veracity serve --help-env``
+and must not restate them). Values are validated at start-up: a bad value stops the service
+with a message naming the variable, rather than serving with a silent default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PREFIX = "VERACITY_"
+
+
+class ServiceConfig(BaseModel):
+    """Service settings; the environment variable of field ``x`` is ``VERACITY_X``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bundle: Path | None = Field(None, description="a bundle directory to serve; overrides model_uri")
+    model_uri: str = Field("models:/veracity-detector@champion",
+                           description="registry model to serve (models:/<name>@<alias> or models:/<name>/<version>)")
+    project_root: Path = Field(Path("."), description="project whose mlflow.db is the registry "
+                                                      "(MLFLOW_TRACKING_URI overrides)")
+    cache_dir: Path = Field(Path("var/serving/models"), description="where registry versions are downloaded")
+    device: str = Field("auto", description="auto (CUDA when present), cpu or cuda[:N]")
+    runtime: Literal["torch", "onnx"] = Field("torch", description="torch, or onnx for members with an ONNX export")
+    poll_s: float = Field(10.0, gt=0, description="seconds between registry checks (retry while not ready; "
+                                                  "pick up a new champion once ready)")
+    api_keys: str = Field("", description="comma-separated API keys; empty and no api_keys_file = no auth")
+    api_keys_file: Path | None = Field(None, description="file with one API key per line (# comments)")
+    open_paths: str = Field("/health,/livez,/readyz,/healthz,/metrics,/docs.json,/schema.json",
+                            description="comma-separated path prefixes served without an API key")
+    max_upload_mb: float = Field(200.0, gt=0, description="largest request body, MiB (413 beyond)")
+    max_duration_s: float = Field(600.0, gt=0, description="longest video /analyze accepts, seconds")
+    max_pixels: int = Field(3840 * 2160, gt=0, description="largest frame (width x height) accepted")
+    max_frames: int = Field(128, gt=0, description="most frames in one /check_frame_batch")
+    request_timeout_s: float = Field(300.0, gt=0, description="per-request time limit for an analysis")
+    participant_ttl_s: float = Field(120.0, gt=0, description="seconds a meeting participant's evidence is kept")
+    threads: int = Field(4, ge=1, description="requests handled at once per worker")
+    log_dir: Path = Field(Path("var/serving/logs"), description="JSON log files (rotated)")
+    log_level: str = Field("INFO", description="log level of the service's own loggers")
+    request_log_dir: Path = Field(Path("var/serving/requests"),
+                                  description="request log for monitoring (SQLite, rotated)")
+    artifact_dir: Path = Field(Path("var/serving/artifacts"),
+                               description="Grad-CAM overlays of explain=true, served under /artifacts")
+    artifact_ttl_s: float = Field(3600.0, gt=0, description="seconds explanation images are kept")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> ServiceConfig:
+        """Build from ``VERACITY_*`` variables (unset ones keep their defaults).
+
+        Raises:
+            ValueError: a variable has an invalid value (the message names it).
+        """
+        env = os.environ if environ is None else environ
+        values = {name: env[PREFIX + name.upper()] for name in cls.model_fields if PREFIX + name.upper() in env}
+        values = {k: (None if v == "" and k in ("bundle", "api_keys_file") else v) for k, v in values.items()}
+        try:
+            cfg = cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            var = PREFIX + str(err["loc"][0]).upper() if err.get("loc") else "VERACITY_*"
+            raise ValueError(f"{var}: {err['msg']}") from None
+        root = cfg.project_root.resolve()
+        # Relative locations are the project's, not the working directory's of whoever starts us.
+        fix = {k: (root / getattr(cfg, k)) for k in ("cache_dir", "log_dir", "request_log_dir", "artifact_dir")
+               if not getattr(cfg, k).is_absolute()}
+        return cfg.model_copy(update={"project_root": root, **fix})
+
+    def api_key_list(self) -> list[str]:
+        """The configured API keys (environment and file together)."""
+        keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        if self.api_keys_file is not None:
+            try:
+                text = self.api_keys_file.read_text()
+            except OSError as exc:
+                raise ValueError(f"VERACITY_API_KEYS_FILE: cannot read {self.api_keys_file}: {exc.strerror}") from None
+            keys += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        return keys
+
+    @property
+    def open_prefixes(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.open_paths.split(",") if p.strip())
+
+
+def env_table() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting: what README and ``--help`` show."""
+    rows = []
+    for name, f in ServiceConfig.model_fields.items():
+        default = f.default
+        shown = "" if default is None else (default.as_posix() if isinstance(default, Path) else str(default))
+        rows.append((PREFIX + name.upper(), shown, f.description or ""))
+    return rows
