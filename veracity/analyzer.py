@@ -19,6 +19,10 @@ between what was evaluated and what is served:
    the most suspicious frames with timestamps, per-person results, media facts, timings,
    the bundle's identity and, on request, explanations (:mod:`veracity.explain`).
 
+Still frames (the meeting server's batches of one participant) take the same path from
+step 2 on, through extraction's own video code: :meth:`Analyzer.check_frames`, with the
+logic in :mod:`veracity.frames`.
+
 Nothing here raises for a bad file: any failure inside :meth:`Analyzer.analyze` becomes
 ``ABSTAIN`` with reason ``error`` and a one-line message (the traceback goes to the log at
 WARNING: it is a bug to fix, not a verdict on the file). Reasons are extraction's statuses
@@ -35,7 +39,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,7 @@ from veracity.data import ClipInfo, WindowDataset, collate
 from veracity.devices import resolve_device
 from veracity.extract import extract_clip, fingerprint, prefetch
 from veracity.features import ClipRecord, record_dir
+from veracity.frames import FrameBatchReport, score_frames
 from veracity.lineage import sha256_file
 from veracity.status import ABSTAIN_REASONS, OK
 
@@ -272,6 +277,30 @@ class Analyzer:
             sub = Path(explain_dir) / _safe_name(Path(p).stem) if explain_dir is not None else None
             reports.append(self.analyze(p, explain=explain, explain_dir=sub))
         return reports
+
+    def check_frames(self, images: Sequence[bytes | np.ndarray], *, member: str | None = None,
+                     cropped: bool = False) -> FrameBatchReport:
+        """Score a batch of still frames of one person with the video members (see :mod:`veracity.frames`).
+
+        Never raises for a bad frame: a frame that does not decode is flagged with its
+        reason and the rest are scored; a batch that cannot be judged gets ``ABSTAIN``.
+
+        Args:
+            images: JPEG/PNG bytes or RGB uint8 arrays, in time order (taken as consecutive
+                samples at the bundle's fps).
+            member: judge with this video member only (default: every video member, the
+                highest probability counts).
+            cropped: each image is a face crop already (no detection; the whole image is the face).
+
+        Returns:
+            The :class:`~veracity.frames.FrameBatchReport` (``to_dict()`` for JSON).
+
+        Raises:
+            FrameError: an empty batch, one over :data:`veracity.frames.MAX_BATCH_FRAMES`,
+                or ``member`` unknown or not a video member (the service answers 4xx).
+        """
+        return score_frames(self.bundle, images, extract_cfg=self.extract_cfg, member=member, cropped=cropped,
+                            batch_size=self.cfg.batch_size, lock=self._lock, identity=self.identity)
 
     # ------------------------------------------------------------------ internals
 

@@ -128,11 +128,18 @@ class Bundle:
 
     Build one with :meth:`assemble` (from trained members and a calibration file) or
     :meth:`load` (from a saved, verified bundle directory).
+
+    ``thresholds`` make the call on the fused probability; ``modality_thresholds`` (by
+    modality, e.g. ``video``) make it on one modality alone, on the highest calibrated
+    probability of its members (:func:`~veracity.decision.modality_scores`): what judges a
+    batch of still frames (:mod:`veracity.frames`). A bundle made before ``calibrate``
+    fitted them has none (an empty dict).
     """
 
     def __init__(self, contract: DataContract, members: list[BundleMember], fusion: Fusion,
                  thresholds: Thresholds, evidence: Evidence | None, spec: dict[str, Any] | None = None,
-                 root: Path | None = None, device: torch.device | str = "cpu"):
+                 root: Path | None = None, device: torch.device | str = "cpu",
+                 modality_thresholds: Mapping[str, Thresholds] | None = None):
         names = [m.name for m in members]
         if list(fusion.members) != names:
             raise BundleError(f"fusion members {list(fusion.members)} differ from bundle members {names}")
@@ -140,6 +147,7 @@ class Bundle:
         self.members = members
         self.fusion = fusion
         self.thresholds = thresholds
+        self.modality_thresholds: dict[str, Thresholds] = dict(modality_thresholds or {})
         self.evidence = evidence
         self.spec = spec or {}
         self.root = root
@@ -193,7 +201,7 @@ class Bundle:
                 model=load_member(models / name, device)))
         assert contract is not None
         return cls(contract, members, fusion, Thresholds.from_dict(calibration["thresholds"]),
-                   evidence, device=device)
+                   evidence, device=device, modality_thresholds=_modality_thresholds(calibration))
 
     def save(self, out: Path | str, extra: Mapping[str, Any] | None = None, onnx: bool = False,
              onnx_tolerance: float = 1e-4, example: Batch | None = None) -> Path:
@@ -235,6 +243,8 @@ class Bundle:
             members.append(spec)
         spec = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "contract": self.contract.to_dict(),
                 "members": members, "fusion": self.fusion.to_dict(), "thresholds": self.thresholds.to_dict(),
+                **({"modality_thresholds": {k: v.to_dict() for k, v in self.modality_thresholds.items()}}
+                   if self.modality_thresholds else {}),
                 "evidence": vars(self.evidence).copy(), **dict(extra or {})}
         spec["files"] = {rel: sha256_file(out / rel) for rel in _bundle_files(out)}
         (out / BUNDLE_JSON).write_text(json.dumps(spec, indent=1, sort_keys=False, default=json_default) + "\n")
@@ -281,18 +291,33 @@ class Bundle:
                 members.append(bm)
             ev = spec.get("evidence", {})
             return cls(contract, members, Fusion.from_dict(spec["fusion"]), Thresholds.from_dict(spec["thresholds"]),
-                       Evidence(**ev), spec=spec, root=root, device=device)
+                       Evidence(**ev), spec=spec, root=root, device=device,
+                       modality_thresholds=_modality_thresholds(spec))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise BundleError(f"bundle {root} cannot be rebuilt: {type(exc).__name__}: {exc}") from None
 
     # --------------------------------------------------------------- scoring
 
-    def window_logits(self, batch: Batch) -> dict[str, np.ndarray]:
-        """Every member's window logits for one batch: ``{member: (B,) array}``."""
+    def window_logits(self, batch: Batch, members: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Members' window logits for one batch: ``{member: (B,) array}``.
+
+        Args:
+            batch: the windows.
+            members: run only these members (by name; e.g. the video members for a batch
+                without audio); None runs every member.
+
+        Raises:
+            BundleError: ``members`` names a member the bundle does not have.
+        """
+        if members is not None:
+            unknown = sorted(set(members) - set(self.names))
+            if unknown:
+                raise BundleError(f"no member(s) {unknown} in this bundle; it has {self.names}")
+        chosen = self.members if members is None else [m for m in self.members if m.name in set(members)]
         out = {}
         with torch.inference_mode():
             gpu_batch = None
-            for m in self.members:
+            for m in chosen:
                 if m.onnx_session is not None:
                     from veracity.onnx_export import run_session
 
@@ -354,6 +379,12 @@ class Bundle:
             assert m.model is not None
             cols.append(calibrate_torch(m.calibrator, m.model(batch).logits.float()))
         return self.fusion.prob_torch(torch.stack(cols, dim=1))
+
+
+def _modality_thresholds(spec: Mapping[str, Any]) -> dict[str, Thresholds]:
+    """``modality_thresholds`` of a calibration file or bundle.json (empty when it predates them)."""
+    raw = spec.get("modality_thresholds") or {}
+    return {str(k): Thresholds.from_dict(v) for k, v in raw.items()}
 
 
 def window_table(bundle: Bundle, clips: Sequence[Any], batch_size: int = 32) -> pd.DataFrame:

@@ -41,7 +41,7 @@ from veracity.corpus import manifest as mf
 from veracity.features import RECORDS, TMP_SUFFIX, RecordWriter, read_meta, record_dir
 from veracity.media import audio as maudio
 from veracity.media.decode import FrameReader, MediaError, iter_audio
-from veracity.media.faces import FaceTracker, HaarFaceDetector, center_box, square_box
+from veracity.media.faces import FaceDetector, FaceTracker, HaarFaceDetector, center_box, square_box
 from veracity.media.flow import FlowStream
 from veracity.status import CODE_FAILURE_STATUSES, EXTRACT_STATUSES, OK
 
@@ -152,8 +152,15 @@ def _detector(max_side: int, min_face_frac: float) -> HaarFaceDetector:
 
 
 def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
-                contract: DataContract) -> dict[str, Any]:
-    detector = _detector(cfg.detect_max_side, cfg.min_face_frac)
+                contract: DataContract, detector: FaceDetector | None = None) -> dict[str, Any]:
+    """Frames -> face tracks, crops, flow and timestamps written into ``w``; returns the facts.
+
+    ``reader`` is iterated once; each item needs ``index``, ``time``, ``width``, ``height``,
+    ``y_plane()`` and ``crop_rgb(x0, y0, x1, y1)`` (a :class:`~veracity.media.decode.SampledFrame`),
+    and the reader ``decoded`` and ``errors`` afterwards. ``detector`` replaces the Haar
+    cascade of ``cfg`` (:mod:`veracity.frames` scores still images through here).
+    """
+    detector = detector if detector is not None else _detector(cfg.detect_max_side, cfg.min_face_frac)
     tracker = FaceTracker(iou_threshold=cfg.iou_threshold, max_missed=cfg.max_missed)
     size = contract.face_size
     fsize = max(8, size // 2)

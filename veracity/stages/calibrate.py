@@ -2,7 +2,9 @@
 
 Per member: a window-to-video pooling rule and a calibrator (:mod:`veracity.calibration`);
 then the fusion rule over the members' calibrated probabilities and the REAL /
-UNCERTAIN / FAKE thresholds (:mod:`veracity.decision`). Writes ``calibration.json``
+UNCERTAIN / FAKE thresholds (:mod:`veracity.decision`), and the same thresholds for each
+modality judged alone (``modality_thresholds``: a batch of still frames is judged by the
+video members only, :mod:`veracity.frames`). Writes ``calibration.json``
 (plain JSON, read by ``attack`` and ``ensemble``), its resolved config, and the reports:
 ECE and Brier before and after per member, every fusion rule on validation and test, the
 ECE a perfectly calibrated model would show on this many clips, reliability rows and the
@@ -29,8 +31,9 @@ from veracity.calibration import (
     target_mask,
 )
 from veracity.config import CalibrateConfig, MemberConfig, PoolingConfig, write_resolved
-from veracity.decision import FUSION_RULES, fit_fusion, fit_thresholds
+from veracity.decision import FUSION_RULES, Thresholds, fit_fusion, fit_thresholds
 from veracity.lineage import json_default
+from veracity.models import detector_info
 from veracity.models.checkpoint import WINDOW_PREDICTIONS
 from veracity.stages import StageError
 
@@ -55,7 +58,9 @@ def calibrate(cfg: CalibrateConfig, members: Mapping[str, MemberConfig], models:
     validation clips of the member's own target (reals + its target methods), report ECE
     and Brier before and after on validation and test. Then fit the fusion rule on the
     members' calibrated validation probabilities and the REAL/UNCERTAIN/FAKE thresholds on
-    the fused validation probabilities.
+    the fused validation probabilities. Finally, for each modality with members, thresholds
+    with the same targets on that modality alone (:func:`modality_thresholds`), stored as
+    ``modality_thresholds`` and reported under ``modalities``.
 
     Args:
         cfg: the ``calibrate`` section.
@@ -69,8 +74,8 @@ def calibrate(cfg: CalibrateConfig, members: Mapping[str, MemberConfig], models:
         The metrics written to ``reports/metrics.json``.
 
     Raises:
-        StageError: ``calibrate.fusion.members`` names an untrained member, or a member has
-            no window predictions.
+        StageError: ``calibrate.fusion.members`` names an untrained member, a member has
+            no window predictions, or the video members' validation clips lack reals or fakes.
     """
     out, reports = Path(out), Path(reports)
     names = list(cfg.fusion.members) or sorted(members)
@@ -81,6 +86,7 @@ def calibrate(cfg: CalibrateConfig, members: Mapping[str, MemberConfig], models:
     report: dict[str, Any] = {"members": {}}
     rel_rows: list[dict[str, Any]] = []
     table: pd.DataFrame | None = None
+    alone: dict[str, pd.DataFrame] = {}  # per member: its calibrated probability against its own target
     for name in names:
         mcfg = members[name]
         pcfg = cfg.pooling.get(name)
@@ -115,6 +121,7 @@ def calibrate(cfg: CalibrateConfig, members: Mapping[str, MemberConfig], models:
             rel_rows += reliability_rows(name, "test", y[test], probs[test], ece_bins, stage)
         spec["members"][name] = {"pooling": pooling.to_dict(), "calibrator": cal.to_dict(), "target": target,
                                  "target_methods": list(tm) if tm is not None else None}
+        alone[name] = pd.DataFrame({"video_id": v["video_id"], "split": v["split"], "p": p, "y": y, "keep": keep})
         cols = v[SCORE_COLUMNS].copy()
         cols[f"p_{name}"] = p
         table = cols if table is None else table.merge(cols[["video_id", f"p_{name}"]], on="video_id", how="inner")
@@ -149,7 +156,11 @@ def calibrate(cfg: CalibrateConfig, members: Mapping[str, MemberConfig], models:
         "thresholds": th.to_dict(),
     }
     rel_rows += reliability_rows("ensemble", "test", y[is_test], fused_p[is_test], ece_bins, "after")
-    spec.update(fusion=fusion.to_dict(), thresholds=th.to_dict())
+    modalities = {n: detector_info(members[n].detector)["modality"] for n in names}
+    mod_th, report["modalities"] = modality_thresholds(alone, modalities, cfg.thresholds.target_fpr,
+                                                       cfg.thresholds.target_uncertain)
+    spec.update(fusion=fusion.to_dict(), thresholds=th.to_dict(),
+                modality_thresholds={k: t.to_dict() for k, t in mod_th.items()})
     out.mkdir(parents=True, exist_ok=True)
     reports.mkdir(parents=True, exist_ok=True)
     (out / CALIBRATION_JSON).write_text(json.dumps(spec, indent=1) + "\n")
@@ -158,6 +169,64 @@ def calibrate(cfg: CalibrateConfig, members: Mapping[str, MemberConfig], models:
     pd.DataFrame(rel_rows).to_csv(reports / "reliability.csv", index=False, float_format="%.6g")
     table.to_csv(reports / "scores.csv", index=False, float_format="%.6g")
     return report
+
+
+def modality_thresholds(alone: Mapping[str, pd.DataFrame], modalities: Mapping[str, str], target_fpr: float,
+                        target_uncertain: float, required: tuple[str, ...] = ("video",),
+                        ) -> tuple[dict[str, Thresholds], dict[str, Any]]:
+    """REAL/UNCERTAIN/FAKE thresholds for each modality judged alone, fitted on validation.
+
+    A clip's score for a modality is the highest calibrated probability among that
+    modality's members (the rule of :func:`veracity.decision.modality_scores`); it is judged
+    against the target label of the member that gave it, and counts only where that member
+    speaks about it (reals and its target methods, a known label). The targets are the
+    fused thresholds' (``calibrate.thresholds``).
+
+    Args:
+        alone: per member, one row per clip: ``video_id``, ``split``, ``p`` (calibrated),
+            ``y`` (its target label) and ``keep`` (the member speaks about the clip).
+        modalities: member -> modality.
+        target_fpr: share of real clips called FAKE.
+        target_uncertain: share of clips marked UNCERTAIN.
+        required: modalities that must get thresholds (``video``: frame batches are judged
+            on it); another modality whose validation clips cannot fit them is reported
+            with the reason and left without.
+
+    Returns:
+        ``(thresholds by modality, report by modality)``; the report holds the members, the
+        thresholds and their rates on validation and test.
+
+    Raises:
+        StageError: a required modality's validation clips lack reals or fakes.
+    """
+    thresholds: dict[str, Thresholds] = {}
+    report: dict[str, Any] = {}
+    for mod in sorted(set(modalities.values())):
+        names = [n for n in alone if modalities[n] == mod]
+        wide = None
+        for n in names:
+            cols = alone[n].rename(columns={c: f"{c}_{n}" for c in ("p", "y", "keep")})
+            wide = cols if wide is None else wide.merge(cols.drop(columns="split"), on="video_id", how="inner")
+        assert wide is not None
+        wide = wide.sort_values("video_id").reset_index(drop=True)
+        best = wide[[f"p_{n}" for n in names]].to_numpy(np.float64).argmax(axis=1)
+        rows = np.arange(len(wide))
+        p = wide[[f"p_{n}" for n in names]].to_numpy(np.float64)[rows, best]
+        y = wide[[f"y_{n}" for n in names]].to_numpy(np.float64)[rows, best]
+        keep = wide[[f"keep_{n}" for n in names]].to_numpy(bool)[rows, best] & ~np.isnan(y)
+        val, test = keep & (wide["split"] == "val").to_numpy(), keep & (wide["split"] == "test").to_numpy()
+        try:
+            th = fit_thresholds(p[val], y[val], target_fpr, target_uncertain)
+        except ValueError as exc:
+            message = f"cannot fit {mod}-only thresholds on validation (members {names}): {exc}"
+            if mod in required:
+                raise StageError(message) from None
+            report[mod] = {"members": names, "thresholds": None, "error": message}
+            continue
+        thresholds[mod] = th
+        report[mod] = {"members": names, "thresholds": th.to_dict(), "val": th.rates(p[val], y[val]),
+                       "test": th.rates(p[test], y[test])}
+    return thresholds, report
 
 
 def member_video_logits_from(windows: pd.DataFrame, pooling: Pooling) -> pd.DataFrame:
