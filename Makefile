@@ -23,7 +23,7 @@ export DVC_NO_ANALYTICS := 1
 export UV_PYTHON_DOWNLOADS := never
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup pipeline test test-all serve lint clean
+.PHONY: setup pipeline test test-all serve bento lint clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -46,6 +46,13 @@ test: setup
 
 serve: setup
 	veracity serve $(SERVE_ARGS)
+
+# The service's image (offline): the locked requirements, then bentoml build (it needs uv on PATH).
+BENTOFILE ?= serving/bentofile.yaml
+bento: setup
+	mkdir -p var/bento
+	$(UV) export --frozen --no-dev --no-emit-project --no-hashes -o var/bento/requirements.txt >/dev/null
+	PATH=$(CURDIR)/$(TOOLS)/bin:$$PATH BENTOML_HOME=$(CURDIR)/var/bentoml bentoml build -f $(BENTOFILE) .
 
 test-all: PYTEST_ARGS =
 test-all: test

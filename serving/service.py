@@ -73,8 +73,11 @@ def _error(status: int, error: str, message: str, endpoint: str, **extra: Any) -
 
 
 def _resources() -> dict[str, Any]:
-    # A GPU is asked for only when the service is told to use one: a CPU machine must start.
-    return {"cpu": "2", "gpu": 1} if CFG.device.startswith("cuda") else {"cpu": "2"}
+    # A GPU is asked for only when one will be used: a CPU machine must start.
+    import torch
+
+    gpu = CFG.device.startswith("cuda") or (CFG.device == "auto" and torch.cuda.is_available())
+    return {"cpu": "2", "gpu": 1} if gpu else {"cpu": "2"}
 
 
 @bentoml.service(name="veracity", workers=1, threads=CFG.threads, resources=_resources(),
