@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 PREFIX = "VERACITY_"
+MIN_KEY_LEN = 16  # a guessable key is no key
 
 
 class ServiceConfig(BaseModel):
@@ -74,7 +75,11 @@ class ServiceConfig(BaseModel):
         return cfg.model_copy(update={"project_root": root, **fix})
 
     def api_key_list(self) -> list[str]:
-        """The configured API keys (environment and file together)."""
+        """The configured API keys (environment and file together).
+
+        Raises:
+            ValueError: the key file cannot be read, or a key is shorter than MIN_KEY_LEN.
+        """
         keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
         if self.api_keys_file is not None:
             try:
@@ -82,6 +87,10 @@ class ServiceConfig(BaseModel):
             except OSError as exc:
                 raise ValueError(f"VERACITY_API_KEYS_FILE: cannot read {self.api_keys_file}: {exc.strerror}") from None
             keys += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        short = [k for k in keys if len(k) < MIN_KEY_LEN]
+        if short:
+            raise ValueError(f"VERACITY_API_KEYS: {len(short)} key(s) shorter than {MIN_KEY_LEN} characters; "
+                             "use long random keys (e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')")
         return keys
 
     @property

@@ -65,6 +65,44 @@ ANALYSIS_S = bentoml.metrics.Histogram(name="veracity_analysis_seconds", documen
 _SAFE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
+def _forms_without_urls() -> None:
+    """Make BentoML's form parsing answer bad input with a 4xx, and never fetch a URL.
+
+    BentoML 1.4's ``MultipartSerde`` (multipart and urlencoded bodies) turns a form it
+    cannot parse (no boundary, a malformed body) into a 500, and takes a file field sent as
+    a text value for a URL to download: a malformed or unreachable one is a 500, a reachable
+    one is fetched into the server past ``VERACITY_MAX_UPLOAD_MB``. Here an unparsable form
+    is a 400, and a text value is handed to validation as it is, which refuses anything but
+    an uploaded file with a 400 (``Invalid file type``), as for BentoML's JSON input.
+    """
+    from _bentoml_impl.serde import MultipartSerde
+    from bentoml.exceptions import BadInput
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
+
+    parse = MultipartSerde.parse_request
+
+    async def parse_request(self: MultipartSerde, request: Any, cls: Any) -> Any:
+        try:
+            await request.form()  # parsed once; BentoML's own call gets the cached form
+        except ClientDisconnect:
+            raise  # the client went away (or BodyLimit has answered 413): no answer is read
+        except HTTPException as exc:
+            raise BadInput(f"the request body is not a valid form: {exc.detail}") from None
+        except Exception as exc:  # noqa: BLE001 - whatever the form parser chokes on is the body's fault
+            raise BadInput(f"the request body is not a valid form ({type(exc).__name__})") from None
+        return await parse(self, request, cls)
+
+    async def ensure_file(obj: Any) -> Any:
+        return obj  # an UploadFile as it is; text is left to validation (400), never fetched
+
+    MultipartSerde.parse_request = parse_request
+    MultipartSerde.ensure_file = staticmethod(ensure_file)
+
+
+_forms_without_urls()
+
+
 def _error(status: int, error: str, message: str, endpoint: str, **extra: Any) -> JSONResponse:
     REFUSED.labels(endpoint=endpoint, error=error).inc()
     log.info("refused %s: %s", error, message, extra={"endpoint": endpoint, "error": error, "status": status})

@@ -220,10 +220,14 @@ class RedactingFilter(logging.Filter):
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         # Read when the record is made, in the caller's context (a handler may format later).
-        if getattr(record, "request_id", None) is None:
-            rid = _REQUEST_ID.get()
-            if rid is not None:
-                record.request_id = rid
+        # Ours wins over a request_id a framework's filter put there first (BentoML sets its
+        # own numeric one), which is kept under another name.
+        rid = _REQUEST_ID.get()
+        if rid is not None:
+            other = getattr(record, "request_id", None)
+            if other is not None and other != rid:
+                record.framework_request_id = other
+            record.request_id = rid
         return True
 
 

@@ -39,14 +39,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # the writers (service workers) import neither torch nor pandas for the log
+    import pandas as pd
 
-if TYPE_CHECKING:  # the analyzer pulls in torch; writing and reading the log does not need it
     from veracity.analyzer import Report
 
 __all__ = [
     "COLUMNS",
     "CURRENT_NAME",
+    "GATE_NAME",
+    "LOCK_NAME",
     "MEDIA_COLUMNS",
     "SCHEMA_VERSION",
     "RequestLog",
@@ -320,7 +322,7 @@ class RequestLog:
             # The rows are committed: a failed rotation is retried by the next append, never raised.
             try:
                 self.rotate()
-            except (OSError, sqlite3.Error) as exc:
+            except (OSError, sqlite3.Error, RequestLogError) as exc:
                 log.warning("request log: rotation of %s failed (retried on the next append): %s",
                             self.current, exc)
         return len(values)
@@ -343,9 +345,13 @@ class RequestLog:
             try:
                 if not force and _db_bytes(con) <= self.max_bytes:
                     return None  # another process rotated it first
-                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                # One self-contained file: readers open it read-only without -wal/-shm.
-                con.execute("PRAGMA journal_mode=DELETE")
+                # Leaving WAL checkpoints it: one self-contained file that readers open
+                # read-only without -wal/-shm, and nothing left in a WAL to lose. SQLite
+                # answers the old mode when another connection keeps it from switching.
+                mode = con.execute("PRAGMA journal_mode=DELETE").fetchone()[0].lower()
+                if mode != "delete":
+                    raise RequestLogError(f"{self.current} could not leave WAL mode (still {mode}); "
+                                          "is another program holding it open?")
             finally:
                 con.close()
             target = self._rotated_path()
@@ -365,6 +371,9 @@ class RequestLog:
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE takes the write lock up front).
         con = sqlite3.connect(self.current, timeout=self.busy_timeout_s, isolation_level=None)
         con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        # WAL with NORMAL: no fsync per append (the log is not worth one per request); a power
+        # cut may lose the last appends but never corrupts the file.
+        con.execute("PRAGMA synchronous = NORMAL")
         return con
 
     def _ensure_schema(self, con: sqlite3.Connection, create: bool) -> bool:
@@ -372,7 +381,7 @@ class RequestLog:
         version = con.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return True
-        if False:
+        if version != 0:
             raise RequestLogError(f"{self.current} has request-log schema version {version}; "
                                   f"this code writes version {SCHEMA_VERSION}")
         if not create:
@@ -401,14 +410,25 @@ class RequestLog:
             log.info("request log: deleted %s (keep=%d)", path.name, self.keep)
 
 
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
 def _encode(row: Mapping[str, Any]) -> tuple[Any, ...]:
     extra = set(row) - set(_NAMES)
     if extra:
         raise ValueError(f"not request-log columns: {', '.join(sorted(extra))}")
+    missing = {n for n in _NOT_NULL - {"members", "modalities"} if row.get(n) in (None, "")}
+    if missing:
+        raise ValueError(f"request-log row without {', '.join(sorted(missing))}")
     out = []
     for name in _NAMES:
         value = row.get(name)
-        if name in ("members", "modalities"):
+        if name == "time":
+            # One fixed format: the time filters compare these strings.
+            value = _iso_ms(value) if isinstance(value, datetime) else value
+            if not isinstance(value, str) or not _TIME.fullmatch(value):
+                raise ValueError(f"request-log time must be like 2026-11-21T10:30:00.123Z, got {value!r}")
+        elif name in ("members", "modalities"):
             value = value if isinstance(value, str) else json.dumps(
                 {str(k): _real(v) for k, v in (value or {}).items()}, sort_keys=True)
         elif _TYPES[name] == "REAL":
@@ -544,10 +564,6 @@ def read_request_log(directory: Path | str, *, since: datetime | str | None = No
     for path, exc in failed.items():
         log.warning("request log: skipping unreadable file %s: %s: %s", path, type(exc).__name__, exc)
     df = _frame(parts)
-    if lo is not None:  # exact bounds (the SQL filter works on millisecond strings)
-        df = df[df["time"] >= lo]
-    if hi is not None:
-        df = df[df["time"] < hi]
     df = df.sort_values("time", kind="stable").reset_index(drop=True)
     if last is not None:
         df = df.iloc[len(df) - min(last, len(df)):].reset_index(drop=True)
@@ -557,6 +573,8 @@ def read_request_log(directory: Path | str, *, since: datetime | str | None = No
 
 
 def _utc(t: datetime | str | None) -> pd.Timestamp | None:
+    import pandas as pd
+
     if t is None:
         return None
     ts = pd.Timestamp(t)
@@ -582,10 +600,11 @@ def _snapshot(path: Path) -> sqlite3.Connection:
 
 
 def _query(con: sqlite3.Connection, lo: pd.Timestamp | None, hi: pd.Timestamp | None) -> tuple[list[str], list[tuple]]:
+    # Times are stored to the millisecond, so rounding a bound up keeps the comparison exact.
     where, params = [], []
     if lo is not None:
         where.append("time >= ?")
-        params.append(_iso_ms(lo.floor("ms").to_pydatetime()))
+        params.append(_iso_ms(lo.ceil("ms").to_pydatetime()))
     if hi is not None:
         where.append("time < ?")
         params.append(_iso_ms(hi.ceil("ms").to_pydatetime()))
@@ -608,6 +627,8 @@ def _json_map(text: Any) -> dict[str, Any]:
 
 
 def _frame(parts: list[tuple[str, list[str], list[tuple]]]) -> pd.DataFrame:
+    import pandas as pd
+
     # One frame built from all rows at once (files of another schema version may lack or add columns).
     names = list(_NAMES)
     for _, cols, _ in parts:

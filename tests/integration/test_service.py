@@ -270,10 +270,23 @@ def test_the_request_log_has_a_row_per_analysis_without_paths(server: Server, cl
     assert mine["bundle_sha256"].notna().all() and (mine["latency_ms"] > 0).all()
 
 
+def _counter(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_prometheus_metrics_count_verdicts_and_abstentions(server: Server) -> None:
-    text = httpx.get(server.url + "/metrics").text
-    assert "veracity_verdicts_total" in text and "veracity_abstain_total" in text
-    assert "veracity_analysis_seconds_bucket" in text
+    before = httpx.get(server.url + "/metrics").text
+    data = np.random.default_rng(1).bytes(3000)
+    r = httpx.post(server.url + "/analyze", files={"video": ("x.mp4", data, "video/mp4")}, headers=AUTH, timeout=30)
+    assert r.json()["reason"] == "corrupt"
+    after = httpx.get(server.url + "/metrics").text
+    for name, labels in (("veracity_abstain_total", {"endpoint": "analyze", "reason": "corrupt"}),
+                         ("veracity_verdicts_total", {"endpoint": "analyze", "verdict": "ABSTAIN"})):
+        assert _counter(after, name, **labels) == _counter(before, name, **labels) + 1
+    assert "veracity_analysis_seconds_bucket" in after
 
 
 def test_the_service_is_still_ready_after_everything(server: Server) -> None:

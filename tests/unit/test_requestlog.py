@@ -1,20 +1,28 @@
-"""Tests of veracity.requestlog: rows from reports, the SQLite files, rotation, reading back."""
+"""Tests of veracity.requestlog: rows from reports, the SQLite files, rotation, reading back.
+
+Spawned workers import this module: it imports neither pandas nor the analyzer at the top.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing
+import os
 import shutil
 import sqlite3
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from veracity.requestlog import (
     COLUMNS,
     CURRENT_NAME,
+    GATE_NAME,
+    LOCK_NAME,
     SCHEMA_VERSION,
     RequestLog,
     RequestLogError,
@@ -93,7 +101,7 @@ def test_rows_one_per_person_with_that_persons_scores() -> None:
 
 def test_abstain_is_one_row_without_person_or_probability() -> None:
     report = _abstain_report()
-    report.probability = 0.7  # even a stray probability is never logged for an ABSTAIN
+    report.probability, report.person = 0.7, 2  # stray values are never logged for an ABSTAIN
     rows = rows_from_report(report, request_id="rid-2", endpoint="analyze", latency_s=0.2)
     assert len(rows) == 1
     (r,) = rows
@@ -121,9 +129,16 @@ def test_rows_refuse_a_bad_verdict_and_append_refuses_unknown_columns(tmp_path: 
     with pytest.raises(ValueError, match="verdict"):
         rows_from_report({"verdict": "MAYBE"}, request_id="r", endpoint="e", latency_s=0.0)
     row = _row(1, T0)
+    rlog = RequestLog(tmp_path)
     with pytest.raises(ValueError, match="path"):
-        RequestLog(tmp_path).append([row, {**row, "path": "/uploads/x.mp4"}])
+        rlog.append([row, {**row, "path": "/uploads/x.mp4"}])
+    with pytest.raises(ValueError, match="request_id"):
+        rlog.append([row, {**row, "request_id": None}])
+    with pytest.raises(ValueError, match="time"):
+        rlog.append([row, {**row, "time": "21/11/2026 10:00"}])  # would break the time filters
     assert read_request_log(tmp_path).empty  # the valid row was not written either
+    rlog.append([{**row, "time": T0 + timedelta(hours=1)}])  # a datetime is written in the one format
+    assert read_request_log(tmp_path, since=T0 + timedelta(minutes=59))["request_id"].tolist() == ["req-1"]
 
 
 # --------------------------------------------------------------------------- files
@@ -149,7 +164,7 @@ def test_round_trip_expands_members_and_modalities(tmp_path: Path) -> None:
     assert df["probability"].isna().tolist() == [False, False, True, False]
     assert df["reason"].iloc[2] == "no_face"
     assert str(df["time"].dtype) == "datetime64[ns, UTC]"
-    assert df["time"].iloc[2] == pd.Timestamp("2026-11-21T10:00:01Z")
+    assert df["time"].iloc[2] == T0 + timedelta(seconds=1)
     assert df["has_audio"].dtype == "boolean" and df["has_audio"].all()
     assert df["width"].dtype == "Int64" and int(df["width"].iloc[0]) == 96
     assert df["ood_score"].isna().all()
@@ -189,6 +204,10 @@ def test_since_until_last_windows(tmp_path: Path) -> None:
     assert ids(read_request_log(tmp_path, until=T0 + timedelta(minutes=2))) == [0, 1]  # exclusive
     assert ids(read_request_log(tmp_path, since="2026-11-21T10:03:00", until="2026-11-21T10:05:00.001Z")) == [3, 4, 5]
     naive = datetime(2026, 11, 21, 10, 8)  # naive means UTC
+    half_ms = timedelta(microseconds=500)  # rows are stored to the millisecond: bounds stay exact
+    assert ids(read_request_log(tmp_path, since=T0 + timedelta(minutes=7) + half_ms)) == [8, 9]
+    assert ids(read_request_log(tmp_path, until=T0 + timedelta(minutes=2) + half_ms)) == [0, 1, 2]
+    assert ids(read_request_log(tmp_path, until=T0 + timedelta(minutes=2) - half_ms)) == [0, 1]
     assert ids(read_request_log(tmp_path, since=naive)) == [8, 9]
     assert ids(read_request_log(tmp_path, last=3)) == [7, 8, 9]
     assert ids(read_request_log(tmp_path, until=T0 + timedelta(minutes=5), last=2)) == [3, 4]
@@ -198,10 +217,10 @@ def test_since_until_last_windows(tmp_path: Path) -> None:
 
 
 def test_rotation_keeps_the_newest_files_and_reads_across_them_in_order(tmp_path: Path) -> None:
-    rlog = RequestLog(tmp_path, max_bytes=24 * 1024, keep=2)
-    n = 400
-    for i in range(n):
-        rlog.append([_row(i, T0 + timedelta(seconds=i))])
+    rlog = RequestLog(tmp_path, max_bytes=20 * 1024, keep=2)
+    n = 201
+    for start in range(0, n, 10):  # the last append leaves one row in the current file
+        rlog.append([_row(i, T0 + timedelta(seconds=i)) for i in range(start, min(start + 10, n))])
     rotated = sorted(tmp_path.glob("requests-*.sqlite"))
     assert len(rotated) == 2  # more were made (see below): the oldest were deleted
     assert not list(tmp_path.glob("requests-*.sqlite-*"))  # rotated files are self-contained
@@ -219,6 +238,24 @@ def test_rotation_keeps_the_newest_files_and_reads_across_them_in_order(tmp_path
     assert (df["file"] == CURRENT_NAME).sum() < got[0]  # each file holds fewer rows than were dropped
 
 
+def test_a_rotation_that_cannot_happen_loses_nothing_and_is_retried(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    rlog = RequestLog(tmp_path, max_bytes=16 * 1024)
+    rlog.append([_row(0, T0)])
+    outside = sqlite3.connect(tmp_path / CURRENT_NAME)  # e.g. someone's sqlite3 shell
+    try:
+        outside.execute("SELECT count(*) FROM requests").fetchone()
+        with caplog.at_level(logging.WARNING, logger="veracity.requestlog"):
+            rlog.append([_row(i, T0 + timedelta(seconds=i)) for i in range(1, 80)])  # past max_bytes
+        assert not list(tmp_path.glob("requests-*.sqlite"))
+        assert any("rotation" in r.getMessage() and "retried" in r.getMessage() for r in caplog.records)
+    finally:
+        outside.close()
+    rlog.append([_row(80, T0 + timedelta(seconds=80))])
+    assert len(list(tmp_path.glob("requests-*.sqlite"))) == 1
+    assert sorted(read_request_log(tmp_path)["request_id"], key=lambda r: int(r[4:])) == [f"req-{i}" for i in range(81)]
+
+
 def _append_worker(directory: str, worker: int, n: int, barrier) -> None:  # noqa: ANN001 - a multiprocessing barrier
     rlog = RequestLog(directory, max_bytes=16 * 1024, keep=10_000)
     barrier.wait()
@@ -228,7 +265,7 @@ def _append_worker(directory: str, worker: int, n: int, barrier) -> None:  # noq
 
 def test_two_processes_append_concurrently_without_losing_rows(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
-    n = 150
+    n = 60
     barrier = ctx.Barrier(2)
     procs = [ctx.Process(target=_append_worker, args=(str(tmp_path), w, n, barrier)) for w in range(2)]
     for p in procs:
@@ -240,6 +277,41 @@ def test_two_processes_append_concurrently_without_losing_rows(tmp_path: Path) -
     assert df.attrs["skipped"] == []
     assert len(list(tmp_path.glob("requests-*.sqlite"))) >= 3  # rotation kept up while both appended
     assert sorted(df["request_id"]) == sorted(f"w{w}-{i}" for w in range(2) for i in range(n))
+
+
+def test_a_waiting_rotation_goes_before_new_appends(tmp_path: Path) -> None:
+    # flock grants shared locks past a waiting exclusive one: without the gate, appends that
+    # overlap without pause (several busy workers) would postpone rotation indefinitely.
+    rlog = RequestLog(tmp_path)
+    rlog.append([_row(0, T0)])
+    in_flight = os.open(tmp_path / LOCK_NAME, os.O_RDONLY)
+    fcntl.flock(in_flight, fcntl.LOCK_SH)  # an append of another worker, not finished yet
+    rotated: list[Path | None] = []
+    rotation = threading.Thread(target=lambda: rotated.append(rlog.rotate(force=True)))
+    rotation.start()
+    gate = os.open(tmp_path / GATE_NAME, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # until the rotation holds the gate
+            try:
+                fcntl.flock(gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(gate, fcntl.LOCK_UN)
+            except BlockingIOError:
+                break
+            assert time.monotonic() < deadline, "the rotation never took the gate"
+            time.sleep(0.005)
+        late = threading.Thread(target=rlog.append, args=([_row(1, T0 + timedelta(seconds=1))],))
+        late.start()
+        late.join(0.3)
+        assert late.is_alive() and rotation.is_alive()  # the new append waits behind the rotation
+    finally:
+        os.close(in_flight)
+        os.close(gate)
+    rotation.join(10)
+    late.join(10)
+    assert rotated[0] is not None
+    df = read_request_log(tmp_path)
+    assert dict(zip(df["request_id"], df["file"], strict=True)) == {"req-0": rotated[0].name, "req-1": CURRENT_NAME}
 
 
 def test_damaged_files_are_skipped_and_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -261,6 +333,12 @@ def test_damaged_files_are_skipped_and_named(tmp_path: Path, caplog: pytest.LogC
         df = read_request_log(tmp_path)
     assert df.attrs["skipped"] == [str(truncated), str(garbage), str(empty)]
     assert len(df) == 301 and df["request_id"].iloc[-1] == "req-1000"
+    current = tmp_path / CURRENT_NAME
+    current.write_bytes(b"garbage" * 1000)  # the current file too (it is read differently)
+    with caplog.at_level(logging.WARNING, logger="veracity.requestlog"):
+        df = read_request_log(tmp_path)
+    assert df.attrs["skipped"] == [str(truncated), str(garbage), str(empty), str(current)]
+    assert len(df) == 300 and df.attrs["files"] == [str(full)]
     warned = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    for p in (truncated, garbage, empty):
+    for p in (truncated, garbage, empty, current):
         assert str(p) in warned
