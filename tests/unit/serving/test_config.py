@@ -1,0 +1,44 @@
+"""Service settings from VERACITY_* variables: defaults, validation naming the variable, keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.config import MIN_KEY_LEN, ServiceConfig, env_table
+
+LONG = "k" * MIN_KEY_LEN
+
+
+def test_defaults_and_relative_paths_are_the_projects(tmp_path: Path) -> None:
+    cfg = ServiceConfig.from_env({"VERACITY_PROJECT_ROOT": str(tmp_path)})
+    assert cfg.model_uri == "models:/veracity-detector@champion" and cfg.bundle is None
+    assert cfg.request_log_dir == tmp_path.resolve() / "var/serving/requests"
+    assert cfg.api_key_list() == []
+
+
+def test_a_bad_value_names_its_variable() -> None:
+    with pytest.raises(ValueError, match="VERACITY_MAX_UPLOAD_MB"):
+        ServiceConfig.from_env({"VERACITY_MAX_UPLOAD_MB": "-3"})
+    with pytest.raises(ValueError, match="VERACITY_RUNTIME"):
+        ServiceConfig.from_env({"VERACITY_RUNTIME": "tensorrt"})
+
+
+def test_keys_come_from_the_variable_and_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "keys"
+    f.write_text(f"# team keys\n{'a' * 20}\n\n{'b' * 20}\n")
+    cfg = ServiceConfig.from_env({"VERACITY_API_KEYS": f"{LONG}, ", "VERACITY_API_KEYS_FILE": str(f)})
+    assert cfg.api_key_list() == [LONG, "a" * 20, "b" * 20]
+
+
+def test_short_or_unreadable_keys_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="shorter than"):
+        ServiceConfig.from_env({"VERACITY_API_KEYS": "abc"}).api_key_list()
+    with pytest.raises(ValueError, match="cannot read"):
+        ServiceConfig.from_env({"VERACITY_API_KEYS_FILE": str(tmp_path / "missing")}).api_key_list()
+
+
+def test_the_env_table_lists_every_setting() -> None:
+    names = {row[0] for row in env_table()}
+    assert names == {"VERACITY_" + f.upper() for f in ServiceConfig.model_fields}
