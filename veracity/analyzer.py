@@ -112,6 +112,7 @@ class Report:
     bundle: dict[str, Any] = field(default_factory=dict)
     explanations: dict[str, Any] | None = None
     status: str | None = None
+    ood: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (numbers as plain floats/ints, NaN as None, paths as strings)."""
@@ -190,6 +191,11 @@ class _Person:
     frame_scores: dict[str, np.ndarray]  # (n_windows, T) per-frame logits of members that see faces
     timeline: list[dict[str, Any]] = field(default_factory=list)
     top_frames: list[dict[str, Any]] = field(default_factory=list)
+    ood: Any = None  # veracity.profile.OODResult, when the bundle has a reference profile
+
+    @property
+    def out_of_profile(self) -> bool:
+        return self.ood is not None and bool(self.ood.out)
 
 
 class _Abstain(Exception):  # noqa: N818 - control flow inside the analyzer, never escapes
@@ -335,7 +341,10 @@ class Analyzer:
                 persons = [self._score_person(rec, media, track, timings) for track in _kept_tracks(rec)]
                 if not persons:  # _check_evidence guarantees one, but never call REAL without a face
                     raise _Abstain("no_face", "no face track lasted long enough to be judged")
-                best = max(persons, key=lambda p: (p.scored.probability, -p.track))
+                # The call is about the most suspicious person the bundle can judge: one outside
+                # its reference profile gets no verdict of its own (see below).
+                judged = [p for p in persons if not p.out_of_profile] or persons
+                best = max(judged, key=lambda p: (p.scored.probability, -p.track))
                 t = time.perf_counter()
                 for p in persons:
                     p.timeline = self._timeline(p, media)
@@ -348,6 +357,15 @@ class Analyzer:
                     timings["explain_s"] = time.perf_counter() - t
         s = best.scored
         n = len(persons)
+        if best.out_of_profile:  # every person is out of profile: no verdict, the scores stay for the analyst
+            return Report(
+                path=str(path), verdict="ABSTAIN", probability=None, reason="out_of_distribution",
+                message=f"out of the bundle's reference profile: {best.ood.message}",
+                thresholds=self._thresholds(), members=self._members(s, reliable=False),
+                modalities=dict(s.modality_probs), agreement=dict(s.agreement), person=best.track,
+                persons=[self._person_dict(p) for p in persons], timeline=best.timeline,
+                top_frames=[_public(f) for f in best.top_frames], media=dict(media), bundle=dict(self.identity),
+                explanations=explanations, status=media.get("status"), ood=best.ood.to_dict())
         who = f" (person {best.track}, the most suspicious of {n})" if n > 1 else ""
         return Report(
             path=str(path), verdict=s.verdict, probability=float(s.probability), reason=None,
@@ -355,7 +373,8 @@ class Analyzer:
             thresholds=self._thresholds(), members=self._members(s), modalities=dict(s.modality_probs),
             agreement=dict(s.agreement), person=best.track, persons=[self._person_dict(p) for p in persons],
             timeline=best.timeline, top_frames=[_public(f) for f in best.top_frames], media=dict(media), bundle=dict(self.identity),
-            explanations=explanations, status=media.get("status"))
+            explanations=explanations, status=media.get("status"),
+            ood=best.ood.to_dict() if best.ood is not None else None)
 
     def _check_evidence(self, idx: Mapping[str, Any], rec: ClipRecord, media: dict[str, Any]) -> None:
         """Raise :class:`_Abstain` when the file cannot be judged (DESIGN §3: no face is never REAL)."""
@@ -397,6 +416,11 @@ class Analyzer:
                                                and m.model is not None and m.onnx_session is None}
         hooks = [m.model.register_forward_hook(_catch_frame_scores(caught[m.name]))
                  for m in b.members if m.name in caught and m.model is not None]
+        # Each member's embedding (the features before its head), for the reference profile.
+        embedded: dict[str, list[np.ndarray]] = {m.name: [] for m in b.members if b.profile is not None
+                                                 and m.model is not None and m.onnx_session is None}
+        hooks += [m.model.register_forward_hook(_catch_features(embedded[m.name]))
+                  for m in b.members if m.name in embedded and m.model is not None]
         bs = self.cfg.batch_size
         # The next batch is cut from the record on a background thread while the members
         # run on this one (the same bounded prefetch as extraction: memory stays flat).
@@ -434,10 +458,19 @@ class Analyzer:
             start, length = ds.item_start(i), ds.item_length(i)
             f0, f1 = int(crop_frame[rows[start]]), int(crop_frame[rows[start + length - 1]])
             windows.append(_Window(start, length, float(times[f0]), float(times[f1]) + dt))
+        ood = None
+        if b.profile is not None:
+            from veracity.profile import media_facts
+
+            # Members that did not judge this person (audio members on a silent file) are left out.
+            judged = {"video": True, "audio": clip.has_audio, "av": clip.has_audio}
+            emb = {m.name: np.concatenate(embedded[m.name]) for m in b.members
+                   if embedded.get(m.name) and judged.get(m.modality, True)}
+            ood = b.profile.score(media_facts(rec, media, track), emb)
         return _Person(track=track, scored=scored, windows=windows, window_logits=wl,
                        window_probs=np.array([w.probability for w in per_window]),
                        member_window_probs={m: np.array([w.member_probs[m] for w in per_window]) for m in b.names},
-                       dataset=ds, rows=rows, frame_scores=frame_scores)
+                       dataset=ds, rows=rows, frame_scores=frame_scores, ood=ood)
 
     def _timeline(self, p: _Person, media: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Non-overlapping segments: each instant belongs to the window whose centre is nearest."""
@@ -572,16 +605,34 @@ class Analyzer:
             out["notes"].append("no audio member: no audio anomaly segments")
         return out
 
-    def _members(self, s: Scored) -> dict[str, dict[str, Any]]:
+    def _members(self, s: Scored, reliable: bool = True) -> dict[str, dict[str, Any]]:
+        # Out of profile, the scores are kept for the analyst but marked: they mean nothing there.
         return {m.name: {"modality": m.modality, "logit": float(s.member_logits[m.name]),
-                         "probability": float(s.member_probs[m.name])} for m in self.bundle.members}
+                         "probability": float(s.member_probs[m.name]), "reliable": reliable}
+                for m in self.bundle.members}
 
     def _person_dict(self, p: _Person) -> dict[str, Any]:
         s = p.scored
-        return {"track": p.track, "verdict": s.verdict, "probability": float(s.probability),
-                "members": self._members(s), "modalities": dict(s.modality_probs), "agreement": dict(s.agreement),
+        out = p.out_of_profile
+        ood = p.ood.to_dict() if p.ood is not None else None
+        return {"track": p.track, "verdict": "ABSTAIN" if out else s.verdict,
+                "reason": "out_of_distribution" if out else None,
+                "probability": None if out else float(s.probability),
+                "unreliable_probability": float(s.probability) if out else None,
+                "ood_score": ood["ood_score"] if ood else None, "ood": ood,
+                "members": self._members(s, reliable=not out), "modalities": dict(s.modality_probs),
+                "agreement": dict(s.agreement),
                 "windows": len(p.windows), "start_s": p.windows[0].start_s, "end_s": p.windows[-1].end_s,
                 "timeline": p.timeline, "top_frames": [_public(f) for f in p.top_frames]}
+
+
+def _catch_features(store: list[np.ndarray]) -> Any:
+    def hook(_module: torch.nn.Module, _inputs: Any, out: Any) -> None:
+        feats = getattr(out, "features", None)
+        if isinstance(feats, torch.Tensor):
+            store.append(feats.detach().float().cpu().numpy().reshape(feats.shape[0], -1))
+
+    return hook
 
 
 def _catch_frame_scores(store: list[np.ndarray]) -> Any:
@@ -606,7 +657,7 @@ def _kept_tracks(rec: ClipRecord) -> list[int]:
 
 def _media_facts(idx: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("duration_s", "src_fps", "width", "height", "rotation", "has_audio", "audio_s", "n_frames",
-            "face_ratio", "n_tracks", "speech_ratio")
+            "face_ratio", "n_tracks", "speech_ratio", "rms_dbfs")
     out = {k: idx.get(k) for k in keys if idx.get(k) is not None}
     if "src_fps" in out:
         out["fps"] = out.pop("src_fps")
@@ -627,6 +678,9 @@ def report_text(report: Report) -> str:
     lines = [f"{r.path}"]
     if r.verdict == "ABSTAIN":
         lines.append(f"  verdict: ABSTAIN ({r.reason}): {r.message}")
+        if r.reason == "out_of_distribution" and r.members:
+            lines.append("  members (unreliable out of profile): " + "; ".join(
+                f"{n} p={m['probability']:.3f}" for n, m in r.members.items()))
     else:
         th = r.thresholds
         lines.append(f"  verdict: {r.verdict}  probability {r.probability:.3f}  "
@@ -639,8 +693,9 @@ def report_text(report: Report) -> str:
         agree = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in ag.items() if v is not None)
         lines.append(f"  modalities: {mods}" + (f"; {agree}" if agree else ""))
         if len(r.persons) > 1:
-            lines.append("  persons: " + ", ".join(f"#{p['track']} {p['verdict']} {p['probability']:.3f}"
-                                                   for p in r.persons))
+            lines.append("  persons: " + ", ".join(
+                f"#{p['track']} {p['verdict']}" + (f" {p['probability']:.3f}" if p["probability"] is not None
+                                                   else f" ({p.get('reason')})") for p in r.persons))
         lines.append("  timeline:")
         for s in r.timeline:
             lines.append(f"    {s['start_s']:7.2f} - {s['end_s']:7.2f} s  {s['verdict']:<9} {s['probability']:.3f}")
@@ -654,6 +709,8 @@ def report_text(report: Report) -> str:
                          + (f" in {Path(pngs[0]).parent}" if pngs else "")
                          + "; audio anomalies: "
                          + (", ".join(f"{s['start_s']:.2f}-{s['end_s']:.2f} s" for s in segs) or "none"))
+    if r.ood is not None and r.reason != "out_of_distribution":
+        lines.append(f"  reference profile: inside (OOD score {r.ood['ood_score']:.2f}; 1.00 = threshold)")
     if r.media.get("duration_s") is not None:
         lines.append(f"  media: {r.media.get('duration_s', 0):.2f} s, {r.media.get('width')}x{r.media.get('height')}, "
                      f"audio {'yes' if r.media.get('has_audio') else 'no'}")

@@ -36,6 +36,7 @@ from veracity.models.checkpoint import MODEL_META, load_member
 BUNDLE_FORMAT = "veracity-bundle"
 BUNDLE_VERSION = 1
 BUNDLE_JSON = "bundle.json"
+PROFILE_DIR = "profile"
 
 
 class BundleError(RuntimeError):
@@ -139,7 +140,7 @@ class Bundle:
     def __init__(self, contract: DataContract, members: list[BundleMember], fusion: Fusion,
                  thresholds: Thresholds, evidence: Evidence | None, spec: dict[str, Any] | None = None,
                  root: Path | None = None, device: torch.device | str = "cpu",
-                 modality_thresholds: Mapping[str, Thresholds] | None = None):
+                 modality_thresholds: Mapping[str, Thresholds] | None = None, profile: Any = None):
         names = [m.name for m in members]
         if list(fusion.members) != names:
             raise BundleError(f"fusion members {list(fusion.members)} differ from bundle members {names}")
@@ -148,6 +149,9 @@ class Bundle:
         self.fusion = fusion
         self.thresholds = thresholds
         self.modality_thresholds: dict[str, Thresholds] = dict(modality_thresholds or {})
+        # The reference profile (veracity.profile.ReferenceProfile): what the bundle was
+        # trained and validated on; None for a bundle that predates it (no OOD check).
+        self.profile = profile
         self.evidence = evidence
         self.spec = spec or {}
         self.root = root
@@ -246,6 +250,9 @@ class Bundle:
                 **({"modality_thresholds": {k: v.to_dict() for k, v in self.modality_thresholds.items()}}
                    if self.modality_thresholds else {}),
                 "evidence": vars(self.evidence).copy(), **dict(extra or {})}
+        if self.profile is not None:  # plain JSON + NPZ under profile/, checksummed like the weights
+            self.profile.save(out / PROFILE_DIR)
+            spec["profile"] = {"path": PROFILE_DIR, **self.profile.summary()}
         spec["files"] = {rel: sha256_file(out / rel) for rel in _bundle_files(out)}
         (out / BUNDLE_JSON).write_text(json.dumps(spec, indent=1, sort_keys=False, default=json_default) + "\n")
         self.spec, self.root = spec, out
@@ -292,7 +299,7 @@ class Bundle:
             ev = spec.get("evidence", {})
             return cls(contract, members, Fusion.from_dict(spec["fusion"]), Thresholds.from_dict(spec["thresholds"]),
                        Evidence(**ev), spec=spec, root=root, device=device,
-                       modality_thresholds=_modality_thresholds(spec))
+                       modality_thresholds=_modality_thresholds(spec), profile=_load_profile(root, spec))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise BundleError(f"bundle {root} cannot be rebuilt: {type(exc).__name__}: {exc}") from None
 
@@ -379,6 +386,15 @@ class Bundle:
             assert m.model is not None
             cols.append(calibrate_torch(m.calibrator, m.model(batch).logits.float()))
         return self.fusion.prob_torch(torch.stack(cols, dim=1))
+
+
+def _load_profile(root: Path, spec: Mapping[str, Any]) -> Any:
+    """The bundle's reference profile, or None when it was saved without one."""
+    if not spec.get("profile"):
+        return None
+    from veracity.profile import ReferenceProfile
+
+    return ReferenceProfile.load(root / str(spec["profile"].get("path", PROFILE_DIR)))
 
 
 def _modality_thresholds(spec: Mapping[str, Any]) -> dict[str, Thresholds]:

@@ -358,6 +358,19 @@ class AttackConfig(_Section):
     gate_strength: float = 35
 
 
+class ProfileConfig(_Section):
+    """The bundle's reference profile (:mod:`veracity.profile`): when an input is out of distribution.
+
+    Statistics are fitted on the train split, the threshold on the validation split so
+    that ``target_rate`` of in-distribution people are flagged (the coverage it costs).
+    """
+
+    enabled: bool = True
+    target_rate: float = Field(0.02, gt=0, lt=0.5)  # share of held-out in-distribution people flagged
+    method: Literal["mahalanobis", "knn"] = "mahalanobis"  # distance in each member's embedding space
+    margin: float = Field(0.25, ge=0)  # fact bands widened by at least this (relative, or per unit)
+
+
 class EnsembleConfig(_Section):
     """The shipped bundle (``veracity ensemble``)."""
 
@@ -372,6 +385,7 @@ class EnsembleConfig(_Section):
     # memory: beyond it the bundle would not be the model that was evaluated, and the stage
     # fails. Same weights on the same CPU differ by float summation order only (~1e-6).
     consistency_tolerance: float = Field(1e-4, gt=0)
+    profile: ProfileConfig = ProfileConfig()
 
 
 class RegisterConfig(_Section):

@@ -72,6 +72,7 @@ from veracity.decision import Thresholds
 from veracity.extract import _video_part
 from veracity.features import ClipRecord, RecordWriter, record_dir
 from veracity.media.faces import Detection
+from veracity.status import FRAME_BATCH_REASONS
 
 __all__ = [
     "BATCH_REASONS",
@@ -103,7 +104,7 @@ FRAME_REASONS = ("empty", "not_an_image", "undecodable", "too_large", "too_small
 # Why a whole batch is refused (FrameError raised: the service answers 4xx).
 REQUEST_REASONS = ("no_frames", "too_many_frames", "unknown_member", "member_needs_audio")
 # Why a batch gets ABSTAIN.
-BATCH_REASONS = ("corrupt", "too_short", "no_face", "no_thresholds", "error")
+BATCH_REASONS = FRAME_BATCH_REASONS
 # 4K UHD: a meeting frame is far smaller; a bigger one is a mistake or a decompression bomb.
 MAX_PIXELS = 3840 * 2160
 # The meeting server posts ~27 frames; frames are decoded one at a time, so this bounds

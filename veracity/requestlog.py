@@ -163,7 +163,8 @@ def rows_from_report(report: Report | Mapping[str, Any], *, request_id: str, end
         abstain = verdict == "ABSTAIN"
         rows = [{**base, "person": None if abstain else _integer(r.get("person")), "verdict": verdict,
                  "reason": _reason(r.get("reason")), "probability": None if abstain else _real(r.get("probability")),
-                 "ood_score": _real(r.get("ood_score")), "members": _member_probs(r.get("members")),
+                 "ood_score": _real(r.get("ood_score", (r.get("ood") or {}).get("ood_score"))),
+                 "members": _member_probs(r.get("members")),
                  "modalities": _modality_probs(r.get("modalities"))}]
     else:
         rows = [{**base, "person": _integer(p.get("track")),

@@ -23,6 +23,8 @@ from typing import Literal, get_args
 
 __all__ = [
     "ABSTAIN_REASONS",
+    "ANALYZER_REASONS",
+    "FRAME_BATCH_REASONS",
     "BAD_MEDIA_STATUSES",
     "CODE_FAILURE_STATUSES",
     "EXTRACT_STATUSES",
@@ -41,12 +43,19 @@ BadMediaStatus = Literal[
 # A failure of our code outranks what was found about the media before it (that finding
 # may be incomplete); "ok" comes last because it means no problem at all.
 ExtractStatus = Literal[CodeFailureStatus, BadMediaStatus, "ok"]
-# The analyzer abstains for any extraction problem; reasons of its own (none today: its
-# late "too_short" and "no_face" checks reuse extraction's names) would be added here.
-AbstainReason = Literal[CodeFailureStatus, BadMediaStatus]
+# The analyzer abstains for any extraction problem (its late "too_short" and "no_face"
+# checks reuse extraction's names), and on its own for a person outside the bundle's
+# reference profile (veracity.profile), or a frame batch from a bundle without video-only
+# thresholds (veracity.frames).
+AnalyzerReason = Literal["out_of_distribution", "no_thresholds"]
+AbstainReason = Literal[CodeFailureStatus, BadMediaStatus, AnalyzerReason]
 
 OK: Literal["ok"] = "ok"
 EXTRACT_STATUSES: tuple[ExtractStatus, ...] = get_args(ExtractStatus)
 BAD_MEDIA_STATUSES: tuple[BadMediaStatus, ...] = get_args(BadMediaStatus)
 CODE_FAILURE_STATUSES: tuple[CodeFailureStatus, ...] = get_args(CodeFailureStatus)
 ABSTAIN_REASONS: tuple[AbstainReason, ...] = get_args(AbstainReason)
+ANALYZER_REASONS: tuple[AnalyzerReason, ...] = get_args(AnalyzerReason)
+# Why a meeting frame batch (veracity.frames) gets ABSTAIN: nothing decodes, too few frames,
+# too little face, no video-only thresholds in the bundle, a bug.
+FRAME_BATCH_REASONS: tuple[AbstainReason, ...] = ("corrupt", "too_short", "no_face", "no_thresholds", "error")

@@ -138,3 +138,55 @@ def test_pure_noise_windows_are_out_of_profile_for_every_member(profile: Referen
     assert sorted(x.split()[1] for x in r.reasons) == sorted(bundle.names)
     assert all("embedding distance" in x and "x its threshold" in x for x in r.reasons)
     assert set(r.facts) == set(FACTS)
+
+
+# ------------------------------------------------------------------------------ the analyzer honours it
+
+
+@pytest.fixture(scope="module")
+def profiled_bundle(bundle: Bundle, profile: ReferenceProfile, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle saved again with its reference profile (checksummed under profile/)."""
+    bundle.profile = profile
+    try:
+        extra = {k: v for k, v in bundle.spec.items() if k in ("extract", "metrics", "lineage", "data")}
+        return bundle.save(tmp_path_factory.mktemp("profiled") / "bundle", extra=extra)
+    finally:
+        bundle.profile = None
+
+
+def test_the_profile_is_part_of_the_bundle_and_checksummed(profiled_bundle: Path) -> None:
+    from veracity.bundle import BundleError, verify_bundle
+
+    spec = verify_bundle(profiled_bundle)
+    assert {"profile/profile.json", "profile/profile.npz"} <= set(spec["files"])
+    assert spec["profile"]["target_rate"] == TARGET
+    assert Bundle.load(profiled_bundle).profile is not None
+    tampered = profiled_bundle.parent / "tampered"
+    import shutil
+
+    shutil.copytree(profiled_bundle, tampered)
+    (tampered / "profile" / "profile.json").write_text("{}")
+    with pytest.raises(BundleError, match="profile/profile.json"):
+        Bundle.load(tampered)
+
+
+def test_far_input_abstains_out_of_distribution_and_a_val_clip_does_not(
+        profiled_bundle: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    from veracity.analyzer import Analyzer
+    from veracity.requestlog import rows_from_report
+
+    analyzer = Analyzer(profiled_bundle, device="cpu")
+    manifest = pd.read_csv(tiny_corpus / "manifest.csv")
+    val = manifest[manifest["split"] == "val"]["path"].tolist()
+    inside = [analyzer.analyze(tiny_corpus / p) for p in val[:4]]
+    assert all(r.reason != "out_of_distribution" and r.ood is not None and not r.ood["out"] for r in inside)
+
+    ident = sample_identity("giant", np.random.default_rng(5))
+    clip = render(ClipSpec("giant", "real", ident, None, 1.2, 25, 384, 384, 16000, 20, 2.0, 5))
+    far = analyzer.analyze(write_mp4(tmp_path / "giant.mp4", clip.frames, 25, clip.audio))
+    assert far.verdict == "ABSTAIN" and far.reason == "out_of_distribution" and far.probability is None
+    assert "face size" in far.message and far.ood["out"] and far.ood["ood_score"] > 1
+    assert far.members and not any(m["reliable"] for m in far.members.values())  # kept, marked
+    assert far.persons[0]["verdict"] == "ABSTAIN" and far.persons[0]["unreliable_probability"] is not None
+    row = rows_from_report(far, request_id="r", endpoint="analyze", latency_s=1.0)[0]
+    assert row["reason"] == "out_of_distribution" and row["ood_score"] > 1

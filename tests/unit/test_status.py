@@ -11,9 +11,11 @@ from veracity import status
 from veracity.config import ExtractConfig, ExtractStatus
 from veracity.status import (
     ABSTAIN_REASONS,
+    ANALYZER_REASONS,
     BAD_MEDIA_STATUSES,
     CODE_FAILURE_STATUSES,
     EXTRACT_STATUSES,
+    FRAME_BATCH_REASONS,
 )
 
 PACKAGE = Path(veracity.__file__).parent
@@ -30,7 +32,10 @@ def test_extract_statuses_are_ok_bad_media_or_code_failure_and_nothing_else() ->
 
 
 def test_abstain_reasons_are_the_extraction_problems_with_the_same_names() -> None:
-    assert set(ABSTAIN_REASONS) == set(EXTRACT_STATUSES) - {"ok"}
+    # ... plus the analyzer's own (out of profile, no video-only thresholds), nothing else.
+    assert set(ABSTAIN_REASONS) == set(EXTRACT_STATUSES) - {"ok"} | set(ANALYZER_REASONS)
+    assert not set(ANALYZER_REASONS) & set(EXTRACT_STATUSES)
+    assert set(FRAME_BATCH_REASONS) <= set(ABSTAIN_REASONS)
     assert "missing" in ABSTAIN_REASONS and "not_found" not in ABSTAIN_REASONS
     assert set(typing.get_args(status.AbstainReason)) == set(ABSTAIN_REASONS)
 

@@ -140,6 +140,15 @@ def ensemble(cfg: EnsembleConfig, gate: GateConfig, extract_cfg: ExtractConfig, 
     lineage = {"data_dvc_md5": data_hash(root), "dvc_lock": member_hashes(root, bundle.names)}
     splits = pd.read_csv(Path(features) / "index.csv")
     data = {"clips_by_split": {str(k): int(v) for k, v in splits["split"].value_counts().sort_index().items()}}
+    if cfg.profile.enabled:
+        from veracity.profile import fit_profile
+
+        # Fitted on the people the members learnt from, its threshold on held-out validation
+        # people: never on the test split, the benchmark or anything it will be checked against.
+        bundle.profile = fit_profile(bundle, features, target_rate=cfg.profile.target_rate,
+                                     method=cfg.profile.method, margin=cfg.profile.margin,
+                                     usable_statuses=extract_cfg.usable_statuses)
+        result["profile"] = bundle.profile.summary()
     first = first_windows(clips, bundle.contract, EXAMPLE_WINDOWS)
     example, _ = collate([first[i] for i in range(EXAMPLE_WINDOWS)])
     bundle.save(out, extra={"extract": to_plain(extract_cfg, exclude=extract_cfg.EXECUTION_ONLY), "metrics": result,
