@@ -67,13 +67,22 @@ def sniff(head: bytes) -> Sniffed:
         return Sniffed("image", "bmp")
     if head.startswith((b"II*\x00", b"MM\x00*")):
         return Sniffed("image", "tiff")
-    if head.startswith(b"ID3") or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+    if head.startswith(b"ID3") or _mpeg_audio_frame(head):
         return Sniffed("audio", "mp3")
     if head.startswith(b"fLaC"):
         return Sniffed("audio", "flac")
     if _is_text(head):
         return Sniffed("text", "text")
     return Sniffed("unknown", "unknown")
+
+
+def _mpeg_audio_frame(head: bytes) -> bool:
+    """An MPEG audio frame header: sync bits, and no reserved version, layer, bitrate or rate."""
+    if len(head) < 4 or head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
+        return False
+    version, layer = (head[1] >> 3) & 0x3, (head[1] >> 1) & 0x3
+    bitrate, rate = head[2] >> 4, (head[2] >> 2) & 0x3
+    return version != 1 and layer != 0 and bitrate not in (0, 15) and rate != 3
 
 
 def _is_text(head: bytes) -> bool:

@@ -17,6 +17,8 @@ from veracity.media.sniff import sniff
     (b"RIFF\x00\x00\x00\x00AVI LIST", "video", "avi"),
     (b"RIFF\x00\x00\x00\x00WAVEfmt ", "audio", "wav"),
     (b"ID3\x04\x00\x00\x00\x00", "audio", "mp3"),
+    (bytes([0xFF, 0xFB, 0x90, 0x64]) + bytes(60), "audio", "mp3"),  # MPEG-1 layer III, 128 kb/s, 44.1 kHz
+    (bytes([0xFF, 0xFF, 0xFF, 0xFF]) + bytes(60), "unknown", "unknown"),  # sync bits, reserved fields
     (b"hello, this is text\n" * 10, "text", "text"),
 ])
 def test_signatures(head: bytes, kind: str, fmt: str) -> None:
