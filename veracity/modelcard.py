@@ -120,6 +120,24 @@ def _benchmark(bench: dict) -> list[str]:
     return out
 
 
+def _scope(bundle: dict) -> str:
+    """The reference profile's scope in words (what the bundle abstains on)."""
+    prof = _get(bundle, "profile", default=None)
+    if not isinstance(prof, dict):
+        return ("- Scope: this bundle has no reference profile, so it cannot say when an input is "
+                "unlike its training data; treat verdicts on other footage as unreliable.")
+    bands = prof.get("bands") or {}
+    gated = [f for f in prof.get("gate_facts") or [] if f in bands]
+    shown = ", ".join(f"{f.replace('_', ' ')} {_fmt(bands[f][0], 3)} to {_fmt(bands[f][1], 3)}" for f in gated)
+    rate = prof.get("target_rate")
+    return (f"- Scope: profiled on {_fmt(prof.get('n_fit'))} clips of the "
+            f"{', '.join(prof.get('fit_splits') or [])} split; abstains (out_of_distribution) on a person "
+            f"whose member embeddings ({prof.get('method')} distance) or media facts fall outside that "
+            f"profile (in-profile bands: {shown or NA}); its threshold flags "
+            f"{_fmt(100 * rate, 3) + '%' if isinstance(rate, int | float) else NA} of held-out "
+            f"{prof.get('threshold_split')} people.")
+
+
 def model_card(bundle: dict, extra: dict | None = None) -> str:
     """Render the model card of a bundle.
 
@@ -177,6 +195,7 @@ def model_card(bundle: dict, extra: dict | None = None) -> str:
         "- Probabilities are calibrated, and thresholds chosen, on the validation split; the figures "
         "are measured on the held-out test split, whose identities appear in no other split.",
         "- A file without enough face or audio evidence is ABSTAIN (with a reason), never REAL.",
+        _scope(bundle),
         "- Not for: sole evidence in legal, journalistic or identity decisions; manipulation "
         "families absent from training; still images.",
         "",

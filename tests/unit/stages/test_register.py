@@ -390,3 +390,14 @@ def test_cli_register_writes_summary_and_refuses_a_tampered_bundle(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert "members/video_specialist.onnx" in result.output and "Traceback" not in result.output
+
+
+def test_model_card_states_the_profiles_scope_or_its_absence() -> None:
+    profile = {"method": "mahalanobis", "target_rate": 0.02, "fit_splits": ["train"], "threshold_split": "val",
+               "n_fit": 200, "gate_facts": ["face_px"], "bands": {"face_px": [44.9, 111.0], "fps": [25, 25]}}
+    card = model_card({"profile": profile})
+    scope = next(line for line in card.splitlines() if line.startswith("- Scope:"))
+    assert "200 clips of the train split" in scope and "face px 44.9 to 111" in scope and "fps" not in scope
+    assert "2% of held-out val people" in scope
+    bare = next(line for line in model_card({}).splitlines() if line.startswith("- Scope:"))
+    assert "no reference profile" in bare
