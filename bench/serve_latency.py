@@ -37,13 +37,10 @@ with the reason, rather than timed on a path that skips the models.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +55,7 @@ import numpy as np
 import torch
 from analyze_throughput import make_clip  # bench/ is on sys.path when this file is run
 
+from serving.process import ServiceProcess
 from veracity.analyzer import Analyzer
 from veracity.corpus.synth.families import ClipSpec, render
 from veracity.corpus.synth.identity import sample_identity
@@ -84,85 +82,6 @@ def face_frames(n: int = N_FRAMES, size: tuple[int, int] = FRAME_SIZE, seed: int
 
 
 # ------------------------------------------------------------------------------ the server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A ``bentoml serve`` child in its own process group, stopped with SIGTERM then SIGKILL."""
-
-    def __init__(self, bundle: Path, port: int, device: str, state: Path):
-        self.url = f"http://127.0.0.1:{port}"
-        self.port = port
-        self.log = state / "server.out"
-        base = {k: v for k, v in os.environ.items() if not k.startswith("VERACITY_")}
-        self.env = {**base, "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "true",
-                    "MLFLOW_DISABLE_TELEMETRY": "true", "BENTOML_HOME": str(state / "bentoml"),
-                    "VERACITY_BUNDLE": str(bundle), "VERACITY_DEVICE": device,
-                    "VERACITY_PROJECT_ROOT": str(state), "VERACITY_LOG_DIR": str(state / "logs"),
-                    "VERACITY_REQUEST_LOG_DIR": str(state / "requests"),
-                    "VERACITY_ARTIFACT_DIR": str(state / "artifacts"), "VERACITY_CACHE_DIR": str(state / "models")}
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 300.0) -> dict[str, Any]:
-        """Start and wait until ready (the bundle loaded and checked); ``/health``'s answer."""
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [str(BENTOML), "serve", "serving.service:Veracity", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--working-dir", str(ROOT)], cwd=str(ROOT), env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)  # its own group: Ctrl-C reaches us, and we stop it
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                h = httpx.get(self.url + "/health", timeout=5).json()
-                if h.get("ready"):
-                    return h
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"the service was not ready within {timeout:.0f} s:\n{self.tail()}")
-
-    def tail(self, n: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
-
-    def stop(self) -> None:
-        """SIGTERM (BentoML stops its worker), then SIGKILL for the group and the worker."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        workers = descendants(self.proc.pid)  # the worker runs in a session of its own
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        for pid in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)  # a no-op when BentoML has stopped it
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc; empty where there is none)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -265,10 +184,11 @@ def run(args: argparse.Namespace, bundle: Path) -> dict[str, Any]:
     fb: dict[str, Any] = {"frames": N_FRAMES, "frame_size": list(FRAME_SIZE), "jpeg_bytes": sum(map(len, frames))}
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-        server = Server(bundle, args.port or free_port(), device, Path(tmp))
+        server = ServiceProcess(Path(tmp), {"VERACITY_BUNDLE": str(bundle), "VERACITY_DEVICE": device,
+                                            "VERACITY_THREADS": "4"}, port=args.port or None)
         try:
             print(f"starting the service on {server.url} with {bundle} ...", flush=True)
-            health = server.start()
+            health = server.start(timeout=300).wait_ready(timeout=300)
             with httpx.Client(base_url=server.url, timeout=600) as client:
                 calls = {"http": lambda: post_frames(client, frames),
                          "in_process": local(analyzer.check_frames, frames)}

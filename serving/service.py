@@ -334,7 +334,8 @@ class Veracity:
                     pass
 
 
-# Outermost first: every request gets an id, then the key is checked, then the body counted.
-Veracity.add_asgi_middleware(BodyLimit, max_bytes=int(CFG.max_upload_mb * 2**20))
-Veracity.add_asgi_middleware(ApiKeyAuth, keys=CFG.api_key_list(), open_prefixes=CFG.open_prefixes)
+# Outermost first (BentoML keeps the order, Starlette wraps the first added outermost): every
+# request gets an id and its access event, then the key is checked, then the body counted.
 Veracity.add_asgi_middleware(RequestContext)
+Veracity.add_asgi_middleware(ApiKeyAuth, keys=CFG.api_key_list(), open_prefixes=CFG.open_prefixes)
+Veracity.add_asgi_middleware(BodyLimit, max_bytes=int(CFG.max_upload_mb * 2**20))

@@ -1,95 +1,12 @@
-"""Start a real ``bentoml serve`` of the Veracity service on loopback, for tests.
-
-The server is a child process in its own process group (BentoML forks workers), bound to
-127.0.0.1 on a free port, with its own ``VERACITY_*`` settings and state directories; it
-is stopped with SIGTERM, then SIGKILL, so no test leaves a server behind.
-"""
+"""The service launcher for tests: :class:`serving.process.ServiceProcess` under its test name."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-from typing import Any
+from serving.process import ServiceProcess as Server
+from serving.process import free_port
 
-import httpx
+__all__ = ["KEY", "LIMITS", "Server", "free_port"]
 
-ROOT = Path(__file__).resolve().parents[1]
-BENTOML = Path(sys.executable).parent / "bentoml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """One ``bentoml serve serving.service:Veracity`` process."""
-
-    def __init__(self, state: Path, env: dict[str, str], port: int | None = None):
-        self.state = Path(state)
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = self.state / "server.out"
-        base = {k: v for k, v in os.environ.items() if not k.startswith("VERACITY_")}
-        self.env = {**base, "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "true",
-                    "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-                    "BENTOML_HOME": str(self.state / "bentoml"),
-                    "VERACITY_PROJECT_ROOT": str(self.state), "VERACITY_LOG_DIR": str(self.state / "logs"),
-                    "VERACITY_REQUEST_LOG_DIR": str(self.state / "requests"),
-                    "VERACITY_ARTIFACT_DIR": str(self.state / "artifacts"),
-                    "VERACITY_CACHE_DIR": str(self.state / "models"), "VERACITY_DEVICE": "cpu",
-                    "VERACITY_THREADS": "2", **env}
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90.0) -> Server:
-        """Start and wait until ``/health/live`` answers (not until ready)."""
-        self.state.mkdir(parents=True, exist_ok=True)
-        out = open(self.log, "wb")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            [str(BENTOML), "serve", "serving.service:Veracity", "--host", "127.0.0.1", "--port", str(self.port),
-             "--working-dir", str(ROOT)], cwd=str(ROOT), env=self.env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health/live", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"bentoml serve did not answer within {timeout:.0f} s:\n{self.output()[-3000:]}")
-
-    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        last: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            r = httpx.get(self.url + "/health", timeout=5)
-            last = r.json()
-            if last.get("ready"):
-                return last
-            time.sleep(0.5)
-        raise RuntimeError(f"not ready within {timeout:.0f} s: {last}\n{self.output()[-3000:]}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+KEY = "vk-test-9f2c1e77d0b84a3c"  # the API key of the shared test server
+# Small limits, so the tests can reach them with small files.
+LIMITS = {"VERACITY_MAX_UPLOAD_MB": "1", "VERACITY_MAX_DURATION_S": "6", "VERACITY_MAX_FRAMES": "40"}

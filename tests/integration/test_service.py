@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 from brokenmedia import CASES, make_broken_corpus, outcome
-from servicekit import Server
+from servicekit import KEY, Server
 
 from veracity.analyzer import Analyzer
 from veracity.corpus.synth.families import ClipSpec, render
@@ -29,20 +29,13 @@ from veracity.requestlog import read_request_log
 
 pytestmark = pytest.mark.integration
 
-KEY = "vk-test-9f2c1e77d0b84a3c"
 AUTH = {"X-API-Key": KEY}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
-    s = Server(tmp_path_factory.mktemp("service"), {
-        "VERACITY_BUNDLE": str(tiny_bundle), "VERACITY_API_KEYS": KEY, "VERACITY_MAX_UPLOAD_MB": "1",
-        "VERACITY_MAX_DURATION_S": "6", "VERACITY_MAX_FRAMES": "40"}).start()
-    try:
-        s.wait_ready()
-        yield s
-    finally:
-        s.stop()
+def server(service: Server) -> Server:
+    """The session's shared test server (tests/integration/conftest.py)."""
+    return service
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +108,11 @@ def test_a_body_over_the_limit_gets_413_with_or_without_content_length(server: S
         for _ in range(40):
             yield b"\x00" * 65536
 
-    r = httpx.post(server.url + "/analyze", content=chunks(), headers={**AUTH, "Content-Type": "application/octet-stream"},
-                   timeout=30)
-    assert r.status_code == 413
+    r = httpx.post(server.url + "/analyze", content=chunks(), headers={**AUTH, "Content-Type": "application/octet-stream",
+                                                                      "X-Request-ID": "req-too-big"}, timeout=30)
+    assert r.status_code == 413 and r.headers["x-request-id"] == "req-too-big"
+    # an unauthenticated oversized body is refused for the key, before its size
+    assert httpx.post(server.url + "/analyze", content=big, headers={"Content-Type": "video/mp4"}).status_code == 401
     assert httpx.get(server.url + "/health/ready").status_code == 200
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import httpx
 import pytest
@@ -36,11 +35,10 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
-from servicekit import Server
+from servicekit import KEY, Server
 
 pytestmark = pytest.mark.integration
 
-KEY = "vk-fuzz-5b1e0c93a7d24f68"
 AUTH = {"X-API-Key": KEY}
 EXAMPLES = int(os.environ.get("VERACITY_FUZZ_EXAMPLES", "25"))  # per operation and generation mode
 SEED = int(os.environ.get("VERACITY_FUZZ_SEED", "20240611"))
@@ -48,15 +46,9 @@ NOISE = ["/livez", "/readyz", "/healthz", "/metrics"]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
-    s = Server(tmp_path_factory.mktemp("service_fuzz"), {
-        "VERACITY_BUNDLE": str(tiny_bundle), "VERACITY_API_KEYS": KEY, "VERACITY_MAX_UPLOAD_MB": "1",
-        "VERACITY_MAX_DURATION_S": "6", "VERACITY_MAX_FRAMES": "40"}).start()
-    try:
-        s.wait_ready()
-        yield s
-    finally:
-        s.stop()
+def server(service: Server) -> Server:
+    """The session's shared test server (tests/integration/conftest.py)."""
+    return service
 
 
 @pytest.fixture(scope="module")
