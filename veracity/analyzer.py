@@ -8,12 +8,17 @@ between what was evaluated and what is served:
    tracks and crops, optical flow, 16 kHz audio, voice activity), with the extraction
    settings the bundle was trained with (``bundle.json["extract"]``).
 2. **Evidence rules**: a file that does not exist, cannot be decoded, is too short or too
-   long, shows no face often enough, or has no audio when the bundle listens, gets
-   ``ABSTAIN`` with that reason and no probability. A video without a face is never REAL.
+   long, or shows no face often enough gets ``ABSTAIN`` with that reason and no
+   probability. A video without a face is never REAL. A file without usable audio (no
+   stream, or silent) is judged on video alone: by the video members, against the
+   video-only thresholds fitted on validation (:meth:`Bundle.score` with ``alone``); the
+   report's ``judged`` says so. It abstains (``no_audio`` / ``silent``) only when the
+   bundle cannot judge video alone or its evidence rules require audio.
 3. **Windows** of each kept face track (:class:`veracity.data.WindowDataset`, evaluation
    stride) -> :meth:`Bundle.window_logits` in batches -> :meth:`Bundle.score` (pooling,
-   calibration, fusion, thresholds). Every kept person is scored on their own; the
-   report's call is the most suspicious person's.
+   calibration, fusion, thresholds; split members in a pattern validation never showed
+   make the call ``UNCERTAIN``, reason ``member_disagreement``). Every kept person is
+   scored on their own; the report's call is the most suspicious person's.
 4. **Report**: verdict, calibrated probability, thresholds, per-member and per-modality
    scores, agreement, a timeline of segments (each window scored as a one-window video),
    the most suspicious frames with timestamps, per-person results, media facts, timings,
@@ -54,7 +59,7 @@ from veracity.devices import resolve_device
 from veracity.extract import extract_clip, fingerprint, prefetch
 from veracity.features import ClipRecord, record_dir
 from veracity.frames import FrameBatchReport, score_frames
-from veracity.lineage import sha256_file
+from veracity.lineage import plain, sha256_file
 from veracity.status import ABSTAIN_REASONS, OK
 
 __all__ = ["REASONS", "Analyzer", "BundleError", "Report", "folder_inputs", "report_text"]
@@ -75,10 +80,17 @@ class Report:
         path: the file analysed.
         verdict: ``FAKE``, ``UNCERTAIN``, ``REAL`` or ``ABSTAIN``.
         probability: calibrated fused probability of fake (None for ABSTAIN).
-        reason: why it abstained (one of :data:`REASONS`), else None.
+        reason: why it abstained (one of :data:`REASONS`), or why it is UNCERTAIN when the
+            thresholds alone did not make it so (:data:`veracity.status.UNCERTAIN_REASONS`);
+            else None.
         message: one line for people.
-        thresholds: ``{real_below, fake_at}`` used for the call.
-        members: per member: modality, pooled logit and calibrated probability.
+        thresholds: ``{real_below, fake_at}`` used for the call (the video-only ones when
+            judged on video alone).
+        members: per member: modality, pooled logit and calibrated probability, whether it
+            judged (``judged``; a member that did not has no scores) and whether its score
+            means anything (``reliable``: not out of profile).
+        judged: the modalities whose members judged (``["audio", "av", "video"]``, or
+            ``["video"]`` for a file without usable audio); empty when it abstained early.
         modalities: per modality, the highest calibrated member probability.
         agreement: model agreement, model spread and modality agreement.
         person: track id of the person the call is about (the most suspicious one).
@@ -92,6 +104,9 @@ class Report:
         explanations: Grad-CAM overlays, audio anomaly segments, modality agreement
             (only when asked for).
         status: the extraction status of the file.
+        ood: the reference profile's verdict on the person the call is about.
+        disagreement: the members' pattern distance over its bound (above 1 and split:
+            ``member_disagreement``); None when judged alone or the bundle has no rule.
     """
 
     path: str
@@ -113,29 +128,12 @@ class Report:
     explanations: dict[str, Any] | None = None
     status: str | None = None
     ood: dict[str, Any] | None = None
+    judged: list[str] = field(default_factory=list)
+    disagreement: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (numbers as plain floats/ints, NaN as None, paths as strings)."""
-        return {"version": REPORT_VERSION, **_plain(asdict(self))}
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, bool | np.bool_):
-        return bool(obj)
-    if isinstance(obj, int | np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, Path):
-        return obj.as_posix()
-    return obj
+        return {"version": REPORT_VERSION, **plain(asdict(self))}
 
 
 def folder_inputs(directory: Path | str) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -192,6 +190,7 @@ class _Person:
     timeline: list[dict[str, Any]] = field(default_factory=list)
     top_frames: list[dict[str, Any]] = field(default_factory=list)
     ood: Any = None  # veracity.profile.OODResult, when the bundle has a reference profile
+    alone: str | None = None  # the modality judged alone (None: every member)
 
     @property
     def out_of_profile(self) -> bool:
@@ -315,8 +314,8 @@ class Analyzer:
                       thresholds=self._thresholds(), media=dict(media), bundle=dict(self.identity),
                       status=media.get("status"))
 
-    def _thresholds(self) -> dict[str, float]:
-        th = self.bundle.thresholds
+    def _thresholds(self, alone: str | None = None) -> dict[str, float]:
+        th = self.bundle.thresholds if alone is None else self.bundle.modality_thresholds[alone]
         return {"real_below": float(th.real_below), "fake_at": float(th.fake_at)}
 
     def _analyze(self, path: Path, explain: bool, explain_dir: Path | None, timings: dict[str, float],
@@ -334,11 +333,11 @@ class Analyzer:
             timings["extract_s"] = time.perf_counter() - t
             media.update(_media_facts(idx))
             rec = ClipRecord(record_dir(out, _CLIP_ID))
-            self._check_evidence(idx, rec, media)
+            alone = self._check_evidence(idx, rec, media)
             # The models run one file at a time (extraction above runs in parallel): the
             # frame-score hooks must see only this file's windows when threads share the analyzer.
             with self._lock:
-                persons = [self._score_person(rec, media, track, timings) for track in _kept_tracks(rec)]
+                persons = [self._score_person(rec, media, track, timings, alone) for track in _kept_tracks(rec)]
                 if not persons:  # _check_evidence guarantees one, but never call REAL without a face
                     raise _Abstain("no_face", "no face track lasted long enough to be judged")
                 # The call is about the most suspicious person the bundle can judge: one outside
@@ -357,35 +356,48 @@ class Analyzer:
                     timings["explain_s"] = time.perf_counter() - t
         s = best.scored
         n = len(persons)
+        alone_note = (f" (judged on {alone} alone: {_NO_AUDIO_WORDS.get(str(media.get('status')), 'no usable audio')})"
+                      if alone else "")
+        common = dict(path=str(path), thresholds=self._thresholds(alone), modalities=dict(s.modality_probs),
+                      agreement=dict(s.agreement), person=best.track, persons=[self._person_dict(p) for p in persons],
+                      timeline=best.timeline, top_frames=[_public(f) for f in best.top_frames], media=dict(media),
+                      bundle=dict(self.identity), explanations=explanations, status=media.get("status"),
+                      judged=list(s.judged), disagreement=s.disagreement)
         if best.out_of_profile:  # every person is out of profile: no verdict, the scores stay for the analyst
-            return Report(
-                path=str(path), verdict="ABSTAIN", probability=None, reason="out_of_distribution",
-                message=f"out of the bundle's reference profile: {best.ood.message}",
-                thresholds=self._thresholds(), members=self._members(s, reliable=False),
-                modalities=dict(s.modality_probs), agreement=dict(s.agreement), person=best.track,
-                persons=[self._person_dict(p) for p in persons], timeline=best.timeline,
-                top_frames=[_public(f) for f in best.top_frames], media=dict(media), bundle=dict(self.identity),
-                explanations=explanations, status=media.get("status"), ood=best.ood.to_dict())
+            return Report(verdict="ABSTAIN", probability=None, reason="out_of_distribution",
+                          message=f"out of the bundle's reference profile: {best.ood.message}{alone_note}",
+                          members=self._members(s, reliable=False), ood=best.ood.to_dict(), **common)
         who = f" (person {best.track}, the most suspicious of {n})" if n > 1 else ""
-        return Report(
-            path=str(path), verdict=s.verdict, probability=float(s.probability), reason=None,
-            message=f"{s.verdict.lower()}: calibrated probability of manipulation {s.probability:.3f}{who}",
-            thresholds=self._thresholds(), members=self._members(s), modalities=dict(s.modality_probs),
-            agreement=dict(s.agreement), person=best.track, persons=[self._person_dict(p) for p in persons],
-            timeline=best.timeline, top_frames=[_public(f) for f in best.top_frames], media=dict(media), bundle=dict(self.identity),
-            explanations=explanations, status=media.get("status"),
-            ood=best.ood.to_dict() if best.ood is not None else None)
+        message = f"{s.verdict.lower()}: calibrated probability of manipulation {s.probability:.3f}{who}{alone_note}"
+        if s.reason == "member_disagreement":
+            message = (f"uncertain: the members disagree in a way validation never showed "
+                       f"({_member_words(s)}; the fusion alone would say {self.bundle.thresholds.verdict(s.probability)} "
+                       f"at {s.probability:.3f}){who}")
+        return Report(verdict=s.verdict, probability=float(s.probability), reason=s.reason, message=message,
+                      members=self._members(s), ood=best.ood.to_dict() if best.ood is not None else None, **common)
 
-    def _check_evidence(self, idx: Mapping[str, Any], rec: ClipRecord, media: dict[str, Any]) -> None:
-        """Raise :class:`_Abstain` when the file cannot be judged (DESIGN §3: no face is never REAL)."""
+    def _check_evidence(self, idx: Mapping[str, Any], rec: ClipRecord, media: dict[str, Any]) -> str | None:
+        """Raise :class:`_Abstain` when the file cannot be judged (DESIGN §3: no face is never REAL).
+
+        Returns:
+            The modality to judge alone (``video`` for a file without usable audio, when
+            the bundle listens and can judge video alone), else None (every member).
+        """
         ev = self.bundle.evidence
         status, message = str(idx.get("status")), str(idx.get("message", ""))
-        listens = self.bundle.needs_audio and ev.require_audio
-        if status in ("no_audio", "silent"):
-            if listens:
-                raise _Abstain(status, f"{message}; the bundle's audio members cannot judge it")
-        elif status != OK:
+        if status not in (OK, "no_audio", "silent"):
             raise _Abstain(status, message)
+        no_audio = status in ("no_audio", "silent") or not media.get("has_audio")
+        alone = "video" if no_audio and self.bundle.needs_audio else None
+        if alone is not None:
+            why = message if status in ("no_audio", "silent") else "the file has no audio stream"
+            if ev.require_audio:
+                raise _Abstain(status if status in ("no_audio", "silent") else "no_audio",
+                               f"{why}; the bundle's evidence rules require audio")
+            if not self.bundle.judges_alone("video"):
+                raise _Abstain(status if status in ("no_audio", "silent") else "no_audio",
+                               f"{why}; the bundle's audio members cannot judge it and it has no "
+                               "video-only thresholds")
         face_ratio = float(idx.get("face_ratio") or 0.0)
         if face_ratio < ev.min_face_ratio:
             raise _Abstain("no_face", f"a face was found in {face_ratio:.0%} of sampled frames "
@@ -398,29 +410,33 @@ class Analyzer:
         if duration < ev.min_duration_s:
             raise _Abstain("too_short", f"{duration:.2f} s is shorter than the bundle's minimum "
                                         f"{ev.min_duration_s:g} s")
-        if listens and not media.get("has_audio"):
-            raise _Abstain("no_audio", "the file has no audio stream; the bundle's audio members cannot judge it")
+        return alone
 
     def _score_person(self, rec: ClipRecord, media: Mapping[str, Any], track: int,
-                      timings: dict[str, float]) -> _Person:
+                      timings: dict[str, float], alone: str | None = None) -> _Person:
         b, c = self.bundle, self.contract
+        # Judged on one modality alone, only its members run (a member that listens never
+        # scores a file it cannot hear).
+        run = b.judges_alone(alone) if alone is not None else b.names
+        members = [m for m in b.members if m.name in run]
         clip = ClipInfo(video_id=_CLIP_ID, record=rec.path, label=0, video_label=math.nan, audio_label=math.nan,
-                        method="unknown", split="analyze", has_audio=bool(media.get("has_audio")), track=track)
+                        method="unknown", split="analyze", has_audio=alone is None and bool(media.get("has_audio")),
+                        track=track)
         ds = WindowDataset([clip], c)
         if len(ds) == 0:
             raise _Abstain("too_short", "no model window fits the file")
-        logits: dict[str, list[np.ndarray]] = {m: [] for m in b.names}
+        logits: dict[str, list[np.ndarray]] = {m: [] for m in run}
         # Per-frame scores of the members that look at faces, caught on their way out of the
         # forward pass that window_logits runs anyway (the suspicious frames cost nothing).
-        caught: dict[str, list[np.ndarray]] = {m.name: [] for m in b.members if m.modality in ("video", "av")
+        caught: dict[str, list[np.ndarray]] = {m.name: [] for m in members if m.modality in ("video", "av")
                                                and m.model is not None and m.onnx_session is None}
         hooks = [m.model.register_forward_hook(_catch_frame_scores(caught[m.name]))
-                 for m in b.members if m.name in caught and m.model is not None]
+                 for m in members if m.name in caught and m.model is not None]
         # Each member's embedding (the features before its head), for the reference profile.
-        embedded: dict[str, list[np.ndarray]] = {m.name: [] for m in b.members if b.profile is not None
+        embedded: dict[str, list[np.ndarray]] = {m.name: [] for m in members if b.profile is not None
                                                  and m.model is not None and m.onnx_session is None}
         hooks += [m.model.register_forward_hook(_catch_features(embedded[m.name]))
-                  for m in b.members if m.name in embedded and m.model is not None]
+                  for m in members if m.name in embedded and m.model is not None]
         bs = self.cfg.batch_size
         # The next batch is cut from the record on a background thread while the members
         # run on this one (the same bounded prefetch as extraction: memory stays flat).
@@ -430,11 +446,11 @@ class Analyzer:
             t = time.perf_counter()
             for batch in prefetch(batches, depth=2):
                 t1 = time.perf_counter()
-                out = b.window_logits(batch)
+                out = b.window_logits(batch, members=run)
                 prep += t1 - t  # waiting for windows the prefetch had not cut yet
                 t = time.perf_counter()
                 fwd += t - t1
-                for m in b.names:
+                for m in run:
                     logits[m].append(np.asarray(out[m], dtype=np.float32).reshape(-1))
         finally:
             for h in hooks:
@@ -445,9 +461,9 @@ class Analyzer:
         timings["forward_s"] = timings.get("forward_s", 0.0) + fwd
         wl = {m: np.concatenate(v) for m, v in logits.items()}
         t = time.perf_counter()
-        scored = b.score(wl)
+        scored = b.score(wl, alone=alone)
         n = len(ds)
-        per_window = [b.score({m: wl[m][i : i + 1] for m in b.names}) for i in range(n)]
+        per_window = [b.score({m: wl[m][i : i + 1] for m in run}, alone=alone) for i in range(n)]
         timings["score_s"] = timings.get("score_s", 0.0) + time.perf_counter() - t
         rows = rec.track_crops(track)
         times = np.asarray(rec.array("times"), dtype=np.float64)
@@ -460,21 +476,23 @@ class Analyzer:
             windows.append(_Window(start, length, float(times[f0]), float(times[f1]) + dt))
         ood = None
         if b.profile is not None:
-            from veracity.profile import media_facts
+            from veracity.profile import AUDIO_FACTS, media_facts
 
-            # Members that did not judge this person (audio members on a silent file) are left out.
-            judged = {"video": True, "audio": clip.has_audio, "av": clip.has_audio}
-            emb = {m.name: np.concatenate(embedded[m.name]) for m in b.members
-                   if embedded.get(m.name) and judged.get(m.modality, True)}
-            ood = b.profile.score(media_facts(rec, media, track), emb)
+            # Only what judged is checked: members that did not run are left out, and so are
+            # the audio facts of a file judged without its audio (a silent track is no shift).
+            facts = media_facts(rec, media, track)
+            if alone is not None:
+                facts.update({k: math.nan for k in AUDIO_FACTS})
+            emb = {name: np.concatenate(v) for name, v in embedded.items() if v}
+            ood = b.profile.score(facts, emb)
         return _Person(track=track, scored=scored, windows=windows, window_logits=wl,
                        window_probs=np.array([w.probability for w in per_window]),
-                       member_window_probs={m: np.array([w.member_probs[m] for w in per_window]) for m in b.names},
-                       dataset=ds, rows=rows, frame_scores=frame_scores, ood=ood)
+                       member_window_probs={m: np.array([w.member_probs[m] for w in per_window]) for m in run},
+                       dataset=ds, rows=rows, frame_scores=frame_scores, ood=ood, alone=alone)
 
     def _timeline(self, p: _Person, media: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Non-overlapping segments: each instant belongs to the window whose centre is nearest."""
-        th = self.bundle.thresholds
+        th = self.bundle.thresholds if p.alone is None else self.bundle.modality_thresholds[p.alone]
         w = p.windows
         centres = [(x.start_s + x.end_s) / 2 for x in w]
         duration = media.get("duration_s")
@@ -502,7 +520,7 @@ class Analyzer:
 
         for modality in ("video", "av"):
             cands = [m for m in self.bundle.members if m.modality == modality and m.model is not None
-                     and find_frame_encoder(m.model) is not None]
+                     and m.name in p.scored.member_probs and find_frame_encoder(m.model) is not None]
             if cands:
                 return max(cands, key=lambda m: p.scored.member_probs[m.name])
         return None
@@ -596,19 +614,23 @@ class Analyzer:
                 out["overlays"].append(entry)
             if explain_dir is None:
                 out["notes"].append("no explain_dir given: heatmaps computed, no PNG written")
-        audio = [m.name for m in b.members if m.modality == "audio"]
+        audio = [m.name for m in b.members if m.modality == "audio" and m.name in p.member_window_probs]
         if audio:
             worst = np.max(np.stack([p.member_window_probs[m] for m in audio]), axis=0)
             spans = [(w.start_s, w.end_s) for w in p.windows]
             out["audio_segments"] = audio_anomaly_segments(spans, worst, b.thresholds.fake_at)
         else:
-            out["notes"].append("no audio member: no audio anomaly segments")
+            out["notes"].append("no audio member judged: no audio anomaly segments")
         return out
 
     def _members(self, s: Scored, reliable: bool = True) -> dict[str, dict[str, Any]]:
-        # Out of profile, the scores are kept for the analyst but marked: they mean nothing there.
-        return {m.name: {"modality": m.modality, "logit": float(s.member_logits[m.name]),
-                         "probability": float(s.member_probs[m.name]), "reliable": reliable}
+        # Out of profile, the scores are kept for the analyst but marked: they mean nothing
+        # there. A member that did not judge (no audio to hear) is listed without scores.
+        return {m.name: ({"modality": m.modality, "judged": True, "logit": float(s.member_logits[m.name]),
+                          "probability": float(s.member_probs[m.name]), "reliable": reliable}
+                         if m.name in s.member_probs else
+                         {"modality": m.modality, "judged": False, "logit": None, "probability": None,
+                          "reliable": False})
                 for m in self.bundle.members}
 
     def _person_dict(self, p: _Person) -> dict[str, Any]:
@@ -616,7 +638,8 @@ class Analyzer:
         out = p.out_of_profile
         ood = p.ood.to_dict() if p.ood is not None else None
         return {"track": p.track, "verdict": "ABSTAIN" if out else s.verdict,
-                "reason": "out_of_distribution" if out else None,
+                "reason": "out_of_distribution" if out else s.reason, "judged": list(s.judged),
+                "disagreement": s.disagreement,
                 "probability": None if out else float(s.probability),
                 "unreliable_probability": float(s.probability) if out else None,
                 "ood_score": ood["ood_score"] if ood else None, "ood": ood,
@@ -624,6 +647,14 @@ class Analyzer:
                 "agreement": dict(s.agreement),
                 "windows": len(p.windows), "start_s": p.windows[0].start_s, "end_s": p.windows[-1].end_s,
                 "timeline": p.timeline, "top_frames": [_public(f) for f in p.top_frames]}
+
+
+# How a report says why a file was judged without its audio, by extraction status.
+_NO_AUDIO_WORDS = {"no_audio": "the file has no audio stream", "silent": "the audio track is silent"}
+
+
+def _member_words(s: Scored) -> str:
+    return ", ".join(f"{n} {p:.3f}" for n, p in s.member_probs.items())
 
 
 def _catch_features(store: list[np.ndarray]) -> Any:
@@ -665,7 +696,7 @@ def _media_facts(idx: Mapping[str, Any]) -> dict[str, Any]:
     out["status"] = idx.get("status")
     if idx.get("warning"):
         out["warning"] = idx["warning"]
-    return _plain(out)
+    return plain(out)
 
 
 def _safe_name(text: str) -> str:
@@ -680,14 +711,19 @@ def report_text(report: Report) -> str:
         lines.append(f"  verdict: ABSTAIN ({r.reason}): {r.message}")
         if r.reason == "out_of_distribution" and r.members:
             lines.append("  members (unreliable out of profile): " + "; ".join(
-                f"{n} p={m['probability']:.3f}" for n, m in r.members.items()))
+                f"{n} p={m['probability']:.3f}" for n, m in r.members.items() if m.get("probability") is not None))
     else:
         th = r.thresholds
         lines.append(f"  verdict: {r.verdict}  probability {r.probability:.3f}  "
                      f"(REAL < {th.get('real_below', float('nan')):.3f} <= UNCERTAIN < "
                      f"{th.get('fake_at', float('nan')):.3f} <= FAKE)")
-        lines.append("  members: " + "; ".join(f"{n} ({m['modality']}) p={m['probability']:.3f} z={m['logit']:+.2f}"
-                                              for n, m in r.members.items()))
+        if r.reason:
+            lines.append(f"  why {r.verdict}: {r.reason}: {r.message}")
+        if r.judged and len(r.judged) == 1:
+            lines.append(f"  judged on {r.judged[0]} alone (the members that need the other modality did not judge)")
+        lines.append("  members: " + "; ".join(
+            f"{n} ({m['modality']}) p={m['probability']:.3f} z={m['logit']:+.2f}" if m.get("judged", True)
+            else f"{n} ({m['modality']}) did not judge" for n, m in r.members.items()))
         ag = r.agreement
         mods = ", ".join(f"{k} {v:.3f}" for k, v in r.modalities.items())
         agree = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in ag.items() if v is not None)

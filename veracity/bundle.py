@@ -27,7 +27,14 @@ import torch
 from veracity.calibration import Calibrator, Pooling
 from veracity.contract import DataContract
 from veracity.data import WindowDataset, collate
-from veracity.decision import Fusion, Thresholds, agreement, calibrate_torch, modality_scores
+from veracity.decision import (
+    Disagreement,
+    Fusion,
+    Thresholds,
+    agreement,
+    calibrate_torch,
+    modality_scores,
+)
 from veracity.lineage import json_default, sha256_file
 from veracity.models import create_detector, detector_info
 from veracity.models.base import Batch
@@ -114,7 +121,14 @@ class Evidence:
 
 @dataclass
 class Scored:
-    """One video scored by a bundle: per-member and fused probabilities and the call."""
+    """One video scored by a bundle: per-member and fused probabilities and the call.
+
+    ``judged`` names the modalities whose members judged (every member's, or one
+    modality's alone: :meth:`Bundle.score`); the member dicts hold those members only.
+    ``reason`` says why the call is ``UNCERTAIN`` when the thresholds did not make it so
+    (``member_disagreement``); ``disagreement`` is the pattern's distance over the bound
+    (1.0 at the bound; None where no rule applies).
+    """
 
     member_logits: dict[str, float]
     member_probs: dict[str, float]
@@ -122,6 +136,9 @@ class Scored:
     probability: float
     verdict: str
     agreement: dict[str, float | None]
+    judged: tuple[str, ...] = ()
+    reason: str | None = None
+    disagreement: float | None = None
 
 
 class Bundle:
@@ -140,7 +157,8 @@ class Bundle:
     def __init__(self, contract: DataContract, members: list[BundleMember], fusion: Fusion,
                  thresholds: Thresholds, evidence: Evidence | None, spec: dict[str, Any] | None = None,
                  root: Path | None = None, device: torch.device | str = "cpu",
-                 modality_thresholds: Mapping[str, Thresholds] | None = None, profile: Any = None):
+                 modality_thresholds: Mapping[str, Thresholds] | None = None, profile: Any = None,
+                 disagreement: Disagreement | None = None):
         names = [m.name for m in members]
         if list(fusion.members) != names:
             raise BundleError(f"fusion members {list(fusion.members)} differ from bundle members {names}")
@@ -152,6 +170,10 @@ class Bundle:
         # The reference profile (veracity.profile.ReferenceProfile): what the bundle was
         # trained and validated on; None for a bundle that predates it (no OOD check).
         self.profile = profile
+        # When split members make the call UNCERTAIN (fitted by calibrate); None: never.
+        self.disagreement = disagreement
+        if disagreement is not None and list(disagreement.members) != names:
+            raise BundleError(f"disagreement members {list(disagreement.members)} differ from bundle members {names}")
         self.evidence = evidence
         self.spec = spec or {}
         self.root = root
@@ -169,6 +191,17 @@ class Bundle:
     def needs_audio(self) -> bool:
         """Whether any member listens (audio or audio-visual)."""
         return any(m.modality in ("audio", "av") for m in self.members)
+
+    def judges_alone(self, modality: str) -> list[str]:
+        """The members that judge a file on ``modality`` alone (empty: the bundle cannot).
+
+        A modality can be judged alone when it has members and validation-fitted
+        thresholds of its own (``modality_thresholds``); its members are those of that
+        modality only (an audio-visual member needs both).
+        """
+        if modality not in self.modality_thresholds:
+            return []
+        return [m.name for m in self.members if m.modality == modality]
 
     # --------------------------------------------------------------- construction
 
@@ -205,7 +238,8 @@ class Bundle:
                 model=load_member(models / name, device)))
         assert contract is not None
         return cls(contract, members, fusion, Thresholds.from_dict(calibration["thresholds"]),
-                   evidence, device=device, modality_thresholds=_modality_thresholds(calibration))
+                   evidence, device=device, modality_thresholds=_modality_thresholds(calibration),
+                   disagreement=_disagreement(calibration))
 
     def save(self, out: Path | str, extra: Mapping[str, Any] | None = None, onnx: bool = False,
              onnx_tolerance: float = 1e-4, example: Batch | None = None) -> Path:
@@ -249,6 +283,7 @@ class Bundle:
                 "members": members, "fusion": self.fusion.to_dict(), "thresholds": self.thresholds.to_dict(),
                 **({"modality_thresholds": {k: v.to_dict() for k, v in self.modality_thresholds.items()}}
                    if self.modality_thresholds else {}),
+                **({"disagreement": self.disagreement.to_dict()} if self.disagreement is not None else {}),
                 "evidence": vars(self.evidence).copy(), **dict(extra or {})}
         if self.profile is not None:  # plain JSON + NPZ under profile/, checksummed like the weights
             self.profile.save(out / PROFILE_DIR)
@@ -299,7 +334,8 @@ class Bundle:
             ev = spec.get("evidence", {})
             return cls(contract, members, Fusion.from_dict(spec["fusion"]), Thresholds.from_dict(spec["thresholds"]),
                        Evidence(**ev), spec=spec, root=root, device=device,
-                       modality_thresholds=_modality_thresholds(spec), profile=_load_profile(root, spec))
+                       modality_thresholds=_modality_thresholds(spec), profile=_load_profile(root, spec),
+                       disagreement=_disagreement(spec))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise BundleError(f"bundle {root} cannot be rebuilt: {type(exc).__name__}: {exc}") from None
 
@@ -336,19 +372,49 @@ class Bundle:
                 out[m.name] = m.model(gpu_batch).logits.float().cpu().numpy()
         return out
 
-    def member_video(self, window_logits: Mapping[str, np.ndarray]) -> tuple[dict[str, float], dict[str, float]]:
-        """Pooled logit and calibrated probability per member, for one video's windows."""
-        z = {m.name: m.pooling.one(window_logits[m.name]) for m in self.members}
-        p = {m.name: float(m.calibrator.prob(z[m.name])) for m in self.members}
+    def member_video(self, window_logits: Mapping[str, np.ndarray],
+                     members: Sequence[str] | None = None) -> tuple[dict[str, float], dict[str, float]]:
+        """Pooled logit and calibrated probability per member (``members``, default all), for one video's windows."""
+        chosen = self.members if members is None else [m for m in self.members if m.name in set(members)]
+        z = {m.name: m.pooling.one(window_logits[m.name]) for m in chosen}
+        p = {m.name: float(m.calibrator.prob(z[m.name])) for m in chosen}
         return z, p
 
-    def score(self, window_logits: Mapping[str, np.ndarray]) -> Scored:
-        """One video: member windows -> pooled -> calibrated -> fused -> REAL/UNCERTAIN/FAKE."""
+    def score(self, window_logits: Mapping[str, np.ndarray], alone: str | None = None) -> Scored:
+        """One video: member windows -> pooled -> calibrated -> fused -> REAL/UNCERTAIN/FAKE.
+
+        Args:
+            window_logits: ``{member: window logits}`` (only the judging members' are read).
+            alone: judge on this modality alone (e.g. ``video`` for a file without usable
+                audio): its members' highest calibrated probability against its
+                validation-fitted thresholds (:meth:`judges_alone`), no fusion and no
+                disagreement rule. None: every member, fused.
+
+        Raises:
+            BundleError: ``alone`` names a modality the bundle cannot judge alone.
+        """
+        if alone is not None:
+            names = self.judges_alone(alone)
+            if not names:
+                raise BundleError(f"this bundle cannot judge {alone} alone: it has no {alone} members "
+                                  "or no thresholds fitted for them")
+            z, p = self.member_video(window_logits, names)
+            mods = {n: self.modalities[n] for n in names}
+            prob = max(p.values())
+            return Scored(member_logits=z, member_probs=p, modality_probs=modality_scores(p, mods),
+                          probability=prob, verdict=self.modality_thresholds[alone].verdict(prob),
+                          agreement=agreement(p, prob, mods), judged=(alone,))
         z, p = self.member_video(window_logits)
-        fused = float(self.fusion.prob(np.array([[p[n] for n in self.names]]))[0])
+        row = np.array([[p[n] for n in self.names]])
+        fused = float(self.fusion.prob(row)[0])
+        verdict, reason, dis = self.thresholds.verdict(fused), None, None
+        if self.disagreement is not None:
+            dis = float(self.disagreement.distance(row)[0] / self.disagreement.bound)
+            if verdict != "UNCERTAIN" and bool(self.disagreement.flags(row)[0]):
+                verdict, reason = "UNCERTAIN", "member_disagreement"
         return Scored(member_logits=z, member_probs=p, modality_probs=modality_scores(p, self.modalities),
-                      probability=fused, verdict=self.thresholds.verdict(fused),
-                      agreement=agreement(p, fused, self.modalities))
+                      probability=fused, verdict=verdict, agreement=agreement(p, fused, self.modalities),
+                      judged=tuple(sorted(set(self.modalities.values()))), reason=reason, disagreement=dis)
 
     def score_table(self, windows: pd.DataFrame) -> pd.DataFrame:
         """Vectorised :meth:`score` for many videos.
@@ -373,8 +439,11 @@ class Bundle:
         missing = base[[f"z_{n}" for n in self.names]].isna().any(axis=1)
         if missing.any():
             raise BundleError(f"{int(missing.sum())} video(s) lack some member's scores, e.g. {missing.idxmax()}")
-        base["prob"] = self.fusion.prob(base[[f"p_{n}" for n in self.names]].to_numpy())
+        probs = base[[f"p_{n}" for n in self.names]].to_numpy()
+        base["prob"] = self.fusion.prob(probs)
         base["verdict"] = self.thresholds.verdicts(base["prob"].to_numpy())
+        if self.disagreement is not None:
+            base.loc[self.disagreement.flags(probs), "verdict"] = "UNCERTAIN"
         return base.reset_index()
 
     def fused_window_prob(self, batch: Batch) -> torch.Tensor:
@@ -395,6 +464,12 @@ def _load_profile(root: Path, spec: Mapping[str, Any]) -> Any:
     from veracity.profile import ReferenceProfile
 
     return ReferenceProfile.load(root / str(spec["profile"].get("path", PROFILE_DIR)))
+
+
+def _disagreement(spec: Mapping[str, Any]) -> Disagreement | None:
+    """The disagreement rule of a calibration file or bundle.json (None when it has none)."""
+    raw = spec.get("disagreement")
+    return Disagreement.from_dict(raw) if raw else None
 
 
 def _modality_thresholds(spec: Mapping[str, Any]) -> dict[str, Thresholds]:

@@ -309,6 +309,17 @@ class ThresholdConfig(_Section):
     target_uncertain: float = Field(0.10, ge=0, lt=1)
 
 
+class DisagreementConfig(_Section):
+    """When members split in a pattern validation never showed: UNCERTAIN (veracity.decision.Disagreement)."""
+
+    enabled: bool = True
+    k: int = Field(3, ge=1)  # neighbours in the member log-odds space
+    # Share of validation clips past the bound (split-conformal): the bound new
+    # in-distribution clips exceed at most this often.
+    rate: float = Field(0.02, gt=0, lt=0.5)
+    clip: float = Field(5.0, gt=0)  # member log-odds clipped to +/- this
+
+
 class CalibrateConfig(_Section):
     """Everything fitted on validation scores (``veracity calibrate``): pooling per member,
     per-member calibrators, the fusion rule and the decision thresholds."""
@@ -322,6 +333,7 @@ class CalibrateConfig(_Section):
     isotonic_min_clips: int = Field(1000, ge=2)
     fusion: FusionConfig = FusionConfig()
     thresholds: ThresholdConfig = ThresholdConfig()
+    disagreement: DisagreementConfig = DisagreementConfig()
 
 
 class AttackConfig(_Section):
@@ -379,7 +391,11 @@ class EnsembleConfig(_Section):
     # Evidence rules: a video without enough face or audio is ABSTAIN, never REAL.
     min_face_ratio: float = Field(0.5, ge=0, le=1)
     min_duration_s: float = Field(1.0, ge=0)
-    require_audio: bool = True  # members that listen cannot score a silent file
+    # A file without usable audio (no stream, or silent): true = ABSTAIN (no_audio / silent);
+    # false = judged by the video members alone, on the video-only thresholds calibrate
+    # fitted on validation (the report says which modalities were judged). Members that
+    # listen never score a file they cannot hear.
+    require_audio: bool = False
     # Max abs window-logit difference allowed between the bundle's forward pass and the
     # training run's predictions, and between the written bundle reloaded and the one in
     # memory: beyond it the bundle would not be the model that was evaluated, and the stage

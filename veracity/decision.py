@@ -8,6 +8,12 @@ these objects and :mod:`veracity.analyzer` applies them.
 Member scores flow one way: window logits -> pooled video logit (per member) ->
 calibrated probability (per member) -> fused probability -> REAL / UNCERTAIN / FAKE.
 
+Disagreement (:class:`Disagreement`): when the members split (one calls fake, another
+real) in a pattern no validation clip showed, the call is ``UNCERTAIN``, whatever the
+fusion says. The specialists are meant to disagree in known ways (the face member cannot
+see a voice fake), so "members differ" alone is no signal; a pattern of member log-odds
+farther from every validation pattern than validation patterns are from each other is.
+
 Fusion rules:
     * ``weighted_mean``: sum_i w_i p_i / sum_i w_i.
     * ``stacking``: logistic regression on the members' calibrated log-odds, fitted on
@@ -256,6 +262,90 @@ def fit_thresholds(p: np.ndarray, y: np.ndarray, target_fpr: float, target_uncer
     th = Thresholds(real_below=min(real_below, fake_at), fake_at=fake_at, target_fpr=target_fpr,
                     target_uncertain=target_uncertain)
     return Thresholds(th.real_below, th.fake_at, target_fpr, target_uncertain, val=th.rates(p, y))
+
+
+# ----------------------------------------------------------------------------- disagreement
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """Members that split in a pattern validation never showed: ``UNCERTAIN``, not the stacker's call.
+
+    A clip's pattern is its members' calibrated log-odds, clipped to ``[-clip, clip]`` (past
+    that, "very sure" and "surer" are the same statement). Its distance is the Euclidean
+    distance to the ``k``-th nearest validation pattern (Sun et al., ICML 2022, in score
+    space). The bound is the split-conformal quantile of the validation clips' own
+    leave-one-out distances at ``rate`` (the ``ceil((n + 1)(1 - rate))``-th smallest), so at
+    most ``rate`` of new in-distribution clips exceed it. A clip is flagged when its
+    distance exceeds the bound **and** the members split (at least one at or above 0.5,
+    one below): an unusual pattern on which the members agree is left to the fusion.
+
+    Attributes:
+        members: the member order of ``reference`` (the fusion's).
+        reference: validation patterns, one row per clip.
+        k: neighbours.
+        bound: the distance above which a split pattern is flagged.
+        rate: the share of validation clips the bound was set for.
+        clip: the log-odds clip.
+    """
+
+    members: tuple[str, ...]
+    reference: tuple[tuple[float, ...], ...]
+    k: int
+    bound: float
+    rate: float
+    clip: float = 5.0
+
+    def _patterns(self, probs: np.ndarray) -> np.ndarray:
+        p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+        if p.shape[1] != len(self.members):
+            raise ValueError(f"expected {len(self.members)} member columns, got {p.shape[1]}")
+        return np.clip(logit(p), -self.clip, self.clip)
+
+    def distance(self, probs: np.ndarray) -> np.ndarray:
+        """Distance of each row of (n, m) member probabilities to its k-th nearest validation pattern."""
+        x = self._patterns(probs)
+        ref = np.asarray(self.reference, dtype=np.float64)
+        d = np.sqrt(((x[:, None, :] - ref[None, :, :]) ** 2).sum(axis=2))
+        k = min(self.k, ref.shape[0])
+        return np.sort(d, axis=1)[:, k - 1]
+
+    def flags(self, probs: np.ndarray) -> np.ndarray:
+        """True where the members split and the pattern is past the bound."""
+        p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+        split = (p >= 0.5).any(axis=1) & (p < 0.5).any(axis=1)
+        return split & (self.distance(p) > self.bound)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"members": list(self.members), "k": self.k, "bound": self.bound, "rate": self.rate,
+                "clip": self.clip, "reference": [list(r) for r in self.reference]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Disagreement:
+        return cls(members=tuple(d["members"]), reference=tuple(tuple(map(float, r)) for r in d["reference"]),
+                   k=int(d["k"]), bound=float(d["bound"]), rate=float(d["rate"]), clip=float(d.get("clip", 5.0)))
+
+
+def fit_disagreement(probs: np.ndarray, members: Sequence[str], k: int, rate: float,
+                     clip: float = 5.0) -> Disagreement:
+    """The disagreement bound from validation member probabilities (n, m); see :class:`Disagreement`.
+
+    Raises:
+        ValueError: fewer than ``k + 1`` validation clips, or a rate outside (0, 0.5).
+    """
+    if not 0.0 < rate < 0.5:
+        raise ValueError(f"the disagreement rate must be in (0, 0.5), got {rate}")
+    x = np.clip(logit(np.atleast_2d(np.asarray(probs, dtype=np.float64))), -clip, clip)
+    n = x.shape[0]
+    if n < k + 1:
+        raise ValueError(f"the disagreement bound needs at least {k + 1} validation clips, got {n}")
+    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=2))
+    np.fill_diagonal(d, np.inf)  # leave-one-out: a clip is not its own neighbour
+    loo = np.sort(d, axis=1)[:, k - 1]
+    i = min(n, math.ceil((n + 1) * (1.0 - rate)))  # split-conformal order statistic (1-based)
+    bound = float(np.sort(loo)[i - 1])
+    return Disagreement(members=tuple(members), reference=tuple(tuple(float(v) for v in r) for r in x),
+                        k=k, bound=bound, rate=rate, clip=clip)
 
 
 # ----------------------------------------------------------------------------- agreement

@@ -71,6 +71,7 @@ from veracity.data import ClipInfo, WindowDataset, collate
 from veracity.decision import Thresholds
 from veracity.extract import _video_part
 from veracity.features import ClipRecord, RecordWriter, record_dir
+from veracity.lineage import plain
 from veracity.media.faces import Detection
 from veracity.status import FRAME_BATCH_REASONS
 
@@ -526,24 +527,7 @@ class FrameBatchReport:
         """Plain JSON (no NaN, no NumPy types); without the logits and the scorer."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("window_logits", "scorer")}
         out["frames"] = [{f.name: getattr(fr, f.name) for f in fields(fr)} for fr in self.frames]
-        return {"version": REPORT_VERSION, **_plain(out)}
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | np.ndarray):
-        return [_plain(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
-    if isinstance(obj, bool | np.bool_):
-        return bool(obj)
-    if isinstance(obj, int | np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, Path):
-        return obj.as_posix()
-    return obj
+        return {"version": REPORT_VERSION, **plain(out)}
 
 
 class _Abstain(Exception):  # noqa: N818 - control flow inside score_frames, never escapes
@@ -898,15 +882,15 @@ class ParticipantEvidence:
         if sc is None or not used:
             out["reason"] = st.last.get("reason") or "no_face"
             out["message"] = f"no judged window yet: {st.last.get('message') or 'no frames with a face'}"
-            return _plain(out)
+            return plain(out)
         scores = sc.member_scores(used)
         out["members"] = {m: {"logit": z, "probability": p, "windows": len(used[m])} for m, (z, p) in scores.items()}
         prob = max(p for _, p in scores.values())
         if th is None:
             out["reason"] = "no_thresholds"
             out["message"] = "this bundle predates video-only thresholds"
-            return _plain(out)
+            return plain(out)
         out["probability"], out["verdict"] = prob, th.verdict(prob)
         out["message"] = (f"{out['verdict'].lower()}: calibrated video-only probability {prob:.3f} over the "
                           f"{out['windows']} most recent window(s) of {st.batches} batch(es)")
-        return _plain(out)
+        return plain(out)

@@ -1,7 +1,7 @@
 """Lineage: where an artifact came from, as hashes (DESIGN §3).
 
 Owns the one sha256 helper for files, the one JSON encoder default used for every
-report and ``bundle.json``, and what the working tree says about the code and data a
+report and ``bundle.json`` (and :func:`plain`, the same for data built in memory), and what the working tree says about the code and data a
 run used: the git commit, the md5 that ``data.dvc`` records for the raw corpus, and the
 md5s that ``dvc.lock`` records for each trained member. Every function takes the
 repository root as an argument; nothing here reads the current directory implicitly.
@@ -10,9 +10,11 @@ repository root as an argument; nothing here reads the current directory implici
 from __future__ import annotations
 
 import hashlib
+import math
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -38,6 +40,27 @@ def json_default(obj: object) -> object:
     if isinstance(obj, tuple | set):
         return list(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def plain(obj: Any) -> Any:
+    """Nested data made JSON-safe: NumPy scalars and arrays as Python ones, non-finite floats
+    as None (JSON has no NaN), paths as POSIX strings, mapping keys as strings."""
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, Path):
+        return obj.as_posix()
+    return obj
 
 
 def git_commit(root: Path | str) -> str | None:

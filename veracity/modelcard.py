@@ -103,9 +103,23 @@ def _benchmark(bench: dict) -> list[str]:
            f"training corpus ({_fmt(_get(bench, 'n_real'))} real), every method for every person, analysed through "
            f"the served path. Intervals: {_fmt(100 * conf if isinstance(conf, int | float) else None)}%, "
            "resampling people.", ""]
-    keys = ("auc", "ap", "ece", "brier", "fpr", "tpr", "uncertain_rate", "abstain_rate")
+    keys = ("auc", "ap", "ece", "brier", "fpr", "tpr", "uncertain_rate", "abstain_rate", "ood_rate",
+            "disagreement_rate")
     out += _table(["figure", "value [interval]"], [[k, _interval(_get(ens, k))] for k in keys])
     out.append("")
+    without = _get(ens, "without_profile", default={})
+    if isinstance(without, dict) and without:
+        out.append(f"- Without the reference profile (out-of-profile clips scored anyway): AUC "
+                   f"{_interval(without.get('auc'))}, ECE {_interval(without.get('ece'))}.")
+        out.append("")
+    alone = _get(bench, "alone", default={})
+    if isinstance(alone, dict) and alone:
+        out.append("Each modality judged alone (as a file without the other is judged), against its own target:")
+        out.append("")
+        keys = ("auc", "ece", "fpr", "tpr", "uncertain_rate", "abstain_rate", "ood_rate")
+        mods = sorted(alone)
+        out += _table(["figure", *mods], [[k, *(_interval(_get(alone, m, k)) for m in mods)] for k in keys])
+        out.append("")
     per_method = _get(bench, "per_method", default={})
     if isinstance(per_method, dict) and per_method:
         who = sorted({w for v in per_method.values() if isinstance(v, dict) for w in v})
@@ -194,7 +208,12 @@ def model_card(bundle: dict, extra: dict | None = None) -> str:
         ),
         "- Probabilities are calibrated, and thresholds chosen, on the validation split; the figures "
         "are measured on the held-out test split, whose identities appear in no other split.",
-        "- A file without enough face or audio evidence is ABSTAIN (with a reason), never REAL.",
+        ("- A file without enough face evidence is ABSTAIN (with a reason), never REAL. "
+         + ("A file without usable audio is judged on video alone, against video-only thresholds fitted "
+            "on validation; the report says which modalities were judged."
+            if not _get(bundle, "evidence", "require_audio", default=True) and "video" in (
+                _get(bundle, "modality_thresholds", default={}) or {})
+            else "A file without usable audio is ABSTAIN.")),
         _scope(bundle),
         "- Not for: sole evidence in legal, journalistic or identity decisions; manipulation "
         "families absent from training; still images.",
@@ -243,6 +262,12 @@ def model_card(bundle: dict, extra: dict | None = None) -> str:
         f"- Verdict: REAL below {_fmt(_get(th, 'real_below'))}, FAKE at or above {_fmt(_get(th, 'fake_at'))}, "
         "UNCERTAIN in between (ABSTAIN when evidence is missing)."
     )
+    dis = _get(bundle, "disagreement", default=None)
+    if isinstance(dis, dict) and dis:
+        out.append(f"- Member disagreement: UNCERTAIN when the members split (one at or above 0.5, one below) "
+                   f"and their log-odds pattern lies farther than {_fmt(dis.get('bound'), 3)} from its "
+                   f"{_fmt(dis.get('k'))}-th nearest validation pattern (a bound validation clips exceed at a "
+                   f"rate of {_fmt(dis.get('rate'))}).")
     out.append("")
     out += _table(
         ["", "target", "validation"],

@@ -105,6 +105,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from veracity.features import ClipRecord
+from veracity.lineage import plain
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -114,6 +115,7 @@ if TYPE_CHECKING:
     from veracity.models.base import Batch
 
 __all__ = [
+    "AUDIO_FACTS",
     "FACTS",
     "FACT_SAMPLES",
     "GATED_FACTS",
@@ -156,6 +158,8 @@ FACTS: tuple[str, ...] = (
 # rate and audio level are resampled (to the contract's fps) and loudness-normalised away
 # before any member sees them; resolution reaches the crops only through face size.
 GATED_FACTS: tuple[str, ...] = ("face_px", "brightness", "sharpness", "speech_ratio")
+# Facts about the audio: not checked for a file judged without its audio (veracity.analyzer).
+AUDIO_FACTS: tuple[str, ...] = ("rms_dbfs", "speech_ratio")
 # Facts that act by scale: their band is widened multiplicatively (and must be > 0).
 LOG_FACTS: frozenset[str] = frozenset({"duration_s", "fps", "width", "height", "face_px", "sharpness"})
 # Additive facts: the smallest spread their band is widened by (a fact that never varied).
@@ -411,25 +415,7 @@ class OODResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (non-finite numbers as None)."""
-        return _plain(asdict(self))
-
-
-def _plain(obj: Any) -> Any:
-    """Nested data with NumPy scalars as Python ones and non-finite floats as None."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, np.bool_ | bool):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return obj
+        return plain(asdict(self))
 
 
 def _fmt(fact: str, value: float) -> str:
@@ -850,7 +836,7 @@ class ReferenceProfile:
             members[name] = {"modality": st.modality, "dim": st.dim, "n_fit": st.n_fit, "n_threshold": st.n_threshold,
                              "threshold": st.threshold, "held_out_quantile": st.scale, "threshold_rate": st.threshold_rate,
                              "shrinkage": st.shrinkage}
-        return _plain({
+        return plain({
             "format": PROFILE_FORMAT, "version": PROFILE_VERSION, "method": self.method,
             "settings": {"margin": self.margin, "band": list(self.band), "knn_k": self.knn_k,
                          "std_floor": self.std_floor, "quantiles": list(QUANTILES)},

@@ -29,10 +29,12 @@ __all__ = [
     "CODE_FAILURE_STATUSES",
     "EXTRACT_STATUSES",
     "OK",
+    "UNCERTAIN_REASONS",
     "AbstainReason",
     "BadMediaStatus",
     "CodeFailureStatus",
     "ExtractStatus",
+    "UncertainReason",
 ]
 
 CodeFailureStatus = Literal["error"]
@@ -49,6 +51,8 @@ ExtractStatus = Literal[CodeFailureStatus, BadMediaStatus, "ok"]
 # thresholds (veracity.frames).
 AnalyzerReason = Literal["out_of_distribution", "no_thresholds"]
 AbstainReason = Literal[CodeFailureStatus, BadMediaStatus, AnalyzerReason]
+# The members split in a pattern validation never showed (veracity.decision.Disagreement).
+UncertainReason = Literal["member_disagreement"]
 
 OK: Literal["ok"] = "ok"
 EXTRACT_STATUSES: tuple[ExtractStatus, ...] = get_args(ExtractStatus)
@@ -56,6 +60,7 @@ BAD_MEDIA_STATUSES: tuple[BadMediaStatus, ...] = get_args(BadMediaStatus)
 CODE_FAILURE_STATUSES: tuple[CodeFailureStatus, ...] = get_args(CodeFailureStatus)
 ABSTAIN_REASONS: tuple[AbstainReason, ...] = get_args(AbstainReason)
 ANALYZER_REASONS: tuple[AnalyzerReason, ...] = get_args(AnalyzerReason)
+UNCERTAIN_REASONS: tuple[UncertainReason, ...] = get_args(UncertainReason)
 # Why a meeting frame batch (veracity.frames) gets ABSTAIN: nothing decodes, too few frames,
 # too little face, no video-only thresholds in the bundle, a bug.
 FRAME_BATCH_REASONS: tuple[AbstainReason, ...] = ("corrupt", "too_short", "no_face", "no_thresholds", "error")

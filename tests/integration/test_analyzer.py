@@ -20,12 +20,12 @@ import pytest
 from typer.testing import CliRunner
 
 from veracity.analyzer import REASONS, Analyzer, Report
-from veracity.bundle import Bundle, BundleError
+from veracity.bundle import Bundle, BundleError, Evidence
 from veracity.cli import app
 from veracity.config import AnalyzeConfig
 from veracity.corpus.synth.families import ClipSpec, render
 from veracity.corpus.synth.identity import sample_identity
-from veracity.decision import Fusion
+from veracity.decision import Disagreement, Fusion
 from veracity.media.encode import write_mp4
 from veracity.status import EXTRACT_STATUSES
 
@@ -69,6 +69,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                                                                           strict=True)], 25, a_audio),
         "no_face": write_mp4(d / "gradient.mp4", no_face, 25, a_audio),
         "no_audio": write_mp4(d / "mute.mp4", a_frames, 25, None),
+        "silent": write_mp4(d / "silent.mp4", a_frames, 25, np.zeros_like(a_audio)),
         "corrupt": d / "random.mp4",
     }
     files["corrupt"].write_bytes(rng.bytes(4096))
@@ -145,6 +146,66 @@ def test_a_video_only_bundle_judges_a_mute_file(analyzer: Analyzer, media: dict[
     assert r.verdict in {"FAKE", "UNCERTAIN", "REAL"} and set(r.members) == {"video"}
 
 
+def _judging_without_audio(b: Bundle, **changes) -> Bundle:
+    """The same bundle with evidence rules that judge a file without usable audio on video alone."""
+    ev = Evidence(b.evidence.min_face_ratio, b.evidence.min_duration_s, require_audio=False)
+    kw = dict(spec=b.spec, modality_thresholds=b.modality_thresholds, profile=b.profile)
+    return Bundle(b.contract, b.members, b.fusion, b.thresholds, ev, **{**kw, **changes})
+
+
+@pytest.mark.parametrize(("kind", "words"), [("no_audio", "the file has no audio stream"),
+                                             ("silent", "the audio track is silent")])
+def test_a_file_without_usable_audio_is_judged_on_video_alone(analyzer: Analyzer, media: dict[str, Path],
+                                                               kind: str, words: str) -> None:
+    b = analyzer.bundle
+    assert "video" in b.modality_thresholds  # calibrate fits them for the tiny bundle too
+    r = Analyzer(_judging_without_audio(b)).analyze(media[kind])
+    assert r.verdict in {"FAKE", "UNCERTAIN", "REAL"}, r.message
+    assert r.judged == ["video"] and f"(judged on video alone: {words})" in r.message
+    # Only the video member judged, on its own validation-fitted thresholds; the audio member
+    # is listed without a score, never fed silence.
+    assert r.members["video"]["judged"] and r.members["audio"] == {
+        "modality": "audio", "judged": False, "logit": None, "probability": None, "reliable": False}
+    th = b.modality_thresholds["video"]
+    assert r.thresholds == {"real_below": th.real_below, "fake_at": th.fake_at}
+    assert r.probability == r.members["video"]["probability"] and r.verdict == th.verdict(r.probability)
+    json.dumps(r.to_dict(), allow_nan=False)
+
+
+def test_without_video_thresholds_or_when_audio_is_required_a_mute_file_abstains(analyzer: Analyzer,
+                                                                                  media: dict[str, Path]) -> None:
+    r = Analyzer(_judging_without_audio(analyzer.bundle, modality_thresholds={})).analyze(media["no_audio"])
+    assert (r.verdict, r.reason) == ("ABSTAIN", "no_audio") and "no video-only thresholds" in r.message
+    r = analyzer.analyze(media["silent"])  # the session bundle requires audio
+    assert (r.verdict, r.reason) == ("ABSTAIN", "silent") and "require audio" in r.message
+
+
+def test_members_that_split_beyond_the_validation_bound_make_the_call_uncertain(analyzer: Analyzer,
+                                                                               tiny_corpus: Path) -> None:
+    b = analyzer.bundle
+    assert b.disagreement is not None  # calibrate fitted one on the tiny validation split
+    seen = set()
+    for path in _videos(tiny_corpus)[:8]:
+        plain = analyzer.analyze(path)
+        p = [plain.members[n]["probability"] for n in b.names]
+        assert plain.disagreement == pytest.approx(float(b.disagreement.distance([p])[0] / b.disagreement.bound))
+        # A bound of ~0 flags every split pattern; the one reference pattern is a far-off corner.
+        far = tuple(-5.0 if v >= 0.5 else 5.0 for v in p)
+        rule = Disagreement(members=tuple(b.names), reference=(far,), k=1, bound=1e-9, rate=0.02)
+        r = Analyzer(_judging_without_audio(b, disagreement=rule)).analyze(path)
+        assert r.disagreement is not None and r.disagreement > 1.0
+        split = min(p) < 0.5 <= max(p)
+        seen.add(split)
+        if split:  # the fusion's probability stays in the report; the call does not
+            assert (r.verdict, r.reason) == ("UNCERTAIN", "member_disagreement")
+            assert r.probability == pytest.approx(plain.probability) and "disagree" in r.message
+        else:  # the members agree: the fusion's call stands however odd the pattern
+            assert (r.verdict, r.reason) == (plain.verdict, plain.reason)
+        if seen == {True, False}:
+            break
+    assert True in seen, "no clip of the tiny corpus splits the members"
+
+
 def test_an_unexpected_failure_is_abstain_error_and_leaves_no_files(analyzer: Analyzer, tiny_corpus: Path,
                                                                      tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch,
@@ -154,7 +215,7 @@ def test_an_unexpected_failure_is_abstain_error_and_leaves_no_files(analyzer: An
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     assert analyzer.analyze(_videos(tiny_corpus)[0]).verdict != "ABSTAIN"
 
-    def boom(batch):
+    def boom(batch, members=None):
         raise RuntimeError("simulated device failure\nsecond line")
 
     monkeypatch.setattr(analyzer.bundle, "window_logits", boom)

@@ -8,10 +8,12 @@ import torch
 
 from veracity.calibration import Calibrator, sigmoid
 from veracity.decision import (
+    Disagreement,
     Fusion,
     Thresholds,
     agreement,
     calibrate_torch,
+    fit_disagreement,
     fit_fusion,
     fit_stacking,
     fit_thresholds,
@@ -105,3 +107,51 @@ def test_agreement_scores():
     assert a["modality_agreement"] == pytest.approx(0.2)
     assert a["model_spread"] == pytest.approx(0.8)
     assert agreement({"v": 0.9}, 0.9, {"v": "video"})["modality_agreement"] is None
+
+
+def _validation_patterns(n_per: int = 40, seed: int = 0) -> np.ndarray:
+    """Three members on three kinds of clip: reals (all low), face fakes (face member high,
+    voice low) and voice fakes (voice member high, face low): specialists that disagree by design."""
+    rng = np.random.default_rng(seed)
+    centres = [(-4.0, -4.0, -3.0), (4.0, -4.0, 3.0), (-4.0, 4.0, 3.0)]
+    z = np.concatenate([rng.normal(c, 0.6, size=(n_per, 3)) for c in centres])
+    return sigmoid(z)
+
+
+def test_disagreement_bound_is_set_for_its_rate_on_new_in_distribution_clips():
+    past, flagged = [], []
+    for seed in range(100):  # the guarantee is on average over validation and new draws
+        dis = fit_disagreement(_validation_patterns(seed=seed), ("face", "voice", "av"), k=3, rate=0.05)
+        fresh = _validation_patterns(n_per=100, seed=1000 + seed)
+        past.append(np.mean(dis.distance(fresh) > dis.bound))
+        flagged.append(np.mean(dis.flags(fresh)))
+    # Split-conformal: new clips from the same distribution exceed the bound at most `rate`
+    # of the time (1 - 115/121 = 0.0496 expected here; the mean of 100 draws is within ~0.003).
+    assert 0.04 < np.mean(past) <= 0.05 + 0.006
+    # Face fakes and voice fakes split the members by design; no more of them are flagged.
+    assert np.mean(flagged) <= np.mean(past)
+
+
+def test_a_split_never_seen_in_validation_is_flagged_and_an_agreeing_outlier_is_not():
+    dis = fit_disagreement(_validation_patterns(), ("face", "voice", "av"), k=3, rate=0.02)
+    # The real-footage pattern of the issue: face says real, voice unsure-fake, sync sure-fake.
+    odd_split = np.array([[0.015, 0.80, 0.985]])
+    # Far from every pattern too, but every member says fake: the fusion may decide that.
+    odd_agreeing = np.array([[0.999, 0.999, 0.999]])
+    assert dis.flags(odd_split).tolist() == [True]
+    assert dis.distance(odd_agreeing)[0] > dis.bound and dis.flags(odd_agreeing).tolist() == [False]
+    # A clip of a kind validation holds (a face fake) is neither far nor flagged.
+    assert dis.flags(sigmoid(np.array([[4.0, -4.0, 3.0]]))).tolist() == [False]
+
+
+def test_disagreement_round_trips_and_refuses_what_it_cannot_fit():
+    dis = fit_disagreement(_validation_patterns(), ("face", "voice", "av"), k=3, rate=0.02)
+    again = Disagreement.from_dict(json.loads(json.dumps(dis.to_dict())))
+    probe = _validation_patterns(n_per=5, seed=3)
+    np.testing.assert_allclose(again.distance(probe), dis.distance(probe))
+    with pytest.raises(ValueError, match="at least 4 validation clips"):
+        fit_disagreement(_validation_patterns()[:3], ("face", "voice", "av"), k=3, rate=0.02)
+    with pytest.raises(ValueError, match="rate"):
+        fit_disagreement(_validation_patterns(), ("face", "voice", "av"), k=3, rate=0.6)
+    with pytest.raises(ValueError, match="3 member columns"):
+        dis.distance(np.array([[0.1, 0.2]]))

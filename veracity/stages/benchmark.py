@@ -13,6 +13,14 @@ Two DVC stages make the benchmark:
   them again; and reports every figure with a bootstrap interval that resamples people,
   not clips (a person's clips share a face and a voice, so they are not independent).
 
+Beside the full figures it reports each modality judged alone (``alone``: ``video`` as a
+file without usable audio is judged, ``audio`` as the audio members would judge a file
+without a face), from the same analyses: a member's calibrated probability does not depend
+on the other modality, and neither do its part of the reference profile. And it reports
+the share abstained as out of distribution (``ensemble.ood_rate``, the profile's coverage
+cost) and what the figures would be without the profile (``without_profile``: every clip
+the profile set aside scored with its unreliable probability), so the two can be compared.
+
 It writes ``metrics.json`` (a DVC metric, read by the promotion gate in ``register``),
 ``scores.csv`` (one row per clip and condition), ``plots/roc.csv`` and
 ``plots/reliability.csv`` (ensemble and members, for ``dvc plots``) and the resolved
@@ -92,8 +100,17 @@ def _score(task: tuple[str, str, int | None, str]) -> dict[str, Any]:
     if crf is not None:
         target.unlink(missing_ok=True)
     row.update(verdict=report.verdict, probability=report.probability, reason=report.reason,
-               message=report.message if report.verdict == ABSTAIN else "")
+               message=report.message if report.verdict == ABSTAIN or report.reason else "",
+               judged=",".join(report.judged), disagreement=report.disagreement)
     row.update({f"p_{name}": m["probability"] for name, m in report.members.items()})
+    ood = report.ood or {}
+    row["ood_score"] = ood.get("ood_score")
+    # What the profile found out of profile, by name: the figures of one modality alone
+    # count only its own members and facts.
+    row["ood_members"] = ";".join(sorted(n for n, m in (ood.get("members") or {}).items() if m.get("out")))
+    row["ood_facts"] = ";".join(sorted(n for n, f in (ood.get("facts") or {}).items() if f.get("out") and f.get("gated")))
+    person = next((p for p in report.persons if p.get("track") == report.person), None)
+    row["unreliable_probability"] = person.get("unreliable_probability") if person else None
     return row
 
 
@@ -140,8 +157,21 @@ def _figures(clean: pd.DataFrame, names: list[str], thresholds: Thresholds,
     method_all = clean["method"].to_numpy(str)
     methods = sorted(set(method_all) - {"real"})
 
+    # Columns an older scores table lacks read as "none given".
+    reason = clean.get("reason", pd.Series(index=clean.index, dtype=object)).to_numpy(object)
+    ood_all = reason == "out_of_distribution"
+    disagree_all = reason == "member_disagreement"
+    # The figures the bundle would show without its profile: what it set aside, scored anyway.
+    unreliable = clean.get("unreliable_probability", pd.Series(np.nan, index=clean.index)).to_numpy(np.float64)
+    prob_any = np.where(ood_all, unreliable, prob_all)
+
     def stats(rows: np.ndarray) -> dict[str, float]:
-        out = {"abstain_rate": float(np.mean(~scored_all[rows])) if rows.size else math.nan}
+        out = {"abstain_rate": float(np.mean(~scored_all[rows])) if rows.size else math.nan,
+               "ood_rate": float(np.mean(ood_all[rows])) if rows.size else math.nan,
+               "disagreement_rate": float(np.mean(disagree_all[rows])) if rows.size else math.nan}
+        both = rows[scored_all[rows] | ood_all[rows]]
+        out["without_profile.auc"] = metrics.roc_auc(y_all[both], prob_any[both])
+        out["without_profile.ece"] = metrics.ece(y_all[both], prob_any[both], ece_bins)
         rows = rows[scored_all[rows]]
         y, p, m = y_all[rows], prob_all[rows], method_all[rows]
         rates = thresholds.rates(p, y)  # the Analyzer's verdicts come from these thresholds
@@ -160,16 +190,87 @@ def _figures(clean: pd.DataFrame, names: list[str], thresholds: Thresholds,
     return stats
 
 
+def _alone_views(clean: pd.DataFrame, spec: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+    """Each modality judged alone, per clip: ``verdict``, ``probability``, ``label``, ``keep``.
+
+    The probability is the highest calibrated probability of the modality's members (the
+    bundle's rule for one modality, :meth:`veracity.bundle.Bundle.score`), the verdict its
+    validation-fitted ``modality_thresholds``. A clip abstains when the full analysis
+    abstained before scoring, or when one of this modality's members or facts was out of
+    profile (audio facts do not count for video, nor face facts for audio). The label is
+    the target of the member that gave the probability, and a clip counts (``keep``) only
+    where that member speaks about it (reals and its target methods).
+    """
+    from veracity.calibration import target_mask
+    from veracity.profile import AUDIO_FACTS, GATED_FACTS
+
+    views = {}
+    for mod, th in (spec.get("modality_thresholds") or {}).items():
+        members = [m for m in spec["members"] if m["modality"] == mod]
+        if not members:
+            continue
+        thr = Thresholds.from_dict(th)
+        facts = set(AUDIO_FACTS) & set(GATED_FACTS) if mod == "audio" else set(GATED_FACTS) - set(AUDIO_FACTS)
+        p = clean[[f"p_{m['name']}" for m in members]].to_numpy(np.float64)
+        scored = ~np.isnan(p).any(axis=1)
+        best = np.where(scored, np.nan_to_num(p, nan=-1.0).argmax(axis=1), 0)
+        rows = np.arange(len(clean))
+        prob = np.where(scored, p[rows, best], np.nan)
+        y = np.array([clean[members[b]["target"]].iloc[i] for i, b in enumerate(best)], dtype=np.float64)
+        keep = np.zeros(len(clean), bool)
+        for j, m in enumerate(members):
+            mask = target_mask(clean["method"].to_numpy(), m.get("target_methods"))
+            keep |= (best == j) & mask
+        names = {m["name"] for m in members}
+
+        def out(r: pd.Series, names: set[str] = names, facts: set[str] = facts) -> bool:
+            return bool(names & set(str(r["ood_members"] or "").split(";"))
+                        or facts & set(str(r["ood_facts"] or "").split(";")))
+
+        ood = clean[["ood_members", "ood_facts"]].fillna("").apply(out, axis=1).to_numpy(bool)
+        verdict = np.where(~scored, ABSTAIN, np.where(ood, ABSTAIN, thr.verdicts(np.nan_to_num(prob))))
+        views[mod] = pd.DataFrame({"verdict": verdict, "probability": prob, "label": y,
+                                   "keep": keep & ~np.isnan(y), "ood": ood & scored})
+    return views
+
+
+def _alone_figures(views: Mapping[str, pd.DataFrame], spec: Mapping[str, Any],
+                   ece_bins: int) -> Callable[[np.ndarray], dict[str, float]]:
+    """Bootstrap statistics of every modality judged alone (keys ``alone.<modality>.<figure>``)."""
+
+    def stats(rows: np.ndarray) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for mod, v in views.items():
+            thr = Thresholds.from_dict(spec["modality_thresholds"][mod])
+            r = rows[v["keep"].to_numpy()[rows]]
+            verdict = v["verdict"].to_numpy(str)[r]
+            judged = verdict != ABSTAIN
+            y, p = v["label"].to_numpy()[r][judged], v["probability"].to_numpy()[r][judged]
+            rates = thr.rates(p, y)
+            out.update({f"alone.{mod}.abstain_rate": float(np.mean(~judged)) if r.size else math.nan,
+                        f"alone.{mod}.ood_rate": float(np.mean(v["ood"].to_numpy()[r])) if r.size else math.nan,
+                        f"alone.{mod}.auc": metrics.roc_auc(y, p), f"alone.{mod}.ece": metrics.ece(y, p, ece_bins),
+                        **{f"alone.{mod}.{k}": rates[k] for k in ("fpr", "tpr", "uncertain_rate")}})
+        return out
+
+    return stats
+
+
 def _nest(flat: Mapping[str, dict[str, float]], names: list[str]) -> dict[str, Any]:
     """The flat bootstrap result as ``ensemble`` / ``members`` / ``per_method`` sections."""
     ens = {k: v for k, v in flat.items() if "." not in k}
+    ens["without_profile"] = {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith("without_profile.")}
     members = {n: {"auc": flat[f"{n}.auc"]} for n in names}
     per_method: dict[str, dict[str, Any]] = {}
+    alone: dict[str, dict[str, Any]] = {}
     for key, v in flat.items():
         if key.startswith("method."):
             _, method, who = key.split(".", 2)
             per_method.setdefault(method, {})[who] = v
-    return {ENSEMBLE: ens, "members": members, "per_method": per_method}
+        elif key.startswith("alone."):
+            _, mod, figure = key.split(".", 2)
+            alone.setdefault(mod, {})[figure] = v
+    return {ENSEMBLE: ens, "members": members, "per_method": per_method, "alone": alone}
 
 
 def _plots(clean: pd.DataFrame, names: list[str], ece_bins: int, out: Path) -> None:
@@ -210,7 +311,8 @@ def _reencode_drop(table: pd.DataFrame, crf: int, draws: int, confidence: float)
 
 def benchmark(cfg: BenchmarkConfig, analyze: AnalyzeConfig, bundle: Path, corpus: Path, out: Path, *,
               ece_bins: int, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Analyse the benchmark corpus with ``bundle`` and write its figures with intervals.
+    """Analyse the benchmark corpus with ``bundle`` and write its figures with intervals (full
+    bundle, and each modality judged alone).
 
     Args:
         cfg: the ``benchmark`` section.
@@ -222,9 +324,12 @@ def benchmark(cfg: BenchmarkConfig, analyze: AnalyzeConfig, bundle: Path, corpus
         progress: ``progress(done, total)`` per analysed clip.
 
     Returns:
-        What ``metrics.json`` holds: ``ensemble`` (AUC, AP, ECE, Brier, FPR, TPR, uncertain
-        and abstain shares), ``members`` (AUC), ``per_method`` (ensemble and member AUC per
-        method), ``reencode`` (AUC drop), each ``{value, lo, hi}``; plus counts, the
+        What ``metrics.json`` holds: ``ensemble`` (AUC, AP, ECE, Brier, FPR, TPR, uncertain,
+        abstain, out-of-distribution and member-disagreement shares, and AUC/ECE
+        ``without_profile``), ``members`` (AUC), ``per_method`` (ensemble and member AUC per
+        method), ``alone`` (per modality judged alone: AUC, ECE, FPR, TPR, uncertain,
+        abstain and out-of-distribution shares), ``reencode`` (AUC drop), each
+        ``{value, lo, hi}``; plus counts, the
         perfect-calibration ECE at this size, the FPR range a correct threshold shows at
         this size, the bundle's sha256 and thresholds; and ``seconds`` (wall time, not
         written).
@@ -260,7 +365,10 @@ def benchmark(cfg: BenchmarkConfig, analyze: AnalyzeConfig, bundle: Path, corpus
 
     clean = table[table["condition"] == CLEAN].reset_index(drop=True)
     th = Thresholds.from_dict(spec["thresholds"])
-    flat = metrics.cluster_bootstrap(clean["identity"].to_numpy(str), _figures(clean, names, th, ece_bins),
+    full = _figures(clean, names, th, ece_bins)
+    views = _alone_views(clean, spec)
+    alone = _alone_figures(views, spec, ece_bins)
+    flat = metrics.cluster_bootstrap(clean["identity"].to_numpy(str), lambda rows: {**full(rows), **alone(rows)},
                                      cfg.bootstrap, cfg.confidence)
     scored = clean[clean["verdict"] != ABSTAIN]
     n_real = int((scored["label"] == 0).sum())
@@ -272,6 +380,9 @@ def benchmark(cfg: BenchmarkConfig, analyze: AnalyzeConfig, bundle: Path, corpus
         "n": len(clean), "n_real": n_real, "n_fake": int((scored["label"] == 1).sum()),
         "n_people": int(clean["identity"].nunique()), "n_abstain": int((clean["verdict"] == ABSTAIN).sum()),
         "abstain_reasons": {str(k): int(v) for k, v in reasons.items()},
+        "uncertain_reasons": {str(k): int(v) for k, v in clean.loc[clean["verdict"] == "UNCERTAIN", "reason"]
+                              .dropna().value_counts().items()},
+        "alone_n": {mod: int(v["keep"].sum()) for mod, v in views.items()},
         "confidence": cfg.confidence, "bootstrap": cfg.bootstrap, "resampled": "people",
         "ece_if_calibrated": floor,
         "thresholds": {"real_below": th.real_below, "fake_at": th.fake_at, "target_fpr": th.target_fpr},

@@ -2,9 +2,10 @@
 
 Per member: a window-to-video pooling rule and a calibrator (:mod:`veracity.calibration`);
 then the fusion rule over the members' calibrated probabilities and the REAL /
-UNCERTAIN / FAKE thresholds (:mod:`veracity.decision`), and the same thresholds for each
-modality judged alone (``modality_thresholds``: a batch of still frames is judged by the
-video members only, :mod:`veracity.frames`). Writes ``calibration.json``
+UNCERTAIN / FAKE thresholds (:mod:`veracity.decision`), the same thresholds for each
+modality judged alone (``modality_thresholds``: a batch of still frames, and a file without
+usable audio, are judged by the video members only), and the bound past which split
+members make the call ``UNCERTAIN`` (:class:`~veracity.decision.Disagreement`). Writes ``calibration.json``
 (plain JSON, read by ``attack`` and ``ensemble``), its resolved config, and the reports:
 ECE and Brier before and after per member, every fusion rule on validation and test, the
 ECE a perfectly calibrated model would show on this many clips, reliability rows and the
@@ -31,7 +32,7 @@ from veracity.calibration import (
     target_mask,
 )
 from veracity.config import CalibrateConfig, MemberConfig, PoolingConfig, write_resolved
-from veracity.decision import FUSION_RULES, Thresholds, fit_fusion, fit_thresholds
+from veracity.decision import FUSION_RULES, Thresholds, fit_disagreement, fit_fusion, fit_thresholds
 from veracity.lineage import json_default
 from veracity.models import detector_info
 from veracity.models.checkpoint import WINDOW_PREDICTIONS
@@ -161,6 +162,19 @@ def calibrate(cfg: CalibrateConfig, members: Mapping[str, MemberConfig], models:
                                                        cfg.thresholds.target_uncertain)
     spec.update(fusion=fusion.to_dict(), thresholds=th.to_dict(),
                 modality_thresholds={k: t.to_dict() for k, t in mod_th.items()})
+    dcfg = cfg.disagreement
+    if dcfg.enabled and len(names) > 1:
+        dis = fit_disagreement(table.loc[is_val, pcols].to_numpy(), names, dcfg.k, dcfg.rate, dcfg.clip)
+        flagged = dis.flags(table[pcols].to_numpy())
+        table["disagreement"] = dis.distance(table[pcols].to_numpy())
+        table.loc[flagged, "verdict"] = "UNCERTAIN"
+        report["disagreement"] = {
+            "k": dis.k, "rate": dis.rate, "bound": dis.bound,
+            # Validation is where the bound was set: its share is at most the rate by construction.
+            "val_flagged": float(flagged[is_val].mean()), "test_flagged": float(flagged[is_test].mean()),
+            "test_flagged_real": int((flagged & is_test & (y == 0)).sum()),
+            "test_flagged_fake": int((flagged & is_test & (y == 1)).sum())}
+        spec["disagreement"] = dis.to_dict()
     out.mkdir(parents=True, exist_ok=True)
     reports.mkdir(parents=True, exist_ok=True)
     (out / CALIBRATION_JSON).write_text(json.dumps(spec, indent=1) + "\n")

@@ -125,6 +125,9 @@ def ensemble(cfg: EnsembleConfig, gate: GateConfig, extract_cfg: ExtractConfig, 
     ens = {"auc": metrics.roc_auc(y, p), "ap": metrics.average_precision(y, p), "ece": metrics.ece(y, p, ece_bins),
            "ece_if_calibrated_median": floor["median"], "ece_if_calibrated_p90": floor["p90"],
            "brier": metrics.brier(y, p), **th.rates(p, y)}
+    if bundle.disagreement is not None:  # UNCERTAIN by the members' disagreement, past the thresholds' share
+        ens["disagreement_rate"] = float(np.mean(bundle.disagreement.flags(table[[f"p_{n}" for n in bundle.names]].to_numpy())
+                                                 & (th.verdicts(p) != "UNCERTAIN")))
     cal_members = json.loads(Path(calibrate_report).read_text()).get("members", {}) if calibrate_report else {}
     rob = json.loads(Path(robustness).read_text()) if robustness else {}
     member_metrics = {n: {"test": {"auc": member_auc[n],

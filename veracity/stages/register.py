@@ -143,7 +143,14 @@ def _benchmark_metrics(benchmark: dict) -> dict[str, float]:
                     out[_metric_key(f"benchmark_{key}{suffix}")] = float(v)
 
     for k, iv in (benchmark.get("ensemble") or {}).items():
-        put(k, iv)
+        if k == "without_profile":
+            for fig, v in (iv or {}).items():
+                put(f"without_profile.{fig}", v)
+        else:
+            put(k, iv)
+    for mod, node in (benchmark.get("alone") or {}).items():
+        for fig, iv in (node or {}).items():
+            put(f"alone.{mod}.{fig}", iv)
     for m, node in (benchmark.get("members") or {}).items():
         put(f"{m}.auc", (node or {}).get("auc"))
     for method, node in (benchmark.get("per_method") or {}).items():

@@ -18,6 +18,8 @@ from veracity.decision import Thresholds
 from veracity.stages import StageError
 from veracity.stages.benchmark import (
     BenchmarkError,
+    _alone_figures,
+    _alone_views,
     _figures,
     _nest,
     _reencode_drop,
@@ -60,10 +62,54 @@ def test_figures_leave_abstentions_out_and_score_each_method_and_member() -> Non
     assert got["method.faceswap.video"] == 1.0 and got["method.voice.video"] == 0.5
     assert got["method.voice.audio"] == 1.0 and got["method.faceswap.audio"] == 0.5
     nested = _nest({k: {"value": v, "lo": v, "hi": v} for k, v in got.items()}, NAMES)
-    assert set(nested) == {"ensemble", "members", "per_method"}
+    assert set(nested) == {"ensemble", "members", "per_method", "alone"}
     assert nested["per_method"]["voice"]["audio"]["value"] == 1.0
     assert nested["members"]["video"]["auc"]["value"] == got["video.auc"]
     assert "auc" in nested["ensemble"] and not any("." in k for k in nested["ensemble"])
+    assert set(nested["ensemble"]["without_profile"]) == {"auc", "ece"}
+
+
+def test_out_of_profile_clips_are_their_own_figure_and_scored_anyway_without_the_profile() -> None:
+    table = scored_table().assign(reason=None, unreliable_probability=np.nan)
+    # c's face swap set aside as out of profile: no verdict, its probability kept as unreliable
+    table.loc[table["video_id"] == "c1", ["verdict", "probability", "reason", "unreliable_probability"]] = \
+        ["ABSTAIN", np.nan, "out_of_distribution", 0.05]
+    table.loc[table["video_id"] == "d2", ["verdict", "reason"]] = ["UNCERTAIN", "member_disagreement"]
+    got = _figures(table, NAMES, Thresholds(0.3, 0.7, 0.05, 0.1), ece_bins=10)(np.arange(len(table)))
+    assert got["ood_rate"] == pytest.approx(1 / 12) and got["abstain_rate"] == pytest.approx(2 / 12)
+    assert got["disagreement_rate"] == pytest.approx(1 / 12)
+    kept = table[table["verdict"] != "ABSTAIN"]
+    assert got["auc"] == pytest.approx(metrics.roc_auc(kept["label"], kept["probability"]))
+    # Without the profile the set-aside fake is scored at 0.05, below two reals: the AUC falls.
+    both = table[table["verdict"] != "ABSTAIN"].copy()
+    both = pd.concat([both, pd.DataFrame([{"label": 1, "probability": 0.05}])])
+    assert got["without_profile.auc"] == pytest.approx(metrics.roc_auc(both["label"], both["probability"]))
+    assert got["without_profile.auc"] < got["auc"]
+
+
+def test_each_modality_alone_is_judged_on_its_members_target_and_profile() -> None:
+    table = scored_table().assign(ood_members="", ood_facts="")
+    table["video_label"] = (table["method"] == "faceswap").astype(float)
+    table["audio_label"] = (table["method"] == "voice").astype(float)
+    # c's voice clip: its audio member out of profile (video alone still judges it);
+    # d's face swap: a face fact out (audio alone still judges it)
+    table.loc[table["video_id"] == "c2", "ood_members"] = "audio"
+    table.loc[table["video_id"] == "d1", "ood_facts"] = "sharpness"
+    spec = {"members": [{"name": "video", "modality": "video", "target": "video_label",
+                         "target_methods": ["faceswap", "voice"]},
+                        {"name": "audio", "modality": "audio", "target": "audio_label", "target_methods": None}],
+            "modality_thresholds": {m: Thresholds(0.3, 0.7, 0.05, 0.1).to_dict() for m in ("video", "audio")}}
+    views = _alone_views(table, spec)
+    v, a = views["video"].set_index(table["video_id"]), views["audio"].set_index(table["video_id"])
+    assert v.loc["a1", "verdict"] == "FAKE" and v.loc["a2", "verdict"] == "REAL"  # the face cannot see a voice
+    assert a.loc["a2", "verdict"] == "FAKE" and a.loc["a1", "verdict"] == "REAL"
+    assert a.loc["c2", "verdict"] == "ABSTAIN" and v.loc["c2", "verdict"] == "REAL"
+    assert v.loc["d1", "verdict"] == "ABSTAIN" and a.loc["d1", "verdict"] == "REAL"
+    assert v.loc["b0", "verdict"] == "ABSTAIN"  # abstained before any member scored it
+    got = _alone_figures(views, spec, ece_bins=10)(np.arange(len(table)))
+    assert got["alone.video.auc"] == 1.0 and got["alone.audio.auc"] == 1.0
+    assert got["alone.video.ood_rate"] == pytest.approx(1 / 12)
+    assert got["alone.audio.fpr"] == 0.0
 
 
 def test_reencode_drop_is_paired_on_the_clips_both_conditions_scored() -> None:
