@@ -182,6 +182,9 @@ class Veracity:
             "fusion": b.fusion.rule, "thresholds": b.thresholds.to_dict(),
             "modality_thresholds": {k: v.to_dict() for k, v in (getattr(b, "modality_thresholds", None) or {}).items()},
             "evidence": vars(b.evidence) if b.evidence is not None else None,
+            # The rule, not its reference patterns (validation scores are not the client's business).
+            "disagreement": ({k: v for k, v in b.disagreement.to_dict().items() if k != "reference"}
+                             if getattr(b, "disagreement", None) is not None else None),
             "contract": b.contract.to_dict(), "metrics": spec.get("metrics"),
             "model_card": model_card(spec, extra={"model_name": m.source.get("model_name"),
                                                   "version": m.source.get("registry_version")}),

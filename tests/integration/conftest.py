@@ -11,8 +11,12 @@ from servicekit import KEY, LIMITS, Server
 @pytest.fixture(scope="session")
 def service(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real ``bentoml serve`` of the tiny bundle with API key :data:`servicekit.KEY` and small limits."""
-    s = Server(tmp_path_factory.mktemp("service"), {"VERACITY_BUNDLE": str(tiny_bundle), "VERACITY_API_KEYS": KEY,
-                                                    **LIMITS}).start()
+    state = tmp_path_factory.mktemp("service")
+    # A temporary directory of its own: a test can then tell what the service left behind
+    # from what other processes on the machine are writing to /tmp.
+    (state / "tmp").mkdir()
+    s = Server(state, {"VERACITY_BUNDLE": str(tiny_bundle), "VERACITY_API_KEYS": KEY, "TMPDIR": str(state / "tmp"),
+                       **LIMITS}).start()
     try:
         s.wait_ready()
         yield s
