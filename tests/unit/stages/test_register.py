@@ -401,3 +401,32 @@ def test_model_card_states_the_profiles_scope_or_its_absence() -> None:
     assert "2% of held-out val people" in scope
     bare = next(line for line in model_card({}).splitlines() if line.startswith("- Scope:"))
     assert "no reference profile" in bare
+
+
+def test_model_card_states_how_files_without_audio_and_split_members_are_judged() -> None:
+    judged = model_card({"evidence": {"require_audio": False}, "modality_thresholds": {"video": {}},
+                         "disagreement": {"k": 3, "bound": 2.51, "rate": 0.02}})
+    assert "judged on video alone, against video-only thresholds fitted on validation" in judged
+    assert "Member disagreement: UNCERTAIN when the members split" in judged and "2.51" in judged
+    strict = model_card({"evidence": {"require_audio": True}, "modality_thresholds": {"video": {}}})
+    assert "A file without usable audio is ABSTAIN." in strict and "Member disagreement" not in strict
+
+
+def test_model_card_shows_the_benchmark_per_modality_alone_and_without_the_profile() -> None:
+    iv = {"value": 0.9, "lo": 0.8, "hi": 0.95}
+    bench = {"ensemble": {"auc": iv, "ood_rate": {"value": 0.012, "lo": 0.006, "hi": 0.02},
+                          "without_profile": {"auc": iv, "ece": iv}},
+             "alone": {"video": {"auc": {"value": 0.97, "lo": 0.96, "hi": 0.98}}, "audio": {"auc": iv}}}
+    card = model_card({}, extra={"benchmark": bench})
+    assert "| ood_rate | 0.012 [0.006, 0.02] |" in card
+    assert "Without the reference profile (out-of-profile clips scored anyway): AUC 0.9 [0.8, 0.95]" in card
+    assert "| figure | audio | video |" in card and "| auc | 0.9 [0.8, 0.95] | 0.97 [0.96, 0.98] |" in card
+
+
+def test_benchmark_figures_per_modality_and_without_profile_become_run_metrics() -> None:
+    from veracity.stages.register import _benchmark_metrics
+
+    iv = {"value": 0.9, "lo": 0.8, "hi": 0.95}
+    got = _benchmark_metrics({"ensemble": {"auc": iv, "without_profile": {"ece": iv}}, "alone": {"video": {"fpr": iv}}})
+    assert got["benchmark_auc"] == 0.9 and got["benchmark_without_profile.ece_lo"] == 0.8
+    assert got["benchmark_alone.video.fpr_hi"] == 0.95
