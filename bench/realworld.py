@@ -6,9 +6,11 @@ is analysed three times by the same loaded bundle, so the effect of each safegua
 measured on the same scores:
 
 - ``before``: as bundles judged before they could abstain out of distribution: no
-  reference profile, no disagreement rule, and a file without usable audio abstains;
+  reference profile, no disagreement rule, a file without usable audio abstains and a
+  file without a face too;
 - ``without_profile``: the file judged on the evidence there is (video alone when the audio
-  is missing or silent) and the disagreement rule, but no reference profile;
+  is missing or silent, audio alone when there is no face) and the disagreement rule, but
+  no reference profile;
 - ``shipped``: the bundle as saved (profile, disagreement rule, its evidence rules).
 
     python bench/realworld.py                          # models/bundle, ../shared/realworld
@@ -58,10 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     manifest = pd.read_csv(args.data / "manifest.csv")
     analyzer = Analyzer(args.bundle, device="cpu")
     b = analyzer.bundle
-    shipped = (b.profile, b.disagreement, b.evidence)
+    shipped = (b.profile, b.disagreement, b.evidence, b.modality_thresholds)
+    # Before: no voice judged alone either (a faceless file abstained no_face).
+    video_only = {k: v for k, v in b.modality_thresholds.items() if k != "audio"}
     configs = {
-        "before": (None, None, Evidence(b.evidence.min_face_ratio, b.evidence.min_duration_s, require_audio=True)),
-        "without_profile": (None, b.disagreement, b.evidence),
+        "before": (None, None, Evidence(b.evidence.min_face_ratio, b.evidence.min_duration_s, require_audio=True),
+                   video_only),
+        "without_profile": (None, b.disagreement, b.evidence, b.modality_thresholds),
         "shipped": shipped,
     }
     rows = []
@@ -69,13 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     for rec in manifest.to_dict("records"):
         path = args.data / rec["path"]
         row = {k: rec[k] for k in ("video_id", "label", "method", "seconds", "width", "height", "has_audio")}
-        for key, (prof, dis, ev) in configs.items():
-            b.profile, b.disagreement, b.evidence = prof, dis, ev
+        for key, (prof, dis, ev, mod_th) in configs.items():
+            b.profile, b.disagreement, b.evidence, b.modality_thresholds = prof, dis, ev, mod_th
             r = analyzer.analyze(path)
             row[key] = {"verdict": r.verdict, "reason": r.reason, "probability": r.probability, "judged": r.judged,
                         "unreliable_probability": (r.persons[0].get("unreliable_probability") if r.persons else None),
                         "ood_score": (r.ood or {}).get("ood_score"), "message": r.message}
-        b.profile, b.disagreement, b.evidence = shipped
+        b.profile, b.disagreement, b.evidence, b.modality_thresholds = shipped
         rows.append(row)
         w = row["shipped"]
         print(f"{row['video_id']:28s} {'fake' if row['label'] else 'real':4s} "
