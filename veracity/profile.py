@@ -1002,7 +1002,7 @@ def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def fit_profile(bundle: Bundle, features_dir: Path | str, *, fit_splits: Sequence[str] = ("train",),
-                threshold_split: str = "val", target_rate: float = 0.02, method: str = "mahalanobis",
+                threshold_split: str | Sequence[str] = "val", target_rate: float = 0.02, method: str = "mahalanobis",
                 margin: float = 0.25, gate_facts: Sequence[str] = GATED_FACTS, knn_k: int = 5,
                 batch_size: int = 32, usable_statuses: Sequence[str] = ("ok",), seed: int = 0) -> ReferenceProfile:
     """Fit a bundle's reference profile on its in-distribution clips.
@@ -1016,7 +1016,8 @@ def fit_profile(bundle: Bundle, features_dir: Path | str, *, fit_splits: Sequenc
         bundle: the bundle whose members are embedded.
         features_dir: the features directory the bundle was trained from.
         fit_splits: splits the statistics are fitted on.
-        threshold_split: the held-out split the thresholds are set on.
+        threshold_split: the held-out split(s) the thresholds are set on (several are
+            recorded joined by ``+``, e.g. ``val+test``).
         target_rate, method, margin, gate_facts, knn_k, seed: see :meth:`ReferenceProfile.fit`.
         batch_size: windows per forward pass.
         usable_statuses: extraction statuses of usable clips.
@@ -1028,10 +1029,12 @@ def fit_profile(bundle: Bundle, features_dir: Path | str, *, fit_splits: Sequenc
 
     from veracity.data import load_clips
 
-    if threshold_split in set(fit_splits):
-        raise ProfileError(f"the threshold split {threshold_split!r} must be held out from the fit splits {list(fit_splits)}")
+    held_out = [threshold_split] if isinstance(threshold_split, str) else list(threshold_split)
+    if set(held_out) & set(fit_splits) or not held_out:
+        raise ProfileError(f"the threshold split(s) {held_out} must be held out from the fit splits {list(fit_splits)}")
+    threshold_split = "+".join(held_out)
     features_dir = Path(features_dir)
-    clips = load_clips(features_dir, [*fit_splits, threshold_split], usable_statuses)
+    clips = load_clips(features_dir, [*fit_splits, *held_out], usable_statuses)
     index = pd.read_csv(features_dir / "index.csv")
     rows = {str(r["video_id"]): r for r in index.to_dict("records")}
     facts, face, audio = [], [], []

@@ -81,6 +81,12 @@ def test_the_profile_is_fitted_on_train_and_calibrated_on_val(profile: Reference
     assert np.array_equal(again.threshold_scores, profile.threshold_scores)
     with pytest.raises(ProfileError, match="held out"):
         fit_profile(bundle, features, fit_splits=("train", "val"), threshold_split="val")
+    with pytest.raises(ProfileError, match="held out"):
+        fit_profile(bundle, features, fit_splits=("train",), threshold_split=("val", "train"))
+    # Several held-out splits: every one of their clips sets the threshold.
+    both = fit_profile(bundle, features, threshold_split=("val", "test"), target_rate=TARGET)
+    n_test = len(load_clips(features, ["test"]))
+    assert both.threshold_split == "val+test" and len(both.threshold_scores) == len(profile.threshold_scores) + n_test
 
 
 def test_new_in_distribution_clips_stay_inside_the_profile(profile: ReferenceProfile, bundle: Bundle,
