@@ -13,10 +13,7 @@ between what was evaluated and what is served:
    stream, or silent) is judged on video alone: by the video members, against the
    video-only thresholds fitted on validation (:meth:`Bundle.score` with ``alone``); the
    report's ``judged`` says so. It abstains (``no_audio`` / ``silent``) only when the
-   bundle cannot judge video alone or its evidence rules require audio. A file with
-   usable audio but no face is judged by the audio members alone the same way, but a
-   file without a face is never REAL: unless the voice is called FAKE or UNCERTAIN, it
-   gets ``ABSTAIN`` ``no_face``, with the audio scores in the report.
+   bundle cannot judge video alone or its evidence rules require audio.
 3. **Windows** of each kept face track (:class:`veracity.data.WindowDataset`, evaluation
    stride) -> :meth:`Bundle.window_logits` in batches -> :meth:`Bundle.score` (pooling,
    calibration, fusion, thresholds; split members in a pattern validation never showed
@@ -336,13 +333,11 @@ class Analyzer:
             timings["extract_s"] = time.perf_counter() - t
             media.update(_media_facts(idx))
             rec = ClipRecord(record_dir(out, _CLIP_ID))
-            alone, faceless = self._check_evidence(idx, rec, media)
-            # No face: the voice alone is judged on the centre-crop fallback's windows (track -1).
-            tracks = [-1] if faceless is not None else _kept_tracks(rec)
+            alone = self._check_evidence(idx, rec, media)
             # The models run one file at a time (extraction above runs in parallel): the
             # frame-score hooks must see only this file's windows when threads share the analyzer.
             with self._lock:
-                persons = [self._score_person(rec, media, track, timings, alone) for track in tracks]
+                persons = [self._score_person(rec, media, track, timings, alone) for track in _kept_tracks(rec)]
                 if not persons:  # _check_evidence guarantees one, but never call REAL without a face
                     raise _Abstain("no_face", "no face track lasted long enough to be judged")
                 # The call is about the most suspicious person the bundle can judge: one outside
@@ -361,11 +356,8 @@ class Analyzer:
                     timings["explain_s"] = time.perf_counter() - t
         s = best.scored
         n = len(persons)
-        why_alone = "no face was found" if alone == "audio" else _NO_AUDIO_WORDS.get(str(media.get("status")),
-                                                                                     "no usable audio")
-        alone_note = f" (judged on {alone} alone: {why_alone})" if alone else ""
-        if alone == "audio":
-            best.top_frames = []  # centre crops of a faceless file: no frame is evidence
+        alone_note = (f" (judged on {alone} alone: {_NO_AUDIO_WORDS.get(str(media.get('status')), 'no usable audio')})"
+                      if alone else "")
         common = dict(path=str(path), thresholds=self._thresholds(alone), modalities=dict(s.modality_probs),
                       agreement=dict(s.agreement), person=best.track, persons=[self._person_dict(p) for p in persons],
                       timeline=best.timeline, top_frames=[_public(f) for f in best.top_frames], media=dict(media),
@@ -375,13 +367,6 @@ class Analyzer:
             return Report(verdict="ABSTAIN", probability=None, reason="out_of_distribution",
                           message=f"out of the bundle's reference profile: {best.ood.message}{alone_note}",
                           members=self._members(s, reliable=False), ood=best.ood.to_dict(), **common)
-        if faceless is not None and s.verdict == "REAL":  # DESIGN §3: no face is never REAL
-            return Report(verdict="ABSTAIN", probability=None, reason="no_face",
-                          message=f"{faceless}; judged on audio alone the voice shows no sign of manipulation "
-                                  f"(calibrated probability {s.probability:.3f}), but a file without a face is "
-                                  "never called REAL",
-                          members=self._members(s), ood=best.ood.to_dict() if best.ood is not None else None,
-                          **{**common, "persons": [], "timeline": [], "top_frames": []})
         who = f" (person {best.track}, the most suspicious of {n})" if n > 1 else ""
         message = f"{s.verdict.lower()}: calibrated probability of manipulation {s.probability:.3f}{who}{alone_note}"
         if s.reason == "member_disagreement":
@@ -391,21 +376,15 @@ class Analyzer:
         return Report(verdict=s.verdict, probability=float(s.probability), reason=s.reason, message=message,
                       members=self._members(s), ood=best.ood.to_dict() if best.ood is not None else None, **common)
 
-    def _check_evidence(self, idx: Mapping[str, Any], rec: ClipRecord,
-                        media: dict[str, Any]) -> tuple[str | None, str | None]:
+    def _check_evidence(self, idx: Mapping[str, Any], rec: ClipRecord, media: dict[str, Any]) -> str | None:
         """Raise :class:`_Abstain` when the file cannot be judged (DESIGN §3: no face is never REAL).
 
         Returns:
-            ``(alone, faceless)``: the modality to judge alone (``video`` for a file
-            without usable audio, when the bundle listens and can judge video alone;
-            ``audio`` for a file with usable audio but no face, when it can judge audio
-            alone), else None (every member); and, for a faceless file, why it has no face.
+            The modality to judge alone (``video`` for a file without usable audio, when
+            the bundle listens and can judge video alone), else None (every member).
         """
         ev = self.bundle.evidence
         status, message = str(idx.get("status")), str(idx.get("message", ""))
-        faceless = self._faceless(idx, rec, status, message)
-        if faceless is not None:
-            return "audio", faceless
         if status not in (OK, "no_audio", "silent"):
             raise _Abstain(status, message)
         no_audio = status in ("no_audio", "silent") or not media.get("has_audio")
@@ -431,28 +410,7 @@ class Analyzer:
         if duration < ev.min_duration_s:
             raise _Abstain("too_short", f"{duration:.2f} s is shorter than the bundle's minimum "
                                         f"{ev.min_duration_s:g} s")
-        return alone, None
-
-    def _faceless(self, idx: Mapping[str, Any], rec: ClipRecord, status: str, message: str) -> str | None:
-        """Why a file that is otherwise sound has no face to judge, when its voice can be
-        judged alone instead (usable audio, audio-only thresholds, long enough); else None."""
-        ev = self.bundle.evidence
-        face_ratio = float(idx.get("face_ratio") or 0.0)
-        if status == "no_face":
-            why = message.split(";")[0]
-        elif status == OK and face_ratio < ev.min_face_ratio:
-            why = f"a face was found in {face_ratio:.0%} of sampled frames (the bundle needs {ev.min_face_ratio:.0%})"
-        elif status == OK and not _kept_tracks(rec):
-            why = "no face track lasted long enough to be judged"
-        else:
-            return None
-        # Any problem besides the missing face (a silent track, a truncated file) and the voice is not judged either.
-        others = set(str(idx.get("other_problems") or "").split(";")) - {"", "no_face"}
-        usable_audio = bool(idx.get("has_audio")) and not others
-        audio_s = float(idx.get("audio_s") or idx.get("duration_s") or 0.0)
-        if not (usable_audio and self.bundle.judges_alone("audio") and audio_s >= ev.min_duration_s):
-            return None
-        return why
+        return alone
 
     def _score_person(self, rec: ClipRecord, media: Mapping[str, Any], track: int,
                       timings: dict[str, float], alone: str | None = None) -> _Person:
@@ -462,8 +420,8 @@ class Analyzer:
         run = b.judges_alone(alone) if alone is not None else b.names
         members = [m for m in b.members if m.name in run]
         clip = ClipInfo(video_id=_CLIP_ID, record=rec.path, label=0, video_label=math.nan, audio_label=math.nan,
-                        method="unknown", split="analyze",
-                        has_audio=alone in (None, "audio") and bool(media.get("has_audio")), track=track)
+                        method="unknown", split="analyze", has_audio=alone is None and bool(media.get("has_audio")),
+                        track=track)
         ds = WindowDataset([clip], c)
         if len(ds) == 0:
             raise _Abstain("too_short", "no model window fits the file")
@@ -523,10 +481,8 @@ class Analyzer:
             # Only what judged is checked: members that did not run are left out, and so are
             # the audio facts of a file judged without its audio (a silent track is no shift).
             facts = media_facts(rec, media, track)
-            if alone == "video":
+            if alone is not None:
                 facts.update({k: math.nan for k in AUDIO_FACTS})
-            elif alone == "audio":  # centre crops of a faceless file say nothing about faces
-                facts.update({k: math.nan for k in facts if k not in AUDIO_FACTS})
             emb = {name: np.concatenate(v) for name, v in embedded.items() if v}
             ood = b.profile.score(facts, emb)
         return _Person(track=track, scored=scored, windows=windows, window_logits=wl,

@@ -25,7 +25,7 @@ from veracity.cli import app
 from veracity.config import AnalyzeConfig
 from veracity.corpus.synth.families import ClipSpec, render
 from veracity.corpus.synth.identity import sample_identity
-from veracity.decision import Disagreement, Fusion, Thresholds
+from veracity.decision import Disagreement, Fusion
 from veracity.media.encode import write_mp4
 from veracity.status import EXTRACT_STATUSES
 
@@ -125,11 +125,7 @@ def test_same_file_twice_gives_the_same_probability(analyzer: Analyzer, tiny_cor
 @pytest.mark.parametrize(("kind", "reason"), [("no_face", "no_face"), ("corrupt", "corrupt"), ("no_audio", "no_audio")])
 def test_files_that_cannot_be_judged_abstain(analyzer: Analyzer, media: dict[str, Path], kind: str,
                                              reason: str) -> None:
-    b = analyzer.bundle
-    # Without audio-only thresholds a faceless file is not judged on its voice either.
-    video_only = {k: v for k, v in b.modality_thresholds.items() if k != "audio"}
-    r = Analyzer(Bundle(b.contract, b.members, b.fusion, b.thresholds, b.evidence, spec=b.spec,
-                        modality_thresholds=video_only)).analyze(media[kind])
+    r = analyzer.analyze(media[kind])
     assert (r.verdict, r.reason, r.probability) == ("ABSTAIN", reason, None)
     assert r.reason in REASONS and r.message and "Traceback" not in r.message
     json.dumps(r.to_dict(), allow_nan=False)
@@ -182,28 +178,6 @@ def test_without_video_thresholds_or_when_audio_is_required_a_mute_file_abstains
     assert (r.verdict, r.reason) == ("ABSTAIN", "no_audio") and "no video-only thresholds" in r.message
     r = analyzer.analyze(media["silent"])  # the session bundle requires audio
     assert (r.verdict, r.reason) == ("ABSTAIN", "silent") and "require audio" in r.message
-
-
-def test_a_file_with_a_voice_but_no_face_is_judged_on_audio_alone_and_never_real(analyzer: Analyzer,
-                                                                                  media: dict[str, Path]) -> None:
-    b = analyzer.bundle
-    always = {"fake": Thresholds(0.0, 0.0, 0.05, 0.1), "real": Thresholds(1.0, 1.0, 0.05, 0.1)}
-    fake = Analyzer(_judging_without_audio(b, modality_thresholds={**b.modality_thresholds, "audio": always["fake"]}))
-    r = fake.analyze(media["no_face"])
-    assert (r.verdict, r.judged) == ("FAKE", ["audio"]), r.message
-    assert "(judged on audio alone: no face was found)" in r.message and r.top_frames == []
-    assert r.members["audio"]["judged"] and not r.members["video"]["judged"]
-    assert r.thresholds == {"real_below": 0.0, "fake_at": 0.0}
-    # Only the audio facts are checked against the profile: centre crops are not a face.
-    if r.ood is not None:
-        assert set(r.ood["facts"]) <= {"rms_dbfs", "speech_ratio"}
-    real = Analyzer(_judging_without_audio(b, modality_thresholds={**b.modality_thresholds, "audio": always["real"]}))
-    r = real.analyze(media["no_face"])
-    assert (r.verdict, r.reason, r.probability) == ("ABSTAIN", "no_face", None)
-    assert "never called REAL" in r.message and r.members["audio"]["probability"] is not None
-    no_audio_thresholds = {k: v for k, v in b.modality_thresholds.items() if k != "audio"}
-    r = Analyzer(_judging_without_audio(b, modality_thresholds=no_audio_thresholds)).analyze(media["no_face"])
-    assert (r.verdict, r.reason, r.judged) == ("ABSTAIN", "no_face", [])
 
 
 def test_members_that_split_beyond_the_validation_bound_make_the_call_uncertain(analyzer: Analyzer,
