@@ -373,12 +373,16 @@ class AttackConfig(_Section):
 class ProfileConfig(_Section):
     """The bundle's reference profile (:mod:`veracity.profile`): when an input is out of distribution.
 
-    Statistics are fitted on the train split, the threshold on the validation split so
-    that ``target_rate`` of in-distribution people are flagged (the coverage it costs).
+    Statistics are fitted on the train split, the threshold on the held-out splits
+    (``threshold_splits``) so that ``target_rate`` of in-distribution people are flagged
+    (the coverage it costs).
     """
 
     enabled: bool = True
     target_rate: float = Field(0.02, gt=0, lt=0.5)  # share of held-out in-distribution people flagged
+    # Held out from the statistics; never the train split. New people lie out of profile
+    # more often than held-out ones, so the more held-out people set the threshold the better.
+    threshold_splits: tuple[str, ...] = Field(("val", "test"), min_length=1)
     method: Literal["mahalanobis", "knn"] = "mahalanobis"  # distance in each member's embedding space
     margin: float = Field(0.25, ge=0)  # fact bands widened by at least this (relative, or per unit)
 

@@ -146,12 +146,10 @@ def ensemble(cfg: EnsembleConfig, gate: GateConfig, extract_cfg: ExtractConfig, 
     if cfg.profile.enabled:
         from veracity.profile import fit_profile
 
-        # Fitted on the people the members learnt from, its threshold on every held-out person
-        # of the corpus (validation and test: 40 people in the default corpus, not 20; new
-        # people lie out of profile more often than held-out ones, and the tail of that
-        # spread is what the threshold must see): never on the benchmark or anything it will
-        # be checked against.
-        bundle.profile = fit_profile(bundle, features, threshold_split=("val", "test"),
+        # Fitted on the people the members learnt from, its threshold on held-out people of
+        # the corpus (ensemble.profile.threshold_splits): never on the benchmark or anything
+        # it will be checked against.
+        bundle.profile = fit_profile(bundle, features, threshold_split=cfg.profile.threshold_splits,
                                      target_rate=cfg.profile.target_rate,
                                      method=cfg.profile.method, margin=cfg.profile.margin,
                                      usable_statuses=extract_cfg.usable_statuses)
