@@ -315,7 +315,7 @@ class Analyzer:
                       status=media.get("status"))
 
     def _thresholds(self, alone: str | None = None) -> dict[str, float]:
-        th = self.bundle.thresholds if alone is None else self.bundle.modality_thresholds[alone]
+        th = self.bundle.thresholds_for(alone)
         return {"real_below": float(th.real_below), "fake_at": float(th.fake_at)}
 
     def _analyze(self, path: Path, explain: bool, explain_dir: Path | None, timings: dict[str, float],
@@ -389,15 +389,12 @@ class Analyzer:
             raise _Abstain(status, message)
         no_audio = status in ("no_audio", "silent") or not media.get("has_audio")
         alone = "video" if no_audio and self.bundle.needs_audio else None
-        if alone is not None:
-            why = message if status in ("no_audio", "silent") else "the file has no audio stream"
-            if ev.require_audio:
-                raise _Abstain(status if status in ("no_audio", "silent") else "no_audio",
-                               f"{why}; the bundle's evidence rules require audio")
-            if not self.bundle.judges_alone("video"):
-                raise _Abstain(status if status in ("no_audio", "silent") else "no_audio",
-                               f"{why}; the bundle's audio members cannot judge it and it has no "
-                               "video-only thresholds")
+        if alone is not None and (ev.require_audio or not self.bundle.judges_alone(alone)):
+            reason = status if status != OK else "no_audio"
+            why = message if status != OK else "the file has no audio stream"
+            raise _Abstain(reason, f"{why}; " + ("the bundle's evidence rules require audio" if ev.require_audio else
+                                                 "the bundle's audio members cannot judge it and it has no "
+                                                 "video-only thresholds"))
         face_ratio = float(idx.get("face_ratio") or 0.0)
         if face_ratio < ev.min_face_ratio:
             raise _Abstain("no_face", f"a face was found in {face_ratio:.0%} of sampled frames "
@@ -492,7 +489,7 @@ class Analyzer:
 
     def _timeline(self, p: _Person, media: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Non-overlapping segments: each instant belongs to the window whose centre is nearest."""
-        th = self.bundle.thresholds if p.alone is None else self.bundle.modality_thresholds[p.alone]
+        th = self.bundle.thresholds_for(p.alone)
         w = p.windows
         centres = [(x.start_s + x.end_s) / 2 for x in w]
         duration = media.get("duration_s")

@@ -43,6 +43,8 @@ from veracity.models.checkpoint import MODEL_META, load_member
 BUNDLE_FORMAT = "veracity-bundle"
 BUNDLE_VERSION = 1
 BUNDLE_JSON = "bundle.json"
+# The modalities a file can be judged on alone (a file without the other one).
+ALONE_MODALITIES = ("video", "audio")
 PROFILE_DIR = "profile"
 
 
@@ -195,13 +197,17 @@ class Bundle:
     def judges_alone(self, modality: str) -> list[str]:
         """The members that judge a file on ``modality`` alone (empty: the bundle cannot).
 
-        A modality can be judged alone when it has members and validation-fitted
-        thresholds of its own (``modality_thresholds``); its members are those of that
-        modality only (an audio-visual member needs both).
+        Only ``video`` or ``audio`` can be judged alone (an audio-visual member needs
+        both), and only with validation-fitted thresholds of their own
+        (``modality_thresholds``); the members are those of that modality.
         """
-        if modality not in self.modality_thresholds:
+        if modality not in ALONE_MODALITIES or modality not in self.modality_thresholds:
             return []
         return [m.name for m in self.members if m.modality == modality]
+
+    def thresholds_for(self, alone: str | None = None) -> Thresholds:
+        """The thresholds a call is made with: the fused ones, or one modality's alone."""
+        return self.thresholds if alone is None else self.modality_thresholds[alone]
 
     # --------------------------------------------------------------- construction
 
@@ -402,7 +408,7 @@ class Bundle:
             mods = {n: self.modalities[n] for n in names}
             prob = max(p.values())
             return Scored(member_logits=z, member_probs=p, modality_probs=modality_scores(p, mods),
-                          probability=prob, verdict=self.modality_thresholds[alone].verdict(prob),
+                          probability=prob, verdict=self.thresholds_for(alone).verdict(prob),
                           agreement=agreement(p, prob, mods), judged=(alone,))
         z, p = self.member_video(window_logits)
         row = np.array([[p[n] for n in self.names]])
@@ -410,7 +416,7 @@ class Bundle:
         verdict, reason, dis = self.thresholds.verdict(fused), None, None
         if self.disagreement is not None:
             dis = float(self.disagreement.distance(row)[0] / self.disagreement.bound)
-            if verdict != "UNCERTAIN" and bool(self.disagreement.flags(row)[0]):
+            if verdict != "UNCERTAIN" and dis > 1.0 and bool(self.disagreement.split(row)[0]):
                 verdict, reason = "UNCERTAIN", "member_disagreement"
         return Scored(member_logits=z, member_probs=p, modality_probs=modality_scores(p, self.modalities),
                       probability=fused, verdict=verdict, agreement=agreement(p, fused, self.modalities),

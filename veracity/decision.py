@@ -296,25 +296,26 @@ class Disagreement:
     rate: float
     clip: float = 5.0
 
-    def _patterns(self, probs: np.ndarray) -> np.ndarray:
-        p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
-        if p.shape[1] != len(self.members):
-            raise ValueError(f"expected {len(self.members)} member columns, got {p.shape[1]}")
-        return np.clip(logit(p), -self.clip, self.clip)
+    def __post_init__(self) -> None:
+        # Scored once per window on the served path: the reference is made an array once.
+        object.__setattr__(self, "_ref", np.asarray(self.reference, dtype=np.float64))
 
     def distance(self, probs: np.ndarray) -> np.ndarray:
         """Distance of each row of (n, m) member probabilities to its k-th nearest validation pattern."""
-        x = self._patterns(probs)
-        ref = np.asarray(self.reference, dtype=np.float64)
-        d = np.sqrt(((x[:, None, :] - ref[None, :, :]) ** 2).sum(axis=2))
-        k = min(self.k, ref.shape[0])
-        return np.sort(d, axis=1)[:, k - 1]
+        p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+        if p.shape[1] != len(self.members):
+            raise ValueError(f"expected {len(self.members)} member columns, got {p.shape[1]}")
+        return _kth_distance(np.clip(logit(p), -self.clip, self.clip), self._ref, self.k)
+
+    @staticmethod
+    def split(probs: np.ndarray) -> np.ndarray:
+        """True where at least one member is at or above 0.5 and another below."""
+        p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+        return (p >= 0.5).any(axis=1) & (p < 0.5).any(axis=1)
 
     def flags(self, probs: np.ndarray) -> np.ndarray:
         """True where the members split and the pattern is past the bound."""
-        p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
-        split = (p >= 0.5).any(axis=1) & (p < 0.5).any(axis=1)
-        return split & (self.distance(p) > self.bound)
+        return self.split(probs) & (self.distance(probs) > self.bound)
 
     def to_dict(self) -> dict[str, Any]:
         return {"members": list(self.members), "k": self.k, "bound": self.bound, "rate": self.rate,
@@ -339,13 +340,30 @@ def fit_disagreement(probs: np.ndarray, members: Sequence[str], k: int, rate: fl
     n = x.shape[0]
     if n < k + 1:
         raise ValueError(f"the disagreement bound needs at least {k + 1} validation clips, got {n}")
-    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=2))
-    np.fill_diagonal(d, np.inf)  # leave-one-out: a clip is not its own neighbour
-    loo = np.sort(d, axis=1)[:, k - 1]
-    i = min(n, math.ceil((n + 1) * (1.0 - rate)))  # split-conformal order statistic (1-based)
-    bound = float(np.sort(loo)[i - 1])
+    loo = _kth_distance(x, x, k, leave_one_out=True)
+    bound = float(np.sort(loo)[conformal_index(n, rate)[0]])
     return Disagreement(members=tuple(members), reference=tuple(tuple(float(v) for v in r) for r in x),
                         k=k, bound=bound, rate=rate, clip=clip)
+
+
+def _kth_distance(x: np.ndarray, ref: np.ndarray, k: int, leave_one_out: bool = False) -> np.ndarray:
+    """Euclidean distance of each row of ``x`` to its k-th nearest row of ``ref`` (with
+    ``leave_one_out``, ``x`` is ``ref`` and a row is not its own neighbour)."""
+    d = np.sqrt(((x[:, None, :] - ref[None, :, :]) ** 2).sum(axis=2))
+    if leave_one_out:
+        np.fill_diagonal(d, np.inf)
+    return np.sort(d, axis=1)[:, min(k, ref.shape[0] - leave_one_out) - 1]
+
+
+def conformal_index(n: int, rate: float) -> tuple[int, bool]:
+    """0-based index of the split-conformal (1 - rate) order statistic of n scores (the
+    ``ceil((n + 1)(1 - rate))``-th smallest), and whether it exists (else the largest is used).
+
+    New scores exchangeable with the n exceed it with probability at most ``rate``
+    (Vovk et al.; Angelopoulos & Bates 2021).
+    """
+    k = math.ceil((n + 1) * (1.0 - rate))
+    return min(k, n) - 1, k <= n
 
 
 # ----------------------------------------------------------------------------- agreement

@@ -104,6 +104,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from veracity.decision import conformal_index
 from veracity.features import ClipRecord
 from veracity.lineage import plain
 
@@ -499,13 +500,6 @@ def _as_table(rows: Sequence[Mapping[str, Any]] | Mapping[str, Any] | pd.DataFra
     return np.array([[_num(r.get(f)) for f in FACTS] for r in rows], dtype=np.float64).reshape(len(rows), len(FACTS))
 
 
-def _conformal_index(n: int, rate: float) -> tuple[int, bool]:
-    """0-based index of the split-conformal (1 - rate) order statistic of n scores; and
-    whether it exists (else the largest score is used)."""
-    k = math.ceil((n + 1) * (1.0 - rate))
-    return min(k, n) - 1, k <= n
-
-
 class ReferenceProfile:
     """The media facts and member embeddings of in-distribution data, and the OOD thresholds.
 
@@ -655,7 +649,7 @@ class ReferenceProfile:
             st.widen = 1.0
             r = _fact_ratio(st, tf[:, FACTS.index(name)])
             ok = np.isfinite(r)
-            q = float(np.sort(r[ok])[_conformal_index(int(ok.sum()), rate)[0]]) if ok.any() else 1.0
+            q = float(np.sort(r[ok])[conformal_index(int(ok.sum()), rate)[0]]) if ok.any() else 1.0
             fact_scale[name] = max(1.0, min(q, _RATIO_CAP))
             if st.gated:
                 scaled = np.fmax(scaled, np.minimum(r / fact_scale[name], _RATIO_CAP))
@@ -663,11 +657,11 @@ class ReferenceProfile:
         for name, st in self.members.items():
             d = self._distances(name, th[name])
             ok = np.isfinite(d)
-            i, _ = _conformal_index(int(ok.sum()), rate)
+            i, _ = conformal_index(int(ok.sum()), rate)
             st.scale = max(float(np.sort(d[ok])[i]), 1e-12)
             dists[name] = d
             scaled = np.fmax(scaled, d / st.scale)  # fmax: a NaN (member not judging) is ignored
-        i, resolvable = _conformal_index(n, rate)
+        i, resolvable = conformal_index(n, rate)
         t = max(float(np.sort(scaled)[i]), 1e-12)
         self.global_threshold = t
         for name, st in self.facts.items():  # a band never narrower than the stated margin

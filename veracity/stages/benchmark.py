@@ -14,8 +14,8 @@ Two DVC stages make the benchmark:
   not clips (a person's clips share a face and a voice, so they are not independent).
 
 Beside the full figures it reports each modality judged alone (``alone``: ``video`` as a
-file without usable audio is judged, ``audio`` as the audio members would judge a file
-without a face), from the same analyses: a member's calibrated probability does not depend
+file without usable audio is judged; ``audio`` as the audio members alone would judge, which
+the analyzer does not serve: a faceless file abstains), from the same analyses: a member's calibrated probability does not depend
 on the other modality, and neither do its part of the reference profile. And it reports
 the share abstained as out of distribution (``ensemble.ood_rate``, the profile's coverage
 cost) and what the figures would be without the profile (``without_profile``: every clip
@@ -205,33 +205,30 @@ def _alone_views(clean: pd.DataFrame, spec: Mapping[str, Any]) -> dict[str, pd.D
     the target of the member that gave the probability, and a clip counts (``keep``) only
     where that member speaks about it (reals and its target methods).
     """
+    from veracity.bundle import ALONE_MODALITIES
     from veracity.calibration import target_mask
     from veracity.profile import AUDIO_FACTS, GATED_FACTS
 
+    fired = [set(f"{a};{b}".split(";")) - {""} for a, b in
+             zip(clean["ood_members"].fillna(""), clean["ood_facts"].fillna(""), strict=True)]
+    rows = np.arange(len(clean))
     views = {}
     for mod, th in (spec.get("modality_thresholds") or {}).items():
         members = [m for m in spec["members"] if m["modality"] == mod]
-        if not members:
+        if mod not in ALONE_MODALITIES or not members:
             continue
         thr = Thresholds.from_dict(th)
-        facts = set(AUDIO_FACTS) & set(GATED_FACTS) if mod == "audio" else set(GATED_FACTS) - set(AUDIO_FACTS)
+        facts = set(GATED_FACTS) & set(AUDIO_FACTS) if mod == "audio" else set(GATED_FACTS) - set(AUDIO_FACTS)
+        watched = facts | {m["name"] for m in members}  # what this modality alone is checked on
         p = clean[[f"p_{m['name']}" for m in members]].to_numpy(np.float64)
         scored = ~np.isnan(p).any(axis=1)
         best = np.where(scored, np.nan_to_num(p, nan=-1.0).argmax(axis=1), 0)
-        rows = np.arange(len(clean))
         prob = np.where(scored, p[rows, best], np.nan)
-        y = np.array([clean[members[b]["target"]].iloc[i] for i, b in enumerate(best)], dtype=np.float64)
+        y = clean[[m["target"] for m in members]].to_numpy(np.float64)[rows, best]
         keep = np.zeros(len(clean), bool)
         for j, m in enumerate(members):
-            mask = target_mask(clean["method"].to_numpy(), m.get("target_methods"))
-            keep |= (best == j) & mask
-        names = {m["name"] for m in members}
-
-        def out(r: pd.Series, names: set[str] = names, facts: set[str] = facts) -> bool:
-            return bool(names & set(str(r["ood_members"] or "").split(";"))
-                        or facts & set(str(r["ood_facts"] or "").split(";")))
-
-        ood = clean[["ood_members", "ood_facts"]].fillna("").apply(out, axis=1).to_numpy(bool)
+            keep |= (best == j) & target_mask(clean["method"].to_numpy(), m.get("target_methods"))
+        ood = np.array([bool(f & watched) for f in fired], bool)
         verdict = np.where(~scored, ABSTAIN, np.where(ood, ABSTAIN, thr.verdicts(np.nan_to_num(prob))))
         views[mod] = pd.DataFrame({"verdict": verdict, "probability": prob, "label": y,
                                    "keep": keep & ~np.isnan(y), "ood": ood & scored})

@@ -99,7 +99,11 @@ def test_each_modality_alone_is_judged_on_its_members_target_and_profile() -> No
                          "target_methods": ["faceswap", "voice"]},
                         {"name": "audio", "modality": "audio", "target": "audio_label", "target_methods": None}],
             "modality_thresholds": {m: Thresholds(0.3, 0.7, 0.05, 0.1).to_dict() for m in ("video", "audio")}}
-    views = _alone_views(table, spec)
+    # An audio-visual member needs both modalities: it has no "alone" view even with thresholds.
+    spec["members"].append({"name": "sync", "modality": "av", "target": "label", "target_methods": None})
+    spec["modality_thresholds"]["av"] = Thresholds(0.3, 0.7, 0.05, 0.1).to_dict()
+    views = _alone_views(table.assign(p_sync=0.5), spec)
+    assert set(views) == {"video", "audio"}
     v, a = views["video"].set_index(table["video_id"]), views["audio"].set_index(table["video_id"])
     assert v.loc["a1", "verdict"] == "FAKE" and v.loc["a2", "verdict"] == "REAL"  # the face cannot see a voice
     assert a.loc["a2", "verdict"] == "FAKE" and a.loc["a1", "verdict"] == "REAL"
