@@ -51,6 +51,22 @@ class ServiceConfig(BaseModel):
     artifact_dir: Path = Field(Path("var/serving/artifacts"),
                                description="Grad-CAM overlays of explain=true, served under /artifacts")
     artifact_ttl_s: float = Field(3600.0, gt=0, description="seconds explanation images are kept")
+    broker_url: str = Field("", description="Celery broker for jobs (redis://host:6379/0); empty = the embedded "
+                                            "redis-server under job_dir/broker, started by the service")
+    job_dir: Path = Field(Path("var/serving/jobs"), description="uploaded job videos until their job ends "
+                                                               "(shared storage when workers run elsewhere)")
+    job_workers: int = Field(1, ge=0, description="job worker processes the service starts and restarts "
+                                                  "(0 when `veracity worker` runs elsewhere)")
+    job_timeout_s: float = Field(1800.0, gt=0, description="time limit of one job; the broker redelivers a "
+                                                           "job whose worker died after this plus 20 s")
+    job_max_attempts: int = Field(3, ge=1, description="deliveries of a job before it fails as worker_lost")
+    job_max_duration_s: float = Field(7200.0, gt=0, description="longest video a job accepts, seconds")
+    job_ttl_s: float = Field(7 * 86400.0, gt=0, description="seconds a finished job's record is kept")
+    url_allow_networks: str = Field("", description="comma-separated CIDRs video_url may reach although private "
+                                                    "(e.g. 10.0.0.0/8); loopback, private, link-local and "
+                                                    "metadata addresses are refused otherwise")
+    url_connect_timeout_s: float = Field(5.0, gt=0, description="video_url connect time limit")
+    url_read_timeout_s: float = Field(30.0, gt=0, description="video_url time limit between received bytes")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServiceConfig:
@@ -70,7 +86,8 @@ class ServiceConfig(BaseModel):
             raise ValueError(f"{var}: {err['msg']}") from None
         root = cfg.project_root.resolve()
         # Relative locations are the project's, not the working directory's of whoever starts us.
-        fix = {k: (root / getattr(cfg, k)) for k in ("cache_dir", "log_dir", "request_log_dir", "artifact_dir")
+        fix = {k: (root / getattr(cfg, k)) for k in ("cache_dir", "log_dir", "request_log_dir", "artifact_dir",
+                                                     "job_dir")
                if not getattr(cfg, k).is_absolute()}
         return cfg.model_copy(update={"project_root": root, **fix})
 

@@ -46,6 +46,7 @@ class ServiceProcess:
                     "VERACITY_REQUEST_LOG_DIR": str(self.state / "requests"),
                     "VERACITY_ARTIFACT_DIR": str(self.state / "artifacts"),
                     "VERACITY_CACHE_DIR": str(self.state / "models"), "VERACITY_DEVICE": "cpu",
+                    "VERACITY_JOB_DIR": str(self.state / "jobs"),
                     "VERACITY_THREADS": "2", **env}
         self.proc: subprocess.Popen | None = None
 
@@ -84,8 +85,37 @@ class ServiceProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def job_pids(self) -> dict[str, int]:
+        """PIDs of the embedded broker and the job workers (from their PID files), alive or not."""
+        jobs = Path(self.env["VERACITY_JOB_DIR"])
+        out = {}
+        for f in [jobs / "broker" / "redis.pid", *sorted((jobs / "workers").glob("*.pid"))]:
+            with contextlib.suppress(OSError, ValueError):
+                out[f.stem] = int(f.read_text().strip())
+        return out
+
+    def kill_api(self) -> None:
+        """SIGKILL the API (BentoML's processes) only: the broker and job workers live on."""
+        if self.proc is None:
+            return
+        keep = set(self.job_pids().values())
+        keep |= {d for p in keep for d in descendants(p)}
+        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
+            if pid not in keep:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
     def stop(self) -> None:
-        """SIGTERM (BentoML stops its worker), then SIGKILL for the group and the worker."""
+        """SIGTERM (BentoML stops its worker, the job workers and the broker), then SIGKILL
+        for the group, the worker and whatever job process outlived it."""
+        self._stop_api()
+        for pid in self.job_pids().values():  # adopted from an earlier server, or left by a kill
+            for p in [*descendants(pid), pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
+
+    def _stop_api(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         workers = descendants(self.proc.pid)  # BentoML's worker runs in a session of its own

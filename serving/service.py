@@ -22,8 +22,10 @@ its reason (the analyzer's rules).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,19 +34,25 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+import redis
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from serving.config import ServiceConfig
 from serving.middleware import ApiKeyAuth, BodyLimit, RequestContext
 
 with bentoml.importing():
+    from serving.admission import admit
+    from serving.broker import BrokerError
+    from serving.fetch import FetchError, check_url, fetch_url
+    from serving.jobs import JobError, JobSystem, url_policy
+    from serving.jobs import public as job_public
     from serving.model import ModelHolder
     from veracity.frames import FrameError, ParticipantEvidence
     from veracity.logs import configure_json_logging, current_request_id, register_secret
-    from veracity.media.decode import MediaError, probe
-    from veracity.media.sniff import HEAD_BYTES, sniff
     from veracity.modelcard import model_card
     from veracity.requestlog import RequestLog, rows_from_report
 
@@ -58,6 +66,8 @@ ABSTAINS = bentoml.metrics.Counter(name="veracity_abstain_total", documentation=
                                    labelnames=["endpoint", "reason"])
 REFUSED = bentoml.metrics.Counter(name="veracity_refused_total", documentation="Requests refused with a 4xx",
                                   labelnames=["endpoint", "error"])
+JOBS = bentoml.metrics.Counter(name="veracity_jobs_total", documentation="Job events at the API",
+                               labelnames=["event"])
 ANALYSIS_S = bentoml.metrics.Histogram(name="veracity_analysis_seconds", documentation="Time inside the analyzer",
                                        labelnames=["endpoint"],
                                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300))
@@ -110,6 +120,14 @@ def _error(status: int, error: str, message: str, endpoint: str, **extra: Any) -
                         status_code=status)
 
 
+def _spool(src: Any, folder: Path) -> Path:
+    """Copy an upload's spooled body into ``folder`` (the job directory: moved, not copied, later)."""
+    fd, name = tempfile.mkstemp(prefix="incoming-", suffix=".video", dir=folder)
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+    return Path(name)
+
+
 def _resources() -> dict[str, Any]:
     # A GPU is asked for only when one will be used: a CPU machine must start.
     import torch
@@ -134,6 +152,16 @@ class Veracity:
         self.requests = RequestLog(CFG.request_log_dir)
         self.participants = ParticipantEvidence(ttl_s=CFG.participant_ttl_s)
         self.pool = ThreadPoolExecutor(max_workers=CFG.threads, thread_name_prefix="veracity-analysis")
+        self.jobs: JobSystem | None = None
+        self.jobs_reason: str | None = None
+        try:
+            jobs = JobSystem(CFG)
+            jobs.start()
+            self.jobs = jobs
+        except (BrokerError, OSError, ValueError, redis.RedisError) as exc:
+            # Synchronous routes still serve; the job routes answer 503 with this reason.
+            self.jobs_reason = f"{type(exc).__name__}: {exc}"[:500]
+            log.error("jobs unavailable: %s", self.jobs_reason)
         CFG.artifact_dir.mkdir(parents=True, exist_ok=True)
         self._janitor = threading.Thread(target=self._clean_artifacts, name="veracity-artifacts", daemon=True)
         self._janitor.start()
@@ -147,6 +175,8 @@ class Veracity:
     def _shutdown(self) -> None:
         self.model.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.jobs is not None:
+            self.jobs.stop()
 
     # ------------------------------------------------------------------ health
 
@@ -219,30 +249,10 @@ class Veracity:
         analyzer = self.model.analyzer()
         if analyzer is None:
             return _error(503, "not_ready", f"the service is not ready: {self.model.reason}", endpoint)
-        with open(video, "rb") as f:
-            kind = sniff(f.read(HEAD_BYTES))
-        if kind.kind == "empty":
-            return _error(400, "empty", "the uploaded file is empty", endpoint)
-        if kind.kind == "image":
-            return _error(415, "still_image", f"a still image ({kind.format}), not a video: send frames to "
-                                              "/check_frame_batch", endpoint)
-        if kind.kind == "audio":
-            return _error(415, "audio_only", f"an audio file ({kind.format}) without video: nothing to look at",
-                          endpoint)
-        if kind.kind == "text":
-            return _error(415, "not_media", "the upload is text, not a video", endpoint)
-        try:
-            info = probe(video)
-        except MediaError:
-            info = None  # the analyzer turns it into ABSTAIN with extraction's reason
-        if info is not None:
-            if info.duration_s is not None and info.duration_s > CFG.max_duration_s:
-                return _error(413, "too_long", f"{info.duration_s:.0f} s of video exceeds the service's limit of "
-                                               f"{CFG.max_duration_s:g} s (VERACITY_MAX_DURATION_S); submit it as a job",
-                              endpoint, limit_s=CFG.max_duration_s)
-            if info.width and info.height and info.width * info.height > CFG.max_pixels:
-                return _error(413, "too_large_frame", f"{info.width}x{info.height} frames exceed the limit of "
-                                                      f"{CFG.max_pixels} pixels (VERACITY_MAX_PIXELS)", endpoint)
+        refusal = admit(video, max_duration_s=CFG.max_duration_s, max_pixels=CFG.max_pixels,
+                        duration_setting="VERACITY_MAX_DURATION_S", too_long_hint="; submit it as a job (POST /jobs)")
+        if refusal is not None:
+            return _error(refusal.status, refusal.error, refusal.message, endpoint, **refusal.extra)
         explain_dir = CFG.artifact_dir / rid if explain else None
         future = self.pool.submit(analyzer.analyze, video, explain, explain_dir)
         try:
@@ -311,6 +321,141 @@ class Veracity:
                                         request_id=rid, endpoint=endpoint, latency_s=latency))
         out["request_id"] = rid
         return out
+
+    # ------------------------------------------------------------------ jobs
+
+    @web.post("/jobs")
+    async def submit_job(self, request: Request):
+        """Queue a video for analysis: a multipart ``video`` upload, or ``video_url``
+        (http/https; form field or JSON body), optional ``explain``. ``202`` with ``job_id``
+        and ``status_url``; poll ``GET /jobs/{job_id}``."""
+        out = await self._submit(request, "jobs")
+        if isinstance(out, JSONResponse):
+            return out
+        return JSONResponse(out, status_code=202, headers={"Location": out["status_url"]})
+
+    @web.post("/analyze-video")
+    async def analyze_video(self, request: Request):
+        """The platform backend's name for ``POST /jobs``: ``{job_id, status_url, message}``."""
+        out = await self._submit(request, "analyze-video")
+        if isinstance(out, JSONResponse):
+            return out
+        return JSONResponse({"job_id": out["job_id"], "status_url": out["status_url"],
+                             "message": "accepted: poll status_url for the result"}, status_code=202,
+                            headers={"Location": out["status_url"]})
+
+    @bentoml.api(route="/predict")
+    def predict(self, video_url: str) -> dict:
+        """The platform backend's synchronous route: the report of the short clip at ``video_url``."""
+        endpoint = "predict"
+        with tempfile.TemporaryDirectory(prefix="veracity-predict-") as tmp:
+            path = Path(tmp) / "video"
+            try:
+                fetch_url(video_url, path, url_policy(CFG))
+            except FetchError as exc:
+                return _error(exc.status, exc.reason, exc.message, endpoint)
+            return self._analyze(path, False, endpoint)
+
+    async def _submit(self, request: Request, endpoint: str) -> Any:
+        """Parse a job submission (multipart or JSON) and accept it, or the 4xx/503 why not."""
+        if self.jobs is None:
+            return _error(503, "jobs_unavailable", f"the job queue is not running: {self.jobs_reason}", endpoint)
+        ctype = request.headers.get("content-type", "")
+        upload, video_url, explain, name = None, None, False, None
+        try:
+            if ctype.startswith("application/json"):
+                body = await request.json()
+                if not isinstance(body, dict):
+                    raise ValueError("a JSON object is expected")
+                video_url, explain = body.get("video_url"), bool(body.get("explain", False))
+            elif ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+                form = await request.form()
+                video, video_url = form.get("video"), form.get("video_url")
+                explain = str(form.get("explain", "false")).lower() in ("1", "true", "yes", "on")
+                if video is not None and isinstance(video, str):
+                    raise ValueError("'video' must be an uploaded file (use video_url for a link)")
+                if video is not None:
+                    name = Path(video.filename or "upload").name
+                    upload = await run_in_threadpool(_spool, video.file, self.jobs.uploads)
+            else:
+                return _error(415, "unsupported_media_type", "send multipart/form-data (video or video_url) or "
+                                                             "JSON ({\"video_url\": ...})", endpoint)
+        except ClientDisconnect:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the parsers choke on is the body's fault
+            return _error(400, "bad_request", f"the request body could not be read: {str(exc)[:200]}", endpoint)
+        if video_url is not None and not isinstance(video_url, str):
+            video_url = None if upload is not None else str(video_url)
+        try:
+            return await run_in_threadpool(self._accept, upload, video_url, explain, name, endpoint)
+        finally:
+            if upload is not None and upload.exists() and not self.jobs.owns(upload):
+                upload.unlink(missing_ok=True)
+
+    def _accept(self, upload: Path | None, video_url: str | None, explain: bool, name: str | None,
+                endpoint: str) -> Any:
+        assert self.jobs is not None
+        try:
+            if video_url is not None and upload is None:
+                check_url(video_url, url_policy(CFG))
+            elif upload is not None and video_url is None:
+                refusal = admit(upload, max_duration_s=CFG.job_max_duration_s, max_pixels=CFG.max_pixels,
+                                duration_setting="VERACITY_JOB_MAX_DURATION_S")
+                if refusal is not None:
+                    return _error(refusal.status, refusal.error, refusal.message, endpoint, **refusal.extra)
+            rec = self.jobs.submit(upload=upload, video_url=video_url, explain=explain, filename=name)
+        except FetchError as exc:
+            return _error(exc.status, exc.reason, exc.message, endpoint)
+        except JobError as exc:
+            return _error(exc.status, exc.error, exc.message, endpoint)
+        JOBS.labels(event="accepted").inc()
+        log.info("job accepted", extra={"job_id": rec["id"], "source": rec.get("source")})
+        return {**job_public(rec), "request_id": current_request_id()}
+
+    @web.get("/jobs/{job_id}")
+    def job_status(self, job_id: str):
+        """A job's state (``queued``, ``running`` with progress, ``done`` with the report,
+        ``failed`` with its error, ``cancelled``), timestamps and the bundle that ran it."""
+        rec = self._job(job_id)
+        return rec if isinstance(rec, JSONResponse) else job_public(rec)
+
+    @web.delete("/jobs/{job_id}")
+    def job_cancel(self, job_id: str):
+        """Cancel a job: a queued one at once, a running one at its next phase."""
+        rec = self._job(job_id)
+        if isinstance(rec, JSONResponse):
+            return rec
+        outcome = self.jobs.cancel(job_id)
+        if outcome in ("done", "failed"):
+            return JSONResponse({"error": "already_ended", "message": f"the job has already ended ({outcome})",
+                                 "state": outcome}, status_code=409)
+        JOBS.labels(event="cancel_requested").inc()
+        rec = self.jobs.store.get(job_id) or rec
+        return JSONResponse({**job_public(rec), "cancel": outcome}, status_code=202 if outcome == "cancelling" else 200)
+
+    @web.get("/jobs")
+    def job_list(self, limit: int = 50):
+        """The most recent jobs (newest first, at most ``limit``, 500 at most)."""
+        if self.jobs is None:
+            return JSONResponse({"error": "jobs_unavailable", "message": str(self.jobs_reason)}, status_code=503)
+        ids = self.jobs.store.ids(max(1, min(int(limit), 500)))
+        recs = [self.jobs.store.get(i) for i in ids]
+        return {"jobs": [{k: v for k, v in job_public(r).items() if k != "result"} for r in recs if r]}
+
+    def _job(self, job_id: str) -> Any:
+        if self.jobs is None:
+            return JSONResponse({"error": "jobs_unavailable", "message": str(self.jobs_reason)}, status_code=503)
+        if not _SAFE.match(job_id):
+            return JSONResponse({"error": "not_found", "message": "no such job"}, status_code=404)
+        try:
+            rec = self.jobs.store.get(job_id)
+        except redis.RedisError as exc:
+            return JSONResponse({"error": "jobs_unavailable", "message": f"the job store is unavailable "
+                                                                        f"({type(exc).__name__})"}, status_code=503)
+        if rec is None:
+            return JSONResponse({"error": "not_found", "message": "no such job (or its record expired)"},
+                                status_code=404)
+        return rec
 
     # ------------------------------------------------------------------ helpers
 

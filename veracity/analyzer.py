@@ -44,7 +44,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,8 @@ from veracity.frames import FrameBatchReport, score_frames
 from veracity.lineage import plain, sha256_file
 from veracity.status import ABSTAIN_REASONS, OK
 
-__all__ = ["REASONS", "Analyzer", "BundleError", "Report", "folder_inputs", "report_text"]
+__all__ = ["REASONS", "AnalysisStopped", "Analyzer", "BundleError", "Progress", "Report", "folder_inputs",
+           "report_text"]
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,17 @@ class _Person:
         return self.ood is not None and bool(self.ood.out)
 
 
+class AnalysisStopped(Exception):  # noqa: N818 - a request to stop, not a failure
+    """Raised by a ``progress`` callback to end an analysis (e.g. a cancelled job)."""
+
+
+Progress = Callable[[str, float], None]
+
+
+def _no_progress(phase: str, fraction: float) -> None:
+    return None
+
+
 class _Abstain(Exception):  # noqa: N818 - control flow inside the analyzer, never escapes
     def __init__(self, reason: str, message: str):
         super().__init__(message)
@@ -244,22 +256,30 @@ class Analyzer:
 
     # ------------------------------------------------------------------ public API
 
-    def analyze(self, path: Path | str, explain: bool = False, explain_dir: Path | None = None) -> Report:
+    def analyze(self, path: Path | str, explain: bool = False, explain_dir: Path | None = None,
+                progress: Progress | None = None) -> Report:
         """Analyse one file; never raises for a bad file (ABSTAIN with a reason instead).
 
         Args:
             path: the video file.
             explain: add Grad-CAM overlays, audio anomaly segments and modality agreement.
             explain_dir: where overlay PNGs go (with ``explain``); None writes none.
+            progress: called with a phase name and the fraction done at each phase; it may
+                raise :class:`AnalysisStopped` to end the analysis (a cancelled job).
 
         Returns:
             The :class:`Report`.
+
+        Raises:
+            AnalysisStopped: only when ``progress`` raised it.
         """
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         media: dict[str, Any] = {}
         try:
-            report = self._analyze(Path(path), explain, explain_dir, timings, media)
+            report = self._analyze(Path(path), explain, explain_dir, timings, media, progress or _no_progress)
+        except AnalysisStopped:
+            raise
         except _Abstain as ab:
             report = self._abstain(path, ab.reason, ab.message, media)
         except Exception as exc:  # noqa: BLE001 - a report, never a traceback, never REAL
@@ -319,7 +339,8 @@ class Analyzer:
         return {"real_below": float(th.real_below), "fake_at": float(th.fake_at)}
 
     def _analyze(self, path: Path, explain: bool, explain_dir: Path | None, timings: dict[str, float],
-                 media: dict[str, Any]) -> Report:
+                 media: dict[str, Any], progress: Progress) -> Report:
+        progress("extracting", 0.0)
         if not path.exists():
             raise _Abstain("missing", f"no such file: {path}")
         if not path.is_file():
@@ -334,6 +355,7 @@ class Analyzer:
             media.update(_media_facts(idx))
             rec = ClipRecord(record_dir(out, _CLIP_ID))
             alone = self._check_evidence(idx, rec, media)
+            progress("scoring", 0.7)
             # The models run one file at a time (extraction above runs in parallel): the
             # frame-score hooks must see only this file's windows when threads share the analyzer.
             with self._lock:
@@ -351,6 +373,7 @@ class Analyzer:
                 timings["report_s"] = time.perf_counter() - t
                 explanations = None
                 if explain:
+                    progress("explaining", 0.9)
                     t = time.perf_counter()
                     explanations = self._explain(best, rec, explain_dir, path)
                     timings["explain_s"] = time.perf_counter() - t

@@ -617,6 +617,33 @@ def serve(
                        "--working-dir", str(root)])
 
 
+@app.command()
+def worker(
+    name: Annotated[str, typer.Option(help="Worker name (Celery's node name is NAME@host).")] = "worker",
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs at once (one process, one model, each).")] = 1,
+    pidfile: Annotated[Path | None, typer.Option(help="Write the worker's PID here (removed at exit).")] = None,
+) -> None:
+    """Run a job worker: takes analysis jobs from the broker (VERACITY_BROKER_URL, or the
+    service's embedded one) and runs them with the champion. The same command at any scale."""
+    from serving.config import ServiceConfig
+    from veracity.logs import configure_json_logging
+
+    try:
+        cfg = ServiceConfig.from_env()
+    except ValueError as exc:
+        _err(str(exc))
+        raise typer.Exit(2) from None
+    configure_json_logging(cfg.log_level, file=cfg.log_dir / f"worker-{name}.log")
+    from serving.jobs import QUEUE
+    from serving.jobs import app as celery
+
+    argv = ["worker", "--pool", "prefork", "--concurrency", str(concurrency), "--queues", QUEUE,
+            "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle", "--loglevel", cfg.log_level]
+    if pidfile is not None:
+        argv += ["--pidfile", str(pidfile)]
+    celery.worker_main(argv)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

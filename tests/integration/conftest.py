@@ -15,8 +15,9 @@ def service(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
     # A temporary directory of its own: a test can then tell what the service left behind
     # from what other processes on the machine are writing to /tmp.
     (state / "tmp").mkdir()
+    # Loopback is allowed for video_url: the job tests serve files from a local HTTP server.
     s = Server(state, {"VERACITY_BUNDLE": str(tiny_bundle), "VERACITY_API_KEYS": KEY, "TMPDIR": str(state / "tmp"),
-                       **LIMITS}).start()
+                       "VERACITY_URL_ALLOW_NETWORKS": "127.0.0.0/8", **LIMITS}).start()
     try:
         s.wait_ready()
         yield s
