@@ -62,15 +62,20 @@ class EmbeddedBroker:
         """The kombu/Celery broker URL."""
         return f"redis+socket://{self.socket}"
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=str(self.socket), socket_timeout=5, decode_responses=True)
+    def client(self, retries: int = 3) -> redis.Redis:
+        """A client on the socket (``retries=0`` for probes: redis-py's default retries take seconds)."""
+        from redis.backoff import ExponentialBackoff, NoBackoff
+        from redis.retry import Retry
+
+        retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries) if retries else Retry(NoBackoff(), 0)
+        return redis.Redis(unix_socket_path=str(self.socket), socket_timeout=5, decode_responses=True, retry=retry)
 
     def alive(self) -> bool:
         """Whether a server answers on the socket."""
         if not self.socket.exists():
             return False
         try:
-            return bool(self.client().ping())
+            return bool(self.client(retries=0).ping())
         except (redis.RedisError, OSError):
             return False
 
@@ -111,7 +116,7 @@ class EmbeddedBroker:
         """Shut the server down (it writes its append-only file first); kill it if it hangs."""
         pid = self.pid()
         with contextlib.suppress(redis.RedisError, OSError):
-            self.client().shutdown(nosave=True)  # AOF is already fsynced on every write
+            self.client(retries=0).shutdown(nosave=True)  # AOF is already fsynced on every write
         deadline = time.monotonic() + timeout
         while pid is not None and _running(pid) and time.monotonic() < deadline:
             time.sleep(0.05)

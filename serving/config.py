@@ -30,6 +30,15 @@ class ServiceConfig(BaseModel):
                                                       "(MLFLOW_TRACKING_URI overrides)")
     cache_dir: Path = Field(Path("var/serving/models"), description="where registry versions are downloaded")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda[:N]")
+    challenger_uri: str = Field("models:/veracity-detector@challenger",
+                                description="the challenger for shadow mode and canary (registry alias)")
+    challenger_bundle: Path | None = Field(None, description="a challenger bundle directory; overrides "
+                                                             "challenger_uri")
+    shadow: bool = Field(False, description="also score every analysis with the challenger (when one "
+                                            "exists): logged and counted, never returned")
+    canary_share: float = Field(0.0, ge=0.0, le=1.0, description="share of /analyze and /check_frame_batch "
+                                                                 "requests answered by the challenger (marked "
+                                                                 "served_by in the answer and the log)")
     runtime: Literal["torch", "onnx"] = Field("torch", description="torch, or onnx for members with an ONNX export")
     poll_s: float = Field(10.0, gt=0, description="seconds between registry checks (retry while not ready; "
                                                   "pick up a new champion once ready)")
@@ -77,7 +86,8 @@ class ServiceConfig(BaseModel):
         """
         env = os.environ if environ is None else environ
         values = {name: env[PREFIX + name.upper()] for name in cls.model_fields if PREFIX + name.upper() in env}
-        values = {k: (None if v == "" and k in ("bundle", "api_keys_file") else v) for k, v in values.items()}
+        values = {k: (None if v == "" and k in ("bundle", "challenger_bundle", "api_keys_file") else v)
+                  for k, v in values.items()}
         try:
             cfg = cls(**values)
         except ValidationError as exc:

@@ -293,6 +293,8 @@ class JobSystem:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)  # it must not start a worker after the stop
         self.workers.stop()
         if self.embedded is not None:
             self.embedded.stop()
@@ -372,6 +374,7 @@ class LocalWorkers:
         self.cfg = cfg
         self.dir = cfg.job_dir / "workers"
         self._procs: dict[int, subprocess.Popen] = {}
+        self._closed = False
 
     def pidfile(self, i: int) -> Path:
         return self.dir / f"worker-{i}.pid"
@@ -383,6 +386,8 @@ class LocalWorkers:
             return None
 
     def ensure(self) -> None:
+        if self._closed:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         for i in range(self.cfg.job_workers):
             proc = self._procs.get(i)
@@ -406,6 +411,7 @@ class LocalWorkers:
 
         A job cut short is delivered again when a worker next runs (late acknowledgement).
         """
+        self._closed = True
         pids = [p for p in (self.pid(i) for i in range(self.cfg.job_workers)) if p is not None and _is_worker(p)]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):

@@ -80,10 +80,20 @@ def forward_check(analyzer: Analyzer) -> dict[str, float]:
 
 
 class ModelHolder:
-    """The served analyzer, its provenance and the readiness state (thread-safe)."""
+    """The served analyzer, its provenance and the readiness state (thread-safe).
 
-    def __init__(self, cfg: ServiceConfig):
+    ``role`` is ``champion`` (``VERACITY_BUNDLE`` / ``VERACITY_MODEL_URI``) or ``challenger``
+    (``VERACITY_CHALLENGER_BUNDLE`` / ``VERACITY_CHALLENGER_URI``: shadow mode and canary).
+    A missing challenger is normal (no alias yet), so it is reported quietly.
+    """
+
+    def __init__(self, cfg: ServiceConfig, role: str = "champion"):
+        if role not in ("champion", "challenger"):
+            raise ValueError(f"role must be champion or challenger, got {role!r}")
         self.cfg = cfg
+        self.role = role
+        self.bundle = cfg.bundle if role == "champion" else cfg.challenger_bundle
+        self.model_uri = cfg.model_uri if role == "champion" else cfg.challenger_uri
         self._lock = threading.Lock()
         self._loaded: Loaded | None = None
         self.reason: str | None = "starting: the model has not been loaded yet"
@@ -111,10 +121,10 @@ class ModelHolder:
     def _resolve(self) -> tuple[Any, dict[str, Any]]:
         from veracity.tracking import resolve_bundle, tracking_uri
 
-        if self.cfg.bundle is not None:
-            return self.cfg.bundle, {"kind": "path", "path": str(self.cfg.bundle), "registry_version": None,
-                                     "alias": None, "model_uri": None}
-        reg = resolve_bundle(self.cfg.model_uri, self.cfg.project_root, self.cfg.cache_dir)
+        if self.bundle is not None:
+            return self.bundle, {"kind": "path", "path": str(self.bundle), "registry_version": None,
+                                 "alias": None, "model_uri": None}
+        reg = resolve_bundle(self.model_uri, self.cfg.project_root, self.cfg.cache_dir)
         return reg.path, {"kind": "registry", "path": str(reg.path), "model_uri": reg.uri, "model_name": reg.name,
                           "registry_version": reg.version, "alias": reg.alias, "run_id": reg.run_id,
                           "tracking_uri": tracking_uri(self.cfg.project_root)}
@@ -138,7 +148,8 @@ class ModelHolder:
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
             if self._loaded is None:
                 if reason != self.reason:
-                    log.warning("not ready: %s", reason)
+                    log.log(logging.WARNING if self.role == "champion" else logging.INFO,
+                            "%s not loaded: %s", self.role, reason)
                 self.reason = reason
             else:  # keep serving the bundle we have; a broken new champion is not taken
                 log.warning("a new model could not be loaded; still serving %s: %s",
@@ -148,7 +159,7 @@ class ModelHolder:
             previous = self._loaded
             self._loaded = Loaded(analyzer, source, checks)
             self.reason = None
-        log.info("serving bundle %s (%s, registry version %s) on %s", analyzer.identity.get("sha256"),
+        log.info("%s: bundle %s (%s, registry version %s) on %s", self.role, analyzer.identity.get("sha256"),
                  source["path"], source.get("registry_version"), checks["device"],
                  extra={"bundle_sha256": analyzer.identity.get("sha256"), "checks": checks,
                         "previous": previous.source.get("registry_version") if previous else None})
@@ -163,7 +174,7 @@ class ModelHolder:
     def _watch(self) -> None:
         while not self._stop.wait(self.cfg.poll_s):
             # A bundle given as a path is fixed; only the registry can move.
-            if self.cfg.bundle is None or self._loaded is None:
+            if self.bundle is None or self._loaded is None:
                 self.load_once()
 
     def stop(self) -> None:

@@ -110,10 +110,13 @@ class ServiceProcess:
         """SIGTERM (BentoML stops its worker, the job workers and the broker), then SIGKILL
         for the group, the worker and whatever job process outlived it."""
         self._stop_api()
-        for pid in self.job_pids().values():  # adopted from an earlier server, or left by a kill
-            for p in [*descendants(pid), pid]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, signal.SIGKILL)
+        # Job processes adopted from an earlier server or left by a kill: their command lines
+        # name this server's state directory.
+        mine = str(self.state).encode()
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError, ValueError):
+                if mine in cmdline.read_bytes() and int(cmdline.parent.name) != os.getpid():
+                    os.kill(int(cmdline.parent.name), signal.SIGKILL)
 
     def _stop_api(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -51,6 +51,7 @@ with bentoml.importing():
     from serving.jobs import JobError, JobSystem, url_policy
     from serving.jobs import public as job_public
     from serving.model import ModelHolder
+    from serving.shadow import SERVED_BY, Shadow, canary_pick, keep_copy
     from veracity.frames import FrameError, ParticipantEvidence
     from veracity.logs import configure_json_logging, current_request_id, register_secret
     from veracity.modelcard import model_card
@@ -128,6 +129,24 @@ def _spool(src: Any, folder: Path) -> Path:
     return Path(name)
 
 
+def _slot(holder: ModelHolder) -> dict[str, Any]:
+    """Which bundle a model slot serves (or why none)."""
+    m = holder.loaded
+    if m is None:
+        return {"ready": False, "reason": holder.reason}
+    return {"ready": True, "bundle_sha256": m.analyzer.identity.get("sha256"),
+            "registry_version": m.source.get("registry_version"), "alias": m.source.get("alias"),
+            "path": m.source.get("path") if m.source.get("kind") == "path" else None}
+
+
+def _frame_rows(out: dict, rid: str, endpoint: str, latency: float, model: str, role: str = "served",
+                agree: bool | None = None) -> list[dict]:
+    """A frame batch as one analysed person: its frames are the media facts, video the one modality."""
+    return rows_from_report({**out, "media": {"n_frames": out.get("n_frames"), "face_ratio": out.get("face_ratio")},
+                             "modalities": {"video": out.get("probability")}, "judged": ["video"]},
+                            request_id=rid, endpoint=endpoint, latency_s=latency, role=role, model=model, agree=agree)
+
+
 def _resources() -> dict[str, Any]:
     # A GPU is asked for only when one will be used: a CPU machine must start.
     import torch
@@ -149,6 +168,11 @@ class Veracity:
             register_secret(key)
         self.model = ModelHolder(CFG)
         self.model.start()
+        # The challenger is loaded only when shadow mode or a canary share asks for it.
+        self.challenger = ModelHolder(CFG, "challenger") if CFG.shadow or CFG.canary_share > 0 else None
+        if self.challenger is not None:
+            self.challenger.start()
+        self.shadow = Shadow(self._log_rows)
         self.requests = RequestLog(CFG.request_log_dir)
         self.participants = ParticipantEvidence(ttl_s=CFG.participant_ttl_s)
         self.pool = ThreadPoolExecutor(max_workers=CFG.threads, thread_name_prefix="veracity-analysis")
@@ -174,6 +198,9 @@ class Veracity:
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         self.model.stop()
+        if self.challenger is not None:
+            self.challenger.stop()
+        self.shadow.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.jobs is not None:
             self.jobs.stop()
@@ -216,9 +243,28 @@ class Veracity:
             "disagreement": ({k: v for k, v in b.disagreement.to_dict().items() if k != "reference"}
                              if getattr(b, "disagreement", None) is not None else None),
             "contract": b.contract.to_dict(), "metrics": spec.get("metrics"),
+            "rollout": self._rollout(),
             "model_card": model_card(spec, extra={"model_name": m.source.get("model_name"),
                                                   "version": m.source.get("registry_version")}),
         }
+
+    @web.post("/admin/reload")
+    def reload(self):
+        """Check the registry now (champion and challenger aliases) instead of at the next poll.
+
+        A new bundle is loaded and checked beside the old one, then swapped in: requests in
+        flight finish on the bundle they started with. Needs the API key.
+        """
+        changed = {"champion": self.model.load_once()}
+        if self.challenger is not None:
+            changed["challenger"] = self.challenger.load_once()
+        log.info("reload requested", extra={"changed": changed})
+        return {"changed": changed, "champion": _slot(self.model), "rollout": self._rollout()}
+
+    def _rollout(self) -> dict[str, Any]:
+        return {"shadow": CFG.shadow, "canary_share": CFG.canary_share,
+                "challenger": _slot(self.challenger) if self.challenger is not None else None,
+                "agreement": self.shadow.stats()}
 
     @web.get("/artifacts/{request_id}/{name}")
     def artifact(self, request_id: str, name: str):
@@ -246,9 +292,10 @@ class Veracity:
     def _analyze(self, video: Path, explain: bool, endpoint: str) -> Any:
         t0 = time.perf_counter()
         rid = current_request_id() or "request"
-        analyzer = self.model.analyzer()
-        if analyzer is None:
+        pick = self._pick(endpoint)
+        if pick is None:
             return _error(503, "not_ready", f"the service is not ready: {self.model.reason}", endpoint)
+        (served_by, analyzer), other = pick
         refusal = admit(video, max_duration_s=CFG.max_duration_s, max_pixels=CFG.max_pixels,
                         duration_setting="VERACITY_MAX_DURATION_S", too_long_hint="; submit it as a job (POST /jobs)")
         if refusal is not None:
@@ -263,11 +310,21 @@ class Veracity:
                                              "(VERACITY_REQUEST_TIMEOUT_S); submit long videos as jobs", endpoint)
         ANALYSIS_S.labels(endpoint=endpoint).observe(report.timings.get("total_s", 0.0))
         latency = time.perf_counter() - t0
-        self._count(endpoint, report.verdict, report.reason)
-        self._log_rows(rows_from_report(report, request_id=rid, endpoint=endpoint, latency_s=latency))
+        self._count(endpoint, report.verdict, report.reason, served_by)
+        self._log_rows(rows_from_report(report, request_id=rid, endpoint=endpoint, latency_s=latency,
+                                        model=served_by))
+        if other is not None:
+            copy, cleanup = keep_copy(video)  # the request deletes its upload when it returns
+            shadow_model, shadow_analyzer = other
+            self.shadow.submit(endpoint, report.verdict, lambda: shadow_analyzer.analyze(copy),
+                               lambda rep, agree, s: rows_from_report(rep, request_id=rid, endpoint=endpoint,
+                                                                      latency_s=s, role="shadow",
+                                                                      model=shadow_model, agree=agree),
+                               cleanup)
         out = report.to_dict()
         out["path"] = "upload"  # the server's temporary file name means nothing to the client
         out["request_id"] = rid
+        out["served_by"] = served_by
         if out.get("explanations"):
             for o in out["explanations"].get("overlays", []):
                 if o.get("png"):
@@ -291,9 +348,10 @@ class Veracity:
                 endpoint: str) -> Any:
         t0 = time.perf_counter()
         rid = current_request_id() or "request"
-        analyzer = self.model.analyzer()
-        if analyzer is None:
+        pick = self._pick(endpoint, participant_id)
+        if pick is None:
             return _error(503, "not_ready", f"the service is not ready: {self.model.reason}", endpoint)
+        (served_by, analyzer), other = pick
         if not frames:
             return _error(400, "empty_batch", "no frames in the batch (multipart field 'frames')", endpoint)
         if len(frames) > CFG.max_frames:
@@ -310,16 +368,20 @@ class Veracity:
         out = report.to_dict()
         if participant_id is not None:
             out["participant_id"] = participant_id
-            out["running"] = self.participants.update(participant_id, report)
+            # Keyed by model too: a running verdict never pools two bundles' probabilities.
+            key = participant_id if served_by == "champion" else f"{participant_id}@challenger"
+            out["running"] = self.participants.update(key, report)
         latency = time.perf_counter() - t0
         ANALYSIS_S.labels(endpoint=endpoint).observe(latency)
-        self._count(endpoint, out.get("verdict"), out.get("reason"))
-        # The batch as one analysed person: its frames are the media facts, video the one modality.
-        self._log_rows(rows_from_report({**out, "media": {"n_frames": out.get("n_frames"),
-                                                          "face_ratio": out.get("face_ratio")},
-                                         "modalities": {"video": out.get("probability")}},
-                                        request_id=rid, endpoint=endpoint, latency_s=latency))
+        self._count(endpoint, out.get("verdict"), out.get("reason"), served_by)
+        self._log_rows(_frame_rows(out, rid, endpoint, latency, served_by))
+        if other is not None:
+            shadow_model, shadow_analyzer = other
+            self.shadow.submit(endpoint, out.get("verdict"),
+                               lambda: shadow_analyzer.check_frames(images, member=member, cropped=cropped).to_dict(),
+                               lambda rep, agree, s: _frame_rows(rep, rid, endpoint, s, shadow_model, "shadow", agree))
         out["request_id"] = rid
+        out["served_by"] = served_by
         return out
 
     # ------------------------------------------------------------------ jobs
@@ -459,7 +521,19 @@ class Veracity:
 
     # ------------------------------------------------------------------ helpers
 
-    def _count(self, endpoint: str, verdict: str | None, reason: str | None) -> None:
+    def _pick(self, endpoint: str, key: str | None = None) -> Any:
+        """((served_by, analyzer), (shadow model, analyzer) or None), or None when not ready."""
+        champion = self.model.analyzer()
+        if champion is None:
+            return None
+        challenger = self.challenger.analyzer() if self.challenger is not None else None
+        served, other = ("champion", champion), (("challenger", challenger) if challenger is not None else None)
+        if other is not None and canary_pick(CFG.canary_share, key):
+            served, other = other, served
+        return served, (other if CFG.shadow else None)
+
+    def _count(self, endpoint: str, verdict: str | None, reason: str | None, served_by: str = "champion") -> None:
+        SERVED_BY.labels(endpoint=endpoint, model=served_by).inc()
         VERDICTS.labels(endpoint=endpoint, verdict=verdict or "none").inc()
         if verdict == "ABSTAIN":
             ABSTAINS.labels(endpoint=endpoint, reason=reason or "unknown").inc()

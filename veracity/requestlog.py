@@ -61,7 +61,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Bumped whenever a column is added, removed or changes meaning; stored in PRAGMA user_version.
-SCHEMA_VERSION = 1
+# v2 added judged, role, model and agree (shadow mode); a v1 current file is rotated aside
+# on the first append, and read back with those columns empty.
+SCHEMA_VERSION = 2
 CURRENT_NAME = "requests.sqlite"
 LOCK_NAME = "requests.lock"
 GATE_NAME = "requests.gate"
@@ -97,10 +99,16 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     *MEDIA_COLUMNS,
     ("members", "TEXT"),  # JSON {member: calibrated probability}: bundles differ in members
     ("modalities", "TEXT"),  # JSON {modality: probability}
+    ("judged", "TEXT"),  # the modalities that judged, comma-separated (e.g. "video" alone); NULL for ABSTAIN
+    ("role", "TEXT"),  # served (the answer) or shadow (scored beside it, never returned)
+    ("model", "TEXT"),  # champion or challenger: the registry slot whose bundle wrote the row
+    ("agree", "INTEGER"),  # shadow rows: 1 when its verdict is the served one's; NULL on served rows
 )
 _NAMES = tuple(name for name, _ in COLUMNS)
 _TYPES = dict(COLUMNS)
-_NOT_NULL = {"time", "request_id", "endpoint", "verdict", "members", "modalities"}
+_NOT_NULL = {"time", "request_id", "endpoint", "verdict", "members", "modalities", "role", "model"}
+ROLES = ("served", "shadow")
+MODELS = ("champion", "challenger")
 _VERDICTS = ("FAKE", "UNCERTAIN", "REAL", "ABSTAIN")
 # A reason is a code such as ``no_face``; anything else (free text could carry user data) is not stored.
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -113,11 +121,16 @@ class RequestLogError(RuntimeError):
     """The current request log file cannot be written (e.g. a newer schema version)."""
 
 
+class _OlderSchema(Exception):  # noqa: N818 - control flow: the current file is rotated aside
+    pass
+
+
 # --------------------------------------------------------------------------- rows
 
 
 def rows_from_report(report: Report | Mapping[str, Any], *, request_id: str, endpoint: str,
-                     latency_s: float | None, at: datetime | None = None) -> list[dict[str, Any]]:
+                     latency_s: float | None, at: datetime | None = None, role: str = "served",
+                     model: str = "champion", agree: bool | None = None) -> list[dict[str, Any]]:
     """The request-log rows of one analysis: one per person, or one for an ABSTAIN.
 
     Only the columns of :data:`COLUMNS` are taken from the report (never ``path``,
@@ -129,6 +142,9 @@ def rows_from_report(report: Report | Mapping[str, Any], *, request_id: str, end
         endpoint: the service endpoint that answered (capped at 200 characters).
         latency_s: seconds the request took.
         at: when the request was answered (default now); naive times are taken as UTC.
+        role: ``served`` (the answer) or ``shadow`` (scored beside it, not returned).
+        model: ``champion`` or ``challenger``.
+        agree: for a shadow row, whether its verdict is the served one's.
 
     Returns:
         One dict per row with the column names as keys; ``members`` and ``modalities`` are
@@ -145,6 +161,8 @@ def rows_from_report(report: Report | Mapping[str, Any], *, request_id: str, end
     for name, value in (("request_id", request_id), ("endpoint", endpoint)):
         if not isinstance(value, str) or not value:
             raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    if role not in ROLES or model not in MODELS:
+        raise ValueError(f"role must be one of {ROLES} and model one of {MODELS}, got {role!r}, {model!r}")
     bundle = r.get("bundle") if isinstance(r.get("bundle"), Mapping) else {}
     sha = bundle.get("sha256")
     media = r.get("media") if isinstance(r.get("media"), Mapping) else {}
@@ -154,6 +172,8 @@ def rows_from_report(report: Report | Mapping[str, Any], *, request_id: str, end
         "endpoint": endpoint[:_MAX_ID],
         "bundle_sha256": sha.lower() if isinstance(sha, str) and _SHA.fullmatch(sha) else None,
         "latency_ms": None if _real(latency_s) is None else round(_real(latency_s) * 1000.0, 3),
+        "judged": None if verdict == "ABSTAIN" else _judged(r.get("judged")),
+        "role": role, "model": model, "agree": None if agree is None else int(bool(agree)),
     }
     for name, kind in MEDIA_COLUMNS:
         base[name] = _coerce(media.get(name), kind)
@@ -174,6 +194,13 @@ def rows_from_report(report: Report | Mapping[str, Any], *, request_id: str, end
                  "members": _member_probs(p.get("members")), "modalities": _modality_probs(p.get("modalities"))}
                 for p in persons]
     return [{name: row[name] for name in _NAMES} for row in rows]
+
+
+def _judged(value: Any) -> str | None:
+    if not isinstance(value, (list, tuple)):
+        return None
+    names = [v for v in value if isinstance(v, str) and _REASON.fullmatch(v)]
+    return ",".join(names) or None
 
 
 def _as_mapping(report: Any) -> Mapping[str, Any]:
@@ -296,16 +323,22 @@ class RequestLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         size = None
         for _ in range(3):
-            with _shared(self.directory):
-                con = self._connect()
-                try:
-                    if self._ensure_schema(con, create=False):
-                        with con:  # BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error
-                            con.execute("BEGIN IMMEDIATE")
-                            con.executemany(_INSERT, values)
-                        size = _db_bytes(con)
-                finally:
-                    con.close()
+            try:
+                with _shared(self.directory):
+                    con = self._connect()
+                    try:
+                        if self._ensure_schema(con, create=False):
+                            with con:  # BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error
+                                con.execute("BEGIN IMMEDIATE")
+                                con.executemany(_INSERT, values)
+                            size = _db_bytes(con)
+                    finally:
+                        con.close()
+            except _OlderSchema:
+                # Written by an older version: kept as a rotated file (readers fill the new
+                # columns with nulls), and this version's schema starts a new current file.
+                self.rotate(force=True)
+                continue
             if size is not None:
                 break
             # A new file. Switching to WAL fails at once (no busy wait) if another process does
@@ -382,6 +415,8 @@ class RequestLog:
         version = con.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return True
+        if 0 < version < SCHEMA_VERSION:
+            raise _OlderSchema
         if version != 0:
             raise RequestLogError(f"{self.current} has request-log schema version {version}; "
                                   f"this code writes version {SCHEMA_VERSION}")
@@ -663,4 +698,7 @@ def _frame(parts: list[tuple[str, list[str], list[tuple]]]) -> pd.DataFrame:
             df[name] = pd.to_numeric(df[name], errors="coerce").astype("float64")
         else:
             df[name] = df[name].astype(object)
+    # Rows of a v1 file were all the champion's answers.
+    df["role"] = df["role"].where(df["role"].notna(), "served")
+    df["model"] = df["model"].where(df["model"].notna(), "champion")
     return df

@@ -7,15 +7,13 @@ result checked against the in-process ``Analyzer`` on the same file.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
-from servicekit import KEY, Server
+from servicekit import KEY, Server, origin
 
 from veracity.analyzer import Analyzer
 
@@ -30,45 +28,11 @@ def clips(tiny_corpus: Path) -> list[Path]:
     return sorted((tiny_corpus / "videos").glob("*.mp4"))[:3]
 
 
-class _Files(BaseHTTPRequestHandler):
-    """Serves ``/clip`` (a video), ``/slow`` (the video, trickled over ~3 s) and ``/missing``."""
-
-    body = b""
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        if self.path not in ("/clip", "/slow"):
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "video/mp4")
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        if self.path == "/clip":
-            self.wfile.write(self.body)
-            return
-        step = max(1, len(self.body) // 15)
-        for i in range(0, len(self.body), step):
-            self.wfile.write(self.body[i:i + step])
-            self.wfile.flush()
-            time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def files(clips: list[Path]) -> Iterator[str]:
-    handler = type("Handler", (_Files,), {"body": clips[0].read_bytes()})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    """``/clip``, ``/slow`` (trickled over ~3 s) and a 404 for anything else."""
+    with origin(clips[0].read_bytes()) as url:
+        yield url
 
 
 def _submit(server: Server, path: Path | None = None, route: str = "/jobs", **data: str) -> httpx.Response:

@@ -12,15 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
-from servicekit import Server
+from servicekit import Server, origin
 
 from serving.process import descendants
 from veracity.analyzer import Analyzer
@@ -30,38 +28,15 @@ pytestmark = pytest.mark.integration
 ENDED = ("done", "failed", "cancelled")
 
 
-class _Slow(BaseHTTPRequestHandler):
-    body = b""
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "video/mp4")
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        step = max(1, len(self.body) // 15)
-        for i in range(0, len(self.body), step):
-            self.wfile.write(self.body[i:i + step])
-            self.wfile.flush()
-            time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def clips(tiny_corpus: Path) -> list[Path]:
     return sorted((tiny_corpus / "videos").glob("*.mp4"))[:6]
 
 
 @pytest.fixture(scope="module")
-def origin(clips: list[Path]) -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("H", (_Slow,), {"body": clips[0].read_bytes()}))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/slow"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+def slow_url(clips: list[Path]) -> Iterator[str]:
+    with origin(clips[0].read_bytes()) as url:
+        yield url + "/slow"
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +63,7 @@ def _state(url: str, job_id: str) -> dict:
     "api+worker+broker",
 ])
 def test_every_accepted_job_ends_after_kill_9_and_a_restart(tmp_path: Path, tiny_bundle: Path, clips: list[Path],
-                                                             origin: str, expected: dict[str, float],
+                                                             slow_url: str, expected: dict[str, float],
                                                              victims: str) -> None:
     env = {"VERACITY_BUNDLE": str(tiny_bundle), "VERACITY_JOB_TIMEOUT_S": "15",
            "VERACITY_URL_ALLOW_NETWORKS": "127.0.0.0/8"}
@@ -96,7 +71,7 @@ def test_every_accepted_job_ends_after_kill_9_and_a_restart(tmp_path: Path, tiny
     try:
         server.wait_ready()
         jobs: dict[str, str] = {}  # job id -> the clip whose report it must end with
-        r = httpx.post(server.url + "/jobs", json={"video_url": origin}, timeout=30)
+        r = httpx.post(server.url + "/jobs", json={"video_url": slow_url}, timeout=30)
         assert r.status_code == 202
         slow = r.json()["job_id"]
         jobs[slow] = clips[0].name

@@ -342,3 +342,39 @@ def test_damaged_files_are_skipped_and_named(tmp_path: Path, caplog: pytest.LogC
     warned = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     for p in (truncated, garbage, empty, current):
         assert str(p) in warned
+
+
+def test_a_v1_file_is_rotated_aside_and_read_back_as_the_champions_answers(tmp_path: Path) -> None:
+    # A file as version 1 wrote it: the same table without judged, role, model and agree.
+    v1 = [(n, t) for n, t in COLUMNS if n not in ("judged", "role", "model", "agree")]
+    con = sqlite3.connect(tmp_path / CURRENT_NAME)
+    con.execute(f"CREATE TABLE requests ({', '.join(f'{n} {t}' for n, t in v1)})")
+    old = {k: v for k, v in _row(1, T0).items() if k in dict(v1)}
+    old["members"], old["modalities"] = "{}", "{}"
+    con.execute(f"INSERT INTO requests ({', '.join(old)}) VALUES ({', '.join('?' for _ in old)})", list(old.values()))
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+    rlog = RequestLog(tmp_path)
+    rlog.append([_row(2, T0 + timedelta(minutes=1))])  # no error, nothing lost
+    assert len(log_files(tmp_path)) == 2
+    con = sqlite3.connect(tmp_path / CURRENT_NAME)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    con.close()
+    df = read_request_log(tmp_path)
+    assert df["request_id"].tolist() == [old["request_id"], _row(2, T0)["request_id"]]
+    assert df["role"].tolist() == ["served", "served"] and df["model"].tolist() == ["champion", "champion"]
+
+
+def test_shadow_rows_carry_role_model_agreement_and_what_judged(tmp_path: Path) -> None:
+    report = {**_two_person_report().to_dict(), "judged": ["video"]}
+    served = rows_from_report(report, request_id="r1", endpoint="analyze", latency_s=0.1, at=T0)
+    shadow = rows_from_report(report, request_id="r1", endpoint="analyze", latency_s=0.1, at=T0,
+                              role="shadow", model="challenger", agree=False)
+    assert {r["role"] for r in served} == {"served"} and {r["agree"] for r in served} == {None}
+    assert {(r["role"], r["model"], r["agree"], r["judged"]) for r in shadow} == {("shadow", "challenger", 0, "video")}
+    with pytest.raises(ValueError, match="role"):
+        rows_from_report(report, request_id="r1", endpoint="analyze", latency_s=0.1, role="canary")
+    RequestLog(tmp_path).append(served + shadow)
+    df = read_request_log(tmp_path)
+    assert df.groupby("role")["agree"].apply(lambda s: s.isna().all()).to_dict() == {"served": True, "shadow": False}
