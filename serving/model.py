@@ -141,7 +141,8 @@ class ModelHolder:
             if current is not None and current.source.get("path") == source["path"]:
                 return False  # the alias still points at what we serve
             checks = runtime_checks(self.cfg.device)
-            analyzer = Analyzer(path, device=self.cfg.device, runtime=self.cfg.runtime)
+            analyzer = Analyzer(path, device=self.cfg.device, runtime=self.cfg.runtime,
+                                batch_windows=self.cfg.batch_windows, batch_wait_s=self.cfg.batch_wait_ms / 1000)
             checks["forward"] = forward_check(analyzer)
             checks["device"] = str(analyzer.bundle.device)
         except (RegistryError, BundleError, RuntimeError, OSError, ValueError) as exc:
@@ -159,6 +160,8 @@ class ModelHolder:
             previous = self._loaded
             self._loaded = Loaded(analyzer, source, checks)
             self.reason = None
+        if previous is not None:
+            previous.analyzer.close()  # requests in flight on it finish without its batcher
         log.info("%s: bundle %s (%s, registry version %s) on %s", self.role, analyzer.identity.get("sha256"),
                  source["path"], source.get("registry_version"), checks["device"],
                  extra={"bundle_sha256": analyzer.identity.get("sha256"), "checks": checks,

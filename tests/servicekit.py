@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from serving.process import ServiceProcess as Server
 from serving.process import free_port
 
-__all__ = ["KEY", "LIMITS", "Server", "free_port", "origin"]
+__all__ = ["KEY", "LIMITS", "Server", "clip_frames", "free_port", "origin"]
 
 KEY = "vk-test-9f2c1e77d0b84a3c"  # the API key of the shared test server
 # Small limits, so the tests can reach them with small files.
@@ -55,3 +55,18 @@ def origin(body: bytes) -> Iterator[str]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def clip_frames(path: str | object, n: int = 12) -> list[bytes]:
+    """The first ``n`` frames of a video as JPEG bytes (a meeting server's frame batch)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames: list[bytes] = []
+    while len(frames) < n:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.imencode(".jpg", f)[1].tobytes())
+    cap.release()
+    return frames

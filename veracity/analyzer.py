@@ -38,6 +38,7 @@ an extraction index. Only a bad bundle raises
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -52,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from veracity.batching import WindowBatcher
 from veracity.bundle import BUNDLE_JSON, Bundle, BundleError, Scored
 from veracity.config import AnalyzeConfig, ExtractConfig
 from veracity.data import ClipInfo, WindowDataset, collate
@@ -226,6 +228,10 @@ class Analyzer:
         runtime: ``torch``, or ``onnx`` to run members that have an ONNX file with ONNX
             Runtime; ignored for a loaded bundle.
         cfg: batch size, number of suspicious frames, segment merging.
+        batch_windows: with threads sharing this analyzer (a server), join their windows in
+            forward passes of up to this many (:mod:`veracity.batching`); 0 runs each
+            caller's batches on its own.
+        batch_wait_s: longest a batch waits for other callers' windows.
 
     Raises:
         BundleError: the bundle directory is missing, malformed, or a file does not match
@@ -233,14 +239,18 @@ class Analyzer:
     """
 
     def __init__(self, bundle: Bundle | str | Path, device: str = "auto", runtime: str = "torch",
-                 cfg: AnalyzeConfig | None = None):
+                 cfg: AnalyzeConfig | None = None, batch_windows: int = 0, batch_wait_s: float = 0.01):
         self.cfg = cfg or AnalyzeConfig()
+        # Held around the members' forward passes and Grad-CAM (whose hooks must see one
+        # caller's windows): extraction and reporting run in parallel.
         self._lock = threading.Lock()
         if isinstance(bundle, Bundle):
             self.bundle = bundle
         else:
             self.bundle = Bundle.load(bundle, resolve_device(device), runtime)
         b = self.bundle
+        self.batcher = (WindowBatcher(b.forward, batch_windows, batch_wait_s, lock=self._lock)
+                        if batch_windows > 0 else None)
         self.contract = b.contract
         self.extract_cfg = extract_config_of(b.spec)
         self.fingerprint = fingerprint(self.extract_cfg, self.contract)
@@ -255,6 +265,11 @@ class Analyzer:
         }
 
     # ------------------------------------------------------------------ public API
+
+    def close(self) -> None:
+        """Stop the shared batcher's thread (callers still running finish on their own)."""
+        if self.batcher is not None:
+            self.batcher.close()
 
     def analyze(self, path: Path | str, explain: bool = False, explain_dir: Path | None = None,
                 progress: Progress | None = None) -> Report:
@@ -334,6 +349,13 @@ class Analyzer:
                       thresholds=self._thresholds(), media=dict(media), bundle=dict(self.identity),
                       status=media.get("status"))
 
+    def _forward(self, batch: Any, run: Sequence[str]) -> dict[str, Any]:
+        """The members' outputs for one batch: through the shared batcher, or here under the lock."""
+        if self.batcher is not None:
+            return self.batcher.run(batch, run)
+        with self._lock:
+            return self.bundle.forward(batch, members=run)
+
     def _thresholds(self, alone: str | None = None) -> dict[str, float]:
         th = self.bundle.thresholds_for(alone)
         return {"real_below": float(th.real_below), "fake_at": float(th.fake_at)}
@@ -356,27 +378,27 @@ class Analyzer:
             rec = ClipRecord(record_dir(out, _CLIP_ID))
             alone = self._check_evidence(idx, rec, media)
             progress("scoring", 0.7)
-            # The models run one file at a time (extraction above runs in parallel): the
-            # frame-score hooks must see only this file's windows when threads share the analyzer.
-            with self._lock:
-                persons = [self._score_person(rec, media, track, timings, alone) for track in _kept_tracks(rec)]
-                if not persons:  # _check_evidence guarantees one, but never call REAL without a face
-                    raise _Abstain("no_face", "no face track lasted long enough to be judged")
-                # The call is about the most suspicious person the bundle can judge: one outside
-                # its reference profile gets no verdict of its own (see below).
-                judged = [p for p in persons if not p.out_of_profile] or persons
-                best = max(judged, key=lambda p: (p.scored.probability, -p.track))
+            # The members' forward passes take the analyzer's lock (or go through the shared
+            # batcher, which takes it): extraction above and the bookkeeping here run in parallel.
+            persons = [self._score_person(rec, media, track, timings, alone) for track in _kept_tracks(rec)]
+            if not persons:  # _check_evidence guarantees one, but never call REAL without a face
+                raise _Abstain("no_face", "no face track lasted long enough to be judged")
+            # The call is about the most suspicious person the bundle can judge: one outside
+            # its reference profile gets no verdict of its own (see below).
+            judged = [p for p in persons if not p.out_of_profile] or persons
+            best = max(judged, key=lambda p: (p.scored.probability, -p.track))
+            t = time.perf_counter()
+            for p in persons:
+                p.timeline = self._timeline(p, media)
+                p.top_frames = self._top_frames(p, rec)
+            timings["report_s"] = time.perf_counter() - t
+            explanations = None
+            if explain:
+                progress("explaining", 0.9)
                 t = time.perf_counter()
-                for p in persons:
-                    p.timeline = self._timeline(p, media)
-                    p.top_frames = self._top_frames(p, rec)
-                timings["report_s"] = time.perf_counter() - t
-                explanations = None
-                if explain:
-                    progress("explaining", 0.9)
-                    t = time.perf_counter()
+                with self._lock:  # Grad-CAM's hooks must see this file's windows only
                     explanations = self._explain(best, rec, explain_dir, path)
-                    timings["explain_s"] = time.perf_counter() - t
+                timings["explain_s"] = time.perf_counter() - t
         s = best.scored
         n = len(persons)
         alone_note = (f" (judged on {alone} alone: {_NO_AUDIO_WORDS.get(str(media.get('status')), 'no usable audio')})"
@@ -446,35 +468,30 @@ class Analyzer:
         if len(ds) == 0:
             raise _Abstain("too_short", "no model window fits the file")
         logits: dict[str, list[np.ndarray]] = {m: [] for m in run}
-        # Per-frame scores of the members that look at faces, caught on their way out of the
-        # forward pass that window_logits runs anyway (the suspicious frames cost nothing).
-        caught: dict[str, list[np.ndarray]] = {m.name: [] for m in members if m.modality in ("video", "av")
-                                               and m.model is not None and m.onnx_session is None}
-        hooks = [m.model.register_forward_hook(_catch_frame_scores(caught[m.name]))
-                 for m in members if m.name in caught and m.model is not None]
-        # Each member's embedding (the features before its head), for the reference profile.
-        embedded: dict[str, list[np.ndarray]] = {m.name: [] for m in members if b.profile is not None
-                                                 and m.model is not None and m.onnx_session is None}
-        hooks += [m.model.register_forward_hook(_catch_features(embedded[m.name]))
-                  for m in members if m.name in embedded and m.model is not None]
+        # Per-frame scores of the members that look at faces (the suspicious frames cost
+        # nothing: the forward pass gives them), and each member's embedding (the features
+        # before its head) for the reference profile.
+        caught: dict[str, list[np.ndarray]] = {m.name: [] for m in members if m.modality in ("video", "av")}
+        embedded: dict[str, list[np.ndarray]] = {m.name: [] for m in members if b.profile is not None}
         bs = self.cfg.batch_size
         # The next batch is cut from the record on a background thread while the members
         # run on this one (the same bounded prefetch as extraction: memory stays flat).
         batches = (collate([ds[i] for i in range(s, min(s + bs, len(ds)))])[0] for s in range(0, len(ds), bs))
         prep = fwd = 0.0
-        try:
+        with self.batcher.scoring() if self.batcher is not None else contextlib.nullcontext():
             t = time.perf_counter()
             for batch in prefetch(batches, depth=2):
                 t1 = time.perf_counter()
-                out = b.window_logits(batch, members=run)
+                out = self._forward(batch, run)
                 prep += t1 - t  # waiting for windows the prefetch had not cut yet
                 t = time.perf_counter()
                 fwd += t - t1
                 for m in run:
-                    logits[m].append(np.asarray(out[m], dtype=np.float32).reshape(-1))
-        finally:
-            for h in hooks:
-                h.remove()
+                    logits[m].append(np.asarray(out[m].logits, dtype=np.float32).reshape(-1))
+                    if m in caught and out[m].frame_scores is not None:
+                        caught[m].append(out[m].frame_scores)
+                    if m in embedded and out[m].features is not None:
+                        embedded[m].append(out[m].features)
         frame_scores = {name: np.concatenate(v) for name, v in caught.items() if v}
         frame_scores = {name: v for name, v in frame_scores.items() if v.shape[0] == len(ds)}
         timings["windows_s"] = timings.get("windows_s", 0.0) + prep
@@ -675,24 +692,6 @@ _NO_AUDIO_WORDS = {"no_audio": "the file has no audio stream", "silent": "the au
 
 def _member_words(s: Scored) -> str:
     return ", ".join(f"{n} {p:.3f}" for n, p in s.member_probs.items())
-
-
-def _catch_features(store: list[np.ndarray]) -> Any:
-    def hook(_module: torch.nn.Module, _inputs: Any, out: Any) -> None:
-        feats = getattr(out, "features", None)
-        if isinstance(feats, torch.Tensor):
-            store.append(feats.detach().float().cpu().numpy().reshape(feats.shape[0], -1))
-
-    return hook
-
-
-def _catch_frame_scores(store: list[np.ndarray]) -> Any:
-    def hook(_module: torch.nn.Module, _inputs: Any, out: Any) -> None:
-        scores = getattr(out, "frame_scores", None)
-        if isinstance(scores, torch.Tensor):
-            store.append(scores.detach().float().cpu().numpy())
-
-    return hook
 
 
 def _public(frame: Mapping[str, Any]) -> dict[str, Any]:

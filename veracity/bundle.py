@@ -48,6 +48,27 @@ ALONE_MODALITIES = ("video", "audio")
 PROFILE_DIR = "profile"
 
 
+@dataclass(frozen=True)
+class MemberOutput:
+    """One member's outputs for a batch of windows (numpy, one row per window)."""
+
+    logits: np.ndarray
+    frame_scores: np.ndarray | None = None  # (B, T) per-frame scores of a member that looks at faces
+    features: np.ndarray | None = None  # (B, F) the embedding before the head (the reference profile's input)
+
+    def rows(self, start: int, stop: int) -> MemberOutput:
+        """The outputs of windows ``start:stop``."""
+        cut = (lambda a: None if a is None else a[start:stop])
+        return MemberOutput(self.logits[start:stop], cut(self.frame_scores), cut(self.features))
+
+
+def _rows(t: Any, flat: bool = False) -> np.ndarray | None:
+    if not isinstance(t, torch.Tensor):
+        return None
+    a = t.detach().float().cpu().numpy()
+    return a.reshape(a.shape[0], -1) if flat else a
+
+
 class BundleError(RuntimeError):
     """A bundle that cannot be used: missing, malformed, or not matching its checksums."""
 
@@ -358,6 +379,16 @@ class Bundle:
         Raises:
             BundleError: ``members`` names a member the bundle does not have.
         """
+        return {k: v.logits for k, v in self.forward(batch, members).items()}
+
+    def forward(self, batch: Batch, members: Sequence[str] | None = None) -> dict[str, MemberOutput]:
+        """Members' outputs for one batch: logits, and where a member gives them its per-frame
+        scores and embedding (ONNX members: logits only). Rows follow the batch's rows, so a
+        batch made of several callers' windows splits back by row ranges.
+
+        Raises:
+            BundleError: ``members`` names a member the bundle does not have.
+        """
         if members is not None:
             unknown = sorted(set(members) - set(self.names))
             if unknown:
@@ -370,12 +401,14 @@ class Bundle:
                 if m.onnx_session is not None:
                     from veracity.onnx_export import run_session
 
-                    out[m.name] = run_session(m.onnx_session, batch)
+                    out[m.name] = MemberOutput(run_session(m.onnx_session, batch))
                     continue
                 if gpu_batch is None:
                     gpu_batch = batch.to(self.device)
                 assert m.model is not None
-                out[m.name] = m.model(gpu_batch).logits.float().cpu().numpy()
+                o = m.model(gpu_batch)
+                out[m.name] = MemberOutput(o.logits.float().cpu().numpy(), _rows(getattr(o, "frame_scores", None)),
+                                           _rows(getattr(o, "features", None), flat=True))
         return out
 
     def member_video(self, window_logits: Mapping[str, np.ndarray],

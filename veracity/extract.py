@@ -27,7 +27,6 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -142,10 +141,18 @@ def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:
         raise error[0]
 
 
-@lru_cache(maxsize=4)
+_local = threading.local()
+
+
 def _detector(max_side: int, min_face_frac: float) -> HaarFaceDetector:
-    # One cascade per worker process and setting: loading it costs more than a detection.
-    return HaarFaceDetector(max_side=max_side, min_face_frac=min_face_frac)
+    # One cascade per thread and setting: loading it costs more than a detection, and
+    # OpenCV's CascadeClassifier is not safe to share between threads (concurrent analyses
+    # in one server process got each other's detections).
+    cache = _local.__dict__.setdefault("detectors", {})
+    key = (max_side, min_face_frac)
+    if key not in cache:
+        cache[key] = HaarFaceDetector(max_side=max_side, min_face_frac=min_face_frac)
+    return cache[key]
 
 
 # ----------------------------------------------------------------------------- one clip

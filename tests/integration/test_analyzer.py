@@ -218,7 +218,7 @@ def test_an_unexpected_failure_is_abstain_error_and_leaves_no_files(analyzer: An
     def boom(batch, members=None):
         raise RuntimeError("simulated device failure\nsecond line")
 
-    monkeypatch.setattr(analyzer.bundle, "window_logits", boom)
+    monkeypatch.setattr(analyzer.bundle, "forward", boom)
     with caplog.at_level(logging.WARNING, logger="veracity.analyzer"):
         r = analyzer.analyze(_videos(tiny_corpus)[0])
     assert (r.verdict, r.reason, r.probability) == ("ABSTAIN", "error", None)
@@ -375,3 +375,28 @@ def test_benchmark_scores_every_clip_through_the_analyzer_and_goes_on_past_a_bad
     assert "seconds" not in written and written["n"] == res["n"]  # wall time would change dvc.lock
     for plot in ("plots/roc.csv", "plots/reliability.csv"):
         assert set(pd.read_csv(tmp_path / "out" / plot)["member"]) == {"ensemble", "video", "audio"}
+
+
+@pytest.mark.parametrize("batch_windows", [0, 64])
+def test_concurrent_analyses_in_one_process_match_one_at_a_time(analyzer: Analyzer, tiny_bundle: Path,
+                                                                 tiny_corpus: Path, batch_windows: int) -> None:
+    """Threads sharing an analyzer (a server's) get the reports they would get alone, with
+    and without their windows batched together. (They did not: the face detector's OpenCV
+    cascade was shared between threads, and concurrent detections corrupted each other.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clips = _videos(tiny_corpus)[:6]
+    want = {c.name: analyzer.analyze(c) for c in clips}
+    batched = Analyzer(tiny_bundle, device="cpu", batch_windows=batch_windows, batch_wait_s=0.05)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            got = dict(zip([c.name for c in clips], pool.map(batched.analyze, clips), strict=True))
+    finally:
+        batched.close()
+    for name, r in got.items():
+        assert (r.verdict, r.reason) == (want[name].verdict, want[name].reason), name
+        if r.probability is not None:
+            assert r.probability == pytest.approx(want[name].probability, abs=1e-5)
+            assert [f["frame_score"] for f in r.top_frames] == pytest.approx(
+                [f["frame_score"] for f in want[name].top_frames], abs=1e-5)
+    assert batch_windows == 0 or (batched.batcher is not None and batched.batcher.passes > 0)

@@ -164,3 +164,13 @@ def test_the_job_list_shows_recent_jobs_without_results(service: Server, clips: 
     assert listed[0]["job_id"] == job["job_id"] and len(listed) <= 5
     assert all("result" not in j for j in listed)
     _wait(service, job["job_id"])
+
+
+def test_an_upload_over_the_body_limit_gets_413_and_leaves_nothing(service: Server) -> None:
+    uploads = Path(service.env["VERACITY_JOB_DIR"]) / "uploads"
+    before = set(uploads.iterdir())
+    big = b"\x00\x00\x00\x18ftypmp42" + bytes(2 * 2**20)  # over the shared server's 1 MiB
+    r = httpx.post(service.url + "/jobs", files={"video": ("big.mp4", big, "video/mp4")}, headers=AUTH, timeout=30)
+    assert r.status_code == 413, r.text
+    assert set(uploads.iterdir()) == before
+    assert httpx.get(service.url + "/health/ready").status_code == 200

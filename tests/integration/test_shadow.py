@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servicekit import Server
+from servicekit import Server, clip_frames
 
 from serving.shadow import canary_pick
 from veracity.analyzer import Analyzer
@@ -91,18 +91,10 @@ def test_the_shadow_verdict_is_logged_and_counted_never_returned(server: Server,
 
 
 def test_a_participant_stays_with_one_model(server: Server, tiny_corpus: Path) -> None:
-    import cv2
-
     ids = [f"p{i}" for i in range(40)]
     to_challenger = next(i for i in ids if canary_pick(SHARE, i))
     to_champion = next(i for i in ids if not canary_pick(SHARE, i))
-    cap = cv2.VideoCapture(str(sorted((tiny_corpus / "videos").glob("*.mp4"))[0]))
-    frames = []
-    while len(frames) < 12:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.imencode(".jpg", f)[1].tobytes())
+    frames = clip_frames(sorted((tiny_corpus / "videos").glob("*.mp4"))[0])
     for pid, model in ((to_challenger, "challenger"), (to_champion, "champion")):
         for _ in range(2):
             r = httpx.post(server.url + "/check_frame_batch", data={"participant_id": pid},
