@@ -14,7 +14,7 @@ warm-up (``serving/loadgen.py``):
   joined in one forward pass (``veracity/batching.py``);
 * ``shadow``: batched, with ``VERACITY_SHADOW=true`` and the same bundle as the challenger.
 
-The clips are 20 synthetic talking heads from the corpus generator (seed 99, the default
+The clips are 24 synthetic talking heads from the corpus generator (seed 99, 8 people, the default
 128x128, 3-4 s; cached in ``bench/.cache/load_corpus``), so the bundle judges them rather
 than abstaining early. Reports completed analyses per second and p50/p95 latency for each
 run, the batched/unbatched throughput ratio (goal >= 1.5 on 2 CPU cores) and shadow mode's
@@ -48,7 +48,7 @@ GOAL_RATIO = 1.5
 
 def clips() -> list[bytes]:
     if not (CACHE / "manifest.csv").is_file():
-        generate(GenerateConfig(seed=99, n_identities=4, workers=2), CACHE)
+        generate(GenerateConfig(seed=99, n_identities=8, methods_per_identity=1, workers=2), CACHE)
     return [p.read_bytes() for p in sorted((CACHE / "videos").glob("*.mp4"))]
 
 
