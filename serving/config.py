@@ -53,6 +53,8 @@ class ServiceConfig(BaseModel):
     request_timeout_s: float = Field(300.0, gt=0, description="per-request time limit for an analysis")
     participant_ttl_s: float = Field(120.0, gt=0, description="seconds a meeting participant's evidence is kept")
     threads: int = Field(4, ge=1, description="requests handled at once per worker")
+    member_timeout_s: float = Field(60.0, gt=0, description="each member's time limit per forward pass; a member "
+                                                          "past it (or failing) is left out and named in the report")
     batch_windows: int = Field(64, ge=0, description="join concurrent requests' windows in member forward passes "
                                                      "of up to this many (0 = each request on its own)")
     batch_wait_ms: float = Field(10.0, ge=0, description="longest a batch waits for other requests' windows "

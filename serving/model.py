@@ -142,7 +142,8 @@ class ModelHolder:
                 return False  # the alias still points at what we serve
             checks = runtime_checks(self.cfg.device)
             analyzer = Analyzer(path, device=self.cfg.device, runtime=self.cfg.runtime,
-                                batch_windows=self.cfg.batch_windows, batch_wait_s=self.cfg.batch_wait_ms / 1000)
+                                batch_windows=self.cfg.batch_windows, batch_wait_s=self.cfg.batch_wait_ms / 1000,
+                                member_timeout_s=self.cfg.member_timeout_s)
             checks["forward"] = forward_check(analyzer)
             checks["device"] = str(analyzer.bundle.device)
         except (RegistryError, BundleError, RuntimeError, OSError, ValueError) as exc:

@@ -39,6 +39,7 @@ an extraction index. Only a bad bundle raises
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import re
@@ -54,7 +55,7 @@ import numpy as np
 import torch
 
 from veracity.batching import WindowBatcher
-from veracity.bundle import BUNDLE_JSON, Bundle, BundleError, Scored
+from veracity.bundle import BUNDLE_JSON, Bundle, BundleError, MemberFailure, Scored
 from veracity.config import AnalyzeConfig, ExtractConfig
 from veracity.data import ClipInfo, WindowDataset, collate
 from veracity.devices import resolve_device
@@ -108,6 +109,9 @@ class Report:
             (only when asked for).
         status: the extraction status of the file.
         ood: the reference profile's verdict on the person the call is about.
+        failed_members: members that gave no answer in time or failed (``{name: why}``);
+            the call was made without them (on video alone), or is ``ABSTAIN``
+            ``member_failed`` when the rest cannot judge.
         disagreement: the members' pattern distance over its bound (above 1 and split:
             ``member_disagreement``); None when judged alone or the bundle has no rule.
     """
@@ -133,6 +137,7 @@ class Report:
     ood: dict[str, Any] | None = None
     judged: list[str] = field(default_factory=list)
     disagreement: float | None = None
+    failed_members: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (numbers as plain floats/ints, NaN as None, paths as strings)."""
@@ -194,6 +199,7 @@ class _Person:
     top_frames: list[dict[str, Any]] = field(default_factory=list)
     ood: Any = None  # veracity.profile.OODResult, when the bundle has a reference profile
     alone: str | None = None  # the modality judged alone (None: every member)
+    failed: dict[str, str] = field(default_factory=dict)  # members that gave no answer, and why
 
     @property
     def out_of_profile(self) -> bool:
@@ -232,6 +238,10 @@ class Analyzer:
             forward passes of up to this many (:mod:`veracity.batching`); 0 runs each
             caller's batches on its own.
         batch_wait_s: longest a batch waits for other callers' windows.
+        member_timeout_s: each member must answer a forward pass within this many seconds
+            (members run in parallel on CUDA); one that does not, or fails, is left out of
+            the call and named in the report (:attr:`Report.failed_members`). None: no
+            limit, and a member's error fails the analysis (``ABSTAIN`` ``error``).
 
     Raises:
         BundleError: the bundle directory is missing, malformed, or a file does not match
@@ -239,7 +249,8 @@ class Analyzer:
     """
 
     def __init__(self, bundle: Bundle | str | Path, device: str = "auto", runtime: str = "torch",
-                 cfg: AnalyzeConfig | None = None, batch_windows: int = 0, batch_wait_s: float = 0.01):
+                 cfg: AnalyzeConfig | None = None, batch_windows: int = 0, batch_wait_s: float = 0.01,
+                 member_timeout_s: float | None = None):
         self.cfg = cfg or AnalyzeConfig()
         # Held around the members' forward passes and Grad-CAM (whose hooks must see one
         # caller's windows): extraction and reporting run in parallel.
@@ -249,8 +260,9 @@ class Analyzer:
         else:
             self.bundle = Bundle.load(bundle, resolve_device(device), runtime)
         b = self.bundle
-        self.batcher = (WindowBatcher(b.forward, batch_windows, batch_wait_s, lock=self._lock)
-                        if batch_windows > 0 else None)
+        self.member_timeout_s = member_timeout_s
+        self.batcher = (WindowBatcher(functools.partial(b.forward, timeout_s=member_timeout_s), batch_windows,
+                                      batch_wait_s, lock=self._lock) if batch_windows > 0 else None)
         self.contract = b.contract
         self.extract_cfg = extract_config_of(b.spec)
         self.fingerprint = fingerprint(self.extract_cfg, self.contract)
@@ -354,7 +366,21 @@ class Analyzer:
         if self.batcher is not None:
             return self.batcher.run(batch, run)
         with self._lock:
-            return self.bundle.forward(batch, members=run)
+            return self.bundle.forward(batch, members=run, timeout_s=self.member_timeout_s)
+
+    def _without(self, failed: Mapping[str, str], alone: str | None,
+                 run: Sequence[str]) -> tuple[str | None, list[str]]:
+        """(modality judged alone, members) once ``failed`` members gave no answer.
+
+        The fusion was fitted on every member, so it is not run without one: when only
+        members that listen failed and the video members can judge alone (validation-fitted
+        thresholds of their own), the call is theirs; otherwise the file cannot be judged.
+        """
+        video = set(self.bundle.judges_alone("video"))
+        if alone in (None, "video") and video and not video & set(failed):
+            return "video", [m for m in run if m in video]
+        named = "; ".join(f"{k} ({v})" for k, v in failed.items())
+        raise _Abstain("member_failed", f"members gave no answer: {named}; the others cannot judge without them")
 
     def _thresholds(self, alone: str | None = None) -> dict[str, float]:
         th = self.bundle.thresholds_for(alone)
@@ -401,13 +427,15 @@ class Analyzer:
                 timings["explain_s"] = time.perf_counter() - t
         s = best.scored
         n = len(persons)
-        alone_note = (f" (judged on {alone} alone: {_NO_AUDIO_WORDS.get(str(media.get('status')), 'no usable audio')})"
-                      if alone else "")
+        alone = best.alone
+        why = (f"{', '.join(best.failed)} gave no answer" if best.failed else
+               _NO_AUDIO_WORDS.get(str(media.get("status")), "no usable audio"))
+        alone_note = f" (judged on {alone} alone: {why})" if alone else ""
         common = dict(path=str(path), thresholds=self._thresholds(alone), modalities=dict(s.modality_probs),
                       agreement=dict(s.agreement), person=best.track, persons=[self._person_dict(p) for p in persons],
                       timeline=best.timeline, top_frames=[_public(f) for f in best.top_frames], media=dict(media),
                       bundle=dict(self.identity), explanations=explanations, status=media.get("status"),
-                      judged=list(s.judged), disagreement=s.disagreement)
+                      judged=list(s.judged), disagreement=s.disagreement, failed_members=dict(best.failed))
         if best.out_of_profile:  # every person is out of profile: no verdict, the scores stay for the analyst
             return Report(verdict="ABSTAIN", probability=None, reason="out_of_distribution",
                           message=f"out of the bundle's reference profile: {best.ood.message}{alone_note}",
@@ -473,6 +501,7 @@ class Analyzer:
         # before its head) for the reference profile.
         caught: dict[str, list[np.ndarray]] = {m.name: [] for m in members if m.modality in ("video", "av")}
         embedded: dict[str, list[np.ndarray]] = {m.name: [] for m in members if b.profile is not None}
+        failed: dict[str, str] = {}
         bs = self.cfg.batch_size
         # The next batch is cut from the record on a background thread while the members
         # run on this one (the same bounded prefetch as extraction: memory stays flat).
@@ -487,16 +516,23 @@ class Analyzer:
                 t = time.perf_counter()
                 fwd += t - t1
                 for m in run:
+                    if isinstance(out[m], MemberFailure):
+                        failed.setdefault(m, f"{out[m].reason}: {out[m].message}")
+                        continue
                     logits[m].append(np.asarray(out[m].logits, dtype=np.float32).reshape(-1))
                     if m in caught and out[m].frame_scores is not None:
                         caught[m].append(out[m].frame_scores)
                     if m in embedded and out[m].features is not None:
                         embedded[m].append(out[m].features)
+        if failed:
+            alone, run = self._without(failed, alone, run)
+            caught = {k: v for k, v in caught.items() if k in run}
+            embedded = {k: v for k, v in embedded.items() if k in run}
         frame_scores = {name: np.concatenate(v) for name, v in caught.items() if v}
         frame_scores = {name: v for name, v in frame_scores.items() if v.shape[0] == len(ds)}
         timings["windows_s"] = timings.get("windows_s", 0.0) + prep
         timings["forward_s"] = timings.get("forward_s", 0.0) + fwd
-        wl = {m: np.concatenate(v) for m, v in logits.items()}
+        wl = {m: np.concatenate(logits[m]) for m in run}
         t = time.perf_counter()
         scored = b.score(wl, alone=alone)
         n = len(ds)
@@ -525,7 +561,7 @@ class Analyzer:
         return _Person(track=track, scored=scored, windows=windows, window_logits=wl,
                        window_probs=np.array([w.probability for w in per_window]),
                        member_window_probs={m: np.array([w.member_probs[m] for w in per_window]) for m in run},
-                       dataset=ds, rows=rows, frame_scores=frame_scores, ood=ood, alone=alone)
+                       dataset=ds, rows=rows, frame_scores=frame_scores, ood=ood, alone=alone, failed=failed)
 
     def _timeline(self, p: _Person, media: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Non-overlapping segments: each instant belongs to the window whose centre is nearest."""

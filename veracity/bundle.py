@@ -14,8 +14,11 @@ every other file; :meth:`Bundle.load` refuses a bundle whose files do not match.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,8 @@ from veracity.models import create_detector, detector_info
 from veracity.models.base import Batch
 from veracity.models.checkpoint import MODEL_META, load_member
 
+log = logging.getLogger(__name__)
+
 BUNDLE_FORMAT = "veracity-bundle"
 BUNDLE_VERSION = 1
 BUNDLE_JSON = "bundle.json"
@@ -60,6 +65,17 @@ class MemberOutput:
         """The outputs of windows ``start:stop``."""
         cut = (lambda a: None if a is None else a[start:stop])
         return MemberOutput(self.logits[start:stop], cut(self.frame_scores), cut(self.features))
+
+
+@dataclass(frozen=True)
+class MemberFailure:
+    """A member that gave no output for a batch: ``time_limit`` or ``error``, and why."""
+
+    reason: str
+    message: str
+
+    def rows(self, start: int, stop: int) -> MemberFailure:
+        return self
 
 
 def _rows(t: Any, flat: bool = False) -> np.ndarray | None:
@@ -201,6 +217,7 @@ class Bundle:
         self.spec = spec or {}
         self.root = root
         self.device = torch.device(device)
+        self._pool: Any = None  # threads for members under a time limit (forward's timeout_s)
 
     @property
     def names(self) -> list[str]:
@@ -379,12 +396,19 @@ class Bundle:
         Raises:
             BundleError: ``members`` names a member the bundle does not have.
         """
-        return {k: v.logits for k, v in self.forward(batch, members).items()}
+        return {k: v.logits for k, v in self.forward(batch, members).items() if isinstance(v, MemberOutput)}
 
-    def forward(self, batch: Batch, members: Sequence[str] | None = None) -> dict[str, MemberOutput]:
+    def forward(self, batch: Batch, members: Sequence[str] | None = None,
+                timeout_s: float | None = None) -> dict[str, MemberOutput | MemberFailure]:
         """Members' outputs for one batch: logits, and where a member gives them its per-frame
         scores and embedding (ONNX members: logits only). Rows follow the batch's rows, so a
         batch made of several callers' windows splits back by row ranges.
+
+        With ``timeout_s``, each member runs on a thread of its own (all at once on CUDA,
+        one after the other on CPU, where they would only share the cores) and must answer
+        within ``timeout_s`` of its start; a member that does not, or that raises, gets a
+        :class:`MemberFailure` instead of outputs (it is left running; its answer is dropped).
+        Without it, members run here and their errors propagate.
 
         Raises:
             BundleError: ``members`` names a member the bundle does not have.
@@ -394,22 +418,44 @@ class Bundle:
             if unknown:
                 raise BundleError(f"no member(s) {unknown} in this bundle; it has {self.names}")
         chosen = self.members if members is None else [m for m in self.members if m.name in set(members)]
-        out = {}
-        with torch.inference_mode():
-            gpu_batch = None
-            for m in chosen:
-                if m.onnx_session is not None:
-                    from veracity.onnx_export import run_session
+        gpu_batch = batch.to(self.device) if any(m.onnx_session is None for m in chosen) else batch
+        if timeout_s is None:
+            return {m.name: self._member_forward(m, batch, gpu_batch) for m in chosen}
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
 
-                    out[m.name] = MemberOutput(run_session(m.onnx_session, batch))
-                    continue
-                if gpu_batch is None:
-                    gpu_batch = batch.to(self.device)
-                assert m.model is not None
-                o = m.model(gpu_batch)
-                out[m.name] = MemberOutput(o.logits.float().cpu().numpy(), _rows(getattr(o, "frame_scores", None)),
-                                           _rows(getattr(o, "features", None), flat=True))
+            # Twice the members: a member left running past its limit does not starve the next call.
+            self._pool = ThreadPoolExecutor(2 * len(self.members), thread_name_prefix="veracity-member")
+        deadline = time.monotonic() + timeout_s
+        out: dict[str, MemberOutput | MemberFailure] = {}
+        parallel = self.device.type == "cuda"
+        futures = {m.name: self._pool.submit(self._member_forward, m, batch, gpu_batch) for m in chosen} \
+            if parallel else {}
+        for m in chosen:
+            fut = futures.get(m.name)
+            if fut is None:  # one after the other: each member's limit runs from its own start
+                fut = self._pool.submit(self._member_forward, m, batch, gpu_batch)
+                deadline = time.monotonic() + timeout_s
+            try:
+                out[m.name] = fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                out[m.name] = MemberFailure("time_limit", f"no answer within {timeout_s:g} s")
+            except Exception as exc:  # noqa: BLE001 - a failed member is named, the others go on
+                log.warning("member %s failed", m.name, exc_info=True)
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                out[m.name] = MemberFailure("error", f"{type(exc).__name__}: {text}"[:300])
         return out
+
+    def _member_forward(self, m: BundleMember, batch: Batch, gpu_batch: Batch) -> MemberOutput:
+        with torch.inference_mode():
+            if m.onnx_session is not None:
+                from veracity.onnx_export import run_session
+
+                return MemberOutput(run_session(m.onnx_session, batch))
+            assert m.model is not None
+            o = m.model(gpu_batch)
+            return MemberOutput(o.logits.float().cpu().numpy(), _rows(getattr(o, "frame_scores", None)),
+                                _rows(getattr(o, "features", None), flat=True))
 
     def member_video(self, window_logits: Mapping[str, np.ndarray],
                      members: Sequence[str] | None = None) -> tuple[dict[str, float], dict[str, float]]:

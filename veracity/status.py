@@ -49,7 +49,7 @@ ExtractStatus = Literal[CodeFailureStatus, BadMediaStatus, "ok"]
 # checks reuse extraction's names), and on its own for a person outside the bundle's
 # reference profile (veracity.profile), or a frame batch from a bundle without video-only
 # thresholds (veracity.frames).
-AnalyzerReason = Literal["out_of_distribution", "no_thresholds"]
+AnalyzerReason = Literal["out_of_distribution", "no_thresholds", "member_failed"]
 AbstainReason = Literal[CodeFailureStatus, BadMediaStatus, AnalyzerReason]
 # The members split in a pattern validation never showed (veracity.decision.Disagreement).
 UncertainReason = Literal["member_disagreement"]

@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
@@ -215,7 +216,7 @@ def test_an_unexpected_failure_is_abstain_error_and_leaves_no_files(analyzer: An
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     assert analyzer.analyze(_videos(tiny_corpus)[0]).verdict != "ABSTAIN"
 
-    def boom(batch, members=None):
+    def boom(batch, members=None, timeout_s=None):
         raise RuntimeError("simulated device failure\nsecond line")
 
     monkeypatch.setattr(analyzer.bundle, "forward", boom)
@@ -400,3 +401,41 @@ def test_concurrent_analyses_in_one_process_match_one_at_a_time(analyzer: Analyz
             assert [f["frame_score"] for f in r.top_frames] == pytest.approx(
                 [f["frame_score"] for f in want[name].top_frames], abs=1e-5)
     assert batch_windows == 0 or (batched.batcher is not None and batched.batcher.passes > 0)
+
+
+def _member(a: Analyzer, modality: str):
+    return next(m for m in a.bundle.members if m.modality == modality)
+
+
+def test_a_member_past_its_time_limit_is_named_and_the_video_members_judge(bundle_dir: Path, tiny_corpus: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    a = Analyzer(bundle_dir, device="cpu", member_timeout_s=1.0)
+    clip = _videos(tiny_corpus)[0]
+    audio = _member(a, "audio")
+    slow_forward = audio.model.forward
+
+    def hang(*args, **kwargs):
+        time.sleep(3.0)
+        return slow_forward(*args, **kwargs)
+
+    monkeypatch.setattr(audio.model, "forward", hang)
+    r = a.analyze(clip)
+    assert r.verdict != "ABSTAIN" and r.judged == ["video"], (r.verdict, r.reason, r.message)
+    assert r.failed_members[audio.name].startswith("time_limit") and "gave no answer" in r.message
+    assert r.members[audio.name]["judged"] is False and r.members[audio.name]["probability"] is None
+    assert r.thresholds["fake_at"] == a.bundle.modality_thresholds["video"].fake_at
+    assert r.timings["total_s"] < 10  # the hanging member did not hold the analysis
+
+
+def test_a_failing_video_member_makes_the_file_unjudgeable_not_real(bundle_dir: Path, tiny_corpus: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    a = Analyzer(bundle_dir, device="cpu", member_timeout_s=5.0)
+    video = _member(a, "video")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(video.model, "forward", broken)
+    r = a.analyze(_videos(tiny_corpus)[0])
+    assert (r.verdict, r.reason, r.probability) == ("ABSTAIN", "member_failed", None)
+    assert video.name in r.message and "illegal memory access" in r.message
