@@ -248,6 +248,17 @@ def public(rec: Mapping[str, str], base_url: str = "") -> dict[str, Any]:
     return out
 
 
+def public_report(report: Any, request_id: str, name: str) -> dict[str, Any]:
+    """A report as a client sees it: no server path, explanation images as
+    ``/artifacts/<request id>/<file>`` links (served by the API from ``VERACITY_ARTIFACT_DIR``)."""
+    out = report.to_dict()
+    out["path"] = name
+    for o in (out.get("explanations") or {}).get("overlays", []):
+        if o.get("png"):
+            o["png"] = f"/artifacts/{request_id}/{Path(o['png']).name}"
+    return out
+
+
 def url_policy(cfg: ServiceConfig) -> Any:
     """The :class:`serving.fetch.FetchPolicy` of ``video_url`` inputs under these settings."""
     from serving.fetch import FetchPolicy
@@ -512,7 +523,9 @@ class JobRunner:
                 if cancel.is_set() or self.store.heartbeat(job_id, phase, fraction):
                     raise AnalysisStopped("cancelled")
 
-            report = analyzer.analyze(path, explain=False, progress=progress)
+            explain = rec.get("explain") == "1"
+            report = analyzer.analyze(path, explain=explain, explain_dir=self.cfg.artifact_dir / job_id if explain
+                                      else None, progress=progress)
         except AnalysisStopped:
             return self._end(job_id, "cancelled")
         except SoftTimeLimitExceeded:
@@ -521,8 +534,7 @@ class JobRunner:
         if report.reason == "error" and "SoftTimeLimitExceeded" in (report.message or ""):
             return self._end(job_id, "failed", error="time_limit",
                              message=f"the job ran past {self.cfg.job_timeout_s:g} s (VERACITY_JOB_TIMEOUT_S)")
-        out = report.to_dict()
-        out["path"] = rec.get("filename") or ("url" if rec.get("url") else "upload")
+        out = public_report(report, job_id, rec.get("filename") or ("url" if rec.get("url") else "upload"))
         if self._end(job_id, "done", result=out) == "done":
             self._log(job_id, report)
         return "done"

@@ -48,7 +48,7 @@ with bentoml.importing():
     from serving.admission import admit
     from serving.broker import BrokerError
     from serving.fetch import FetchError, check_url, fetch_url
-    from serving.jobs import JobError, JobSystem, url_policy
+    from serving.jobs import JobError, JobSystem, public_report, url_policy
     from serving.jobs import public as job_public
     from serving.model import ModelHolder
     from serving.shadow import SERVED_BY, Shadow, canary_pick, keep_copy
@@ -321,14 +321,9 @@ class Veracity:
                                                                       latency_s=s, role="shadow",
                                                                       model=shadow_model, agree=agree),
                                cleanup)
-        out = report.to_dict()
-        out["path"] = "upload"  # the server's temporary file name means nothing to the client
+        out = public_report(report, rid, "upload")  # the server's temporary file name means nothing
         out["request_id"] = rid
         out["served_by"] = served_by
-        if out.get("explanations"):
-            for o in out["explanations"].get("overlays", []):
-                if o.get("png"):
-                    o["png"] = f"/artifacts/{rid}/{Path(o['png']).name}"
         return out
 
     @bentoml.api(route="/check_frame_batch")

@@ -174,3 +174,14 @@ def test_an_upload_over_the_body_limit_gets_413_and_leaves_nothing(service: Serv
     assert r.status_code == 413, r.text
     assert set(uploads.iterdir()) == before
     assert httpx.get(service.url + "/health/ready").status_code == 200
+
+
+def test_a_job_with_explain_links_overlays_the_api_serves(service: Server, clips: list[Path]) -> None:
+    r = _submit(service, clips[1], explain="true")
+    assert r.status_code == 202
+    done = _wait(service, r.json()["job_id"])
+    assert done["state"] == "done", done
+    overlays = done["result"]["explanations"]["overlays"]
+    assert overlays and all(o["png"].startswith(f"/artifacts/{done['job_id']}/") for o in overlays)
+    img = httpx.get(service.url + overlays[0]["png"], headers=AUTH)
+    assert img.status_code == 200 and img.content.startswith(b"\x89PNG")
