@@ -9,10 +9,18 @@ Routes:
 - ``POST /check_frame_batch`` (multipart ``frames`` x N, ``participant_id``, ``member``,
   ``cropped``): per-frame probabilities of a meeting participant's frames, the batch's
   video-only verdict and, with a participant id, the running verdict over their batches.
+- ``POST /jobs`` (an upload or ``video_url``), ``GET /jobs/{id}``, ``DELETE /jobs/{id}``,
+  ``GET /jobs``: durable analysis jobs (:mod:`serving.jobs`); the platform backend's
+  ``POST /analyze-video`` (the same, answered ``{job_id, status_url, message}``) and
+  ``POST /predict`` (JSON ``video_url``, answered with the report).
 - ``GET /health/live`` (always 200), ``GET /health/ready`` (503 until a checked bundle is
-  loaded), ``GET /health`` (the platform's legacy detail), ``GET /model``,
+  loaded), ``GET /health`` (the platform's legacy detail), ``GET /model`` (with the
+  rollout: challenger, shadow agreement), ``POST /admin/reload``,
   ``GET /artifacts/{request_id}/{file}`` (explanation images); BentoML's own ``/livez``,
   ``/readyz``, ``/metrics`` and the OpenAPI document at ``/docs.json``.
+
+A challenger (``VERACITY_CHALLENGER_*``) answers a canary share of requests and, in shadow
+mode, scores every request beside the served model (:mod:`serving.shadow`).
 
 Bad input never gets a 5xx: what cannot be a video is refused with a specific 4xx before
 decoding (content sniffed), and what can be decoded but not judged gets ``ABSTAIN`` with
