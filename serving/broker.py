@@ -15,10 +15,12 @@ this module is not involved.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,8 +56,13 @@ class EmbeddedBroker:
         self.socket = self.state / SOCKET_NAME
         self.pidfile = self.state / PID_NAME
         if len(str(self.socket)) > MAX_SOCKET_PATH:
-            raise BrokerError(f"the broker's socket path {self.socket} is longer than {MAX_SOCKET_PATH} "
-                              "characters (a Unix socket limit); use a shorter VERACITY_JOB_DIR")
+            # A Unix socket path is limited to ~108 bytes: a deep checkout gets a fixed short
+            # path of its own in the temporary directory (the data stays under ``state``).
+            digest = hashlib.sha256(str(self.state).encode()).hexdigest()[:16]
+            self.socket = Path(tempfile.gettempdir()) / f"veracity-broker-{digest}.sock"
+            if len(str(self.socket)) > MAX_SOCKET_PATH:
+                raise BrokerError(f"no socket path under {MAX_SOCKET_PATH} characters for the broker "
+                                  f"(TMPDIR={tempfile.gettempdir()} is too long)")
 
     @property
     def url(self) -> str:
