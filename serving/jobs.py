@@ -414,7 +414,10 @@ class LocalWorkers:
             self._procs[i] = subprocess.Popen(
                 [sys.executable, "-m", "veracity.cli", "worker", "--name", f"local-{i}",
                  "--pidfile", str(self.pidfile(i))],
-                stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())
+                stdin=subprocess.DEVNULL, start_new_session=True,
+                # A registry download folder of its own: processes downloading the same
+                # version into one folder would replace each other's finished copy.
+                env={**os.environ, "VERACITY_CACHE_DIR": str(self.cfg.cache_dir / f"worker-{i}")})
             log.info("job worker %d started (pid %d)", i, self._procs[i].pid)
 
     def stop(self, grace_s: float = 10.0) -> None:
