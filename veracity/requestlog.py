@@ -121,8 +121,8 @@ class RequestLogError(RuntimeError):
     """The current request log file cannot be written (e.g. a newer schema version)."""
 
 
-class _OlderSchema(Exception):  # noqa: N818 - control flow: the current file is rotated aside
-    pass
+class _OlderSchema(Exception):  # noqa: N818 - control flow, never escapes append()
+    """The current file was written by an older schema version: it is rotated aside."""
 
 
 # --------------------------------------------------------------------------- rows
