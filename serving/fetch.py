@@ -19,6 +19,8 @@ import ssl
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +175,7 @@ def check_url(url: str, policy: FetchPolicy) -> list[IPAddress]:
     except ValueError:
         if ":" in host or "%" in host:
             raise FetchError("bad_url", f"{host!r} is not a valid host") from None
-        addresses = _resolve(host, port)
+        addresses = _resolve(host, port, policy.connect_timeout_s)
 
     allowed = policy.networks()
     for ip in addresses:
@@ -183,9 +185,17 @@ def check_url(url: str, policy: FetchPolicy) -> list[IPAddress]:
     return addresses
 
 
-def _resolve(host: str, port: int) -> list[IPAddress]:
+_DNS = ThreadPoolExecutor(4, thread_name_prefix="veracity-dns")
+
+
+def _resolve(host: str, port: int, timeout_s: float) -> list[IPAddress]:
+    # getaddrinfo has no time limit of its own: a resolver that never answers would hold
+    # the caller (a request thread, a job) for as long as it likes.
+    lookup = _DNS.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = lookup.result(timeout=timeout_s)
+    except FutureTimeout:
+        raise FetchError("dns", f"no answer resolving {host!r} within {timeout_s:g} s") from None
     except (socket.gaierror, UnicodeError, OSError) as exc:
         raise FetchError("dns", f"cannot resolve {host!r}: {exc}") from None
     out: list[IPAddress] = []

@@ -455,3 +455,16 @@ def test_https_verifies_the_host_name_while_connecting_to_the_address(
     assert err.status == 422 and not (tmp_path / "bad").exists()
     # Without the test CA the default trust store refuses the certificate.
     _refused(lambda: fetch_url(f"https://video.test:{port}/file", tmp_path / "d", ALLOWED), "tls")
+
+
+def test_a_resolver_that_does_not_answer_is_a_dns_error_within_the_connect_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def silent(*args: object, **kwargs: object) -> list:
+        time.sleep(3.0)
+        return []
+
+    monkeypatch.setattr(socket, "getaddrinfo", silent)
+    t = time.monotonic()
+    err = _refused(lambda: check_url("http://slow.test/x.mp4", FetchPolicy(max_bytes=CAP, connect_timeout_s=0.3)),
+                   "dns")
+    assert time.monotonic() - t < 2.0 and "within 0.3 s" in err.message
