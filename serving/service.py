@@ -129,6 +129,16 @@ def _error(status: int, error: str, message: str, endpoint: str, **extra: Any) -
                         status_code=status)
 
 
+# POST /jobs and /analyze-video read their body themselves (an upload or a URL, multipart or
+# JSON): this is what the OpenAPI document says they take.
+_JOB_FIELDS = {"video_url": {"type": "string", "format": "uri", "description": "http(s) link to the video"},
+               "explain": {"type": "boolean", "default": False}}
+JOB_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "video": {"type": "string", "format": "binary", "description": "the video file"}, **_JOB_FIELDS}}},
+    "application/json": {"schema": {"type": "object", "properties": _JOB_FIELDS, "required": ["video_url"]}}}}}
+
+
 def _spool(src: Any, folder: Path) -> Path:
     """Copy an upload's spooled body into ``folder`` (the job directory: moved, not copied, later)."""
     fd, name = tempfile.mkstemp(prefix="incoming-", suffix=".video", dir=folder)
@@ -389,7 +399,7 @@ class Veracity:
 
     # ------------------------------------------------------------------ jobs
 
-    @web.post("/jobs")
+    @web.post("/jobs", status_code=202, openapi_extra=JOB_BODY)
     async def submit_job(self, request: Request):
         """Queue a video for analysis: a multipart ``video`` upload, or ``video_url``
         (http/https; form field or JSON body), optional ``explain``. ``202`` with ``job_id``
@@ -399,7 +409,7 @@ class Veracity:
             return out
         return JSONResponse(out, status_code=202, headers={"Location": out["status_url"]})
 
-    @web.post("/analyze-video")
+    @web.post("/analyze-video", status_code=202, openapi_extra=JOB_BODY)
     async def analyze_video(self, request: Request):
         """The platform backend's name for ``POST /jobs``: ``{job_id, status_url, message}``."""
         out = await self._submit(request, "analyze-video")
