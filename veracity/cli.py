@@ -634,8 +634,16 @@ def worker(
         _err(str(exc))
         raise typer.Exit(2) from None
     configure_json_logging(cfg.log_level, file=cfg.log_dir / f"worker-{name}.log")
+    from serving.broker import BrokerError, EmbeddedBroker
     from serving.jobs import QUEUE
     from serving.jobs import app as celery
+
+    if not cfg.broker_url:  # the embedded broker: started here when no service has started it
+        try:
+            EmbeddedBroker(cfg.job_dir / "broker").ensure()
+        except BrokerError as exc:
+            _err(str(exc))
+            raise typer.Exit(2) from None
 
     argv = ["worker", "--pool", "prefork", "--concurrency", str(concurrency), "--queues", QUEUE,
             "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle", "--loglevel", cfg.log_level]
