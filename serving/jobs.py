@@ -238,7 +238,7 @@ def public(rec: Mapping[str, str], base_url: str = "") -> dict[str, Any]:
     if rec["state"] == "running":
         out["progress"] = {"phase": rec.get("phase"), "fraction": float(rec.get("progress", 0))}
         out["cancel_requested"] = rec.get("cancel_requested") == "1"
-    for k in ("bundle_sha256", "registry_version"):
+    for k in ("bundle_sha256", "registry_version", "served_by"):
         if rec.get(k):
             out[k] = rec[k]
     if rec.get("result"):
@@ -454,7 +454,10 @@ def _is_worker(pid: int) -> bool:
 
 
 class JobRunner:
-    """Runs jobs in a worker process with the service's model holder (champion, polled)."""
+    """Runs jobs in a worker process with the service's model holders (champion, polled; and
+    the challenger when shadow mode or a canary share asks for it, as in the API: a job in the
+    canary share is answered by the challenger, and in shadow mode the other model scores the
+    same file before it is deleted, logged as a ``shadow`` row of the request log)."""
 
     def __init__(self, cfg: ServiceConfig):
         from serving.model import ModelHolder
@@ -464,6 +467,9 @@ class JobRunner:
         self.store = JobStore(redis.Redis.from_url(store_url, decode_responses=True, socket_timeout=10), cfg.job_ttl_s)
         self.model = ModelHolder(cfg)
         self.model.start()
+        self.challenger = ModelHolder(cfg, "challenger") if cfg.shadow or cfg.canary_share > 0 else None
+        if self.challenger is not None:
+            self.challenger.start()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def run(self, job_id: str) -> str:
@@ -505,10 +511,12 @@ class JobRunner:
         if analyzer is None:
             return self._end(job_id, "failed", error="not_ready",
                              message=f"no model could be loaded: {self.model.reason}")
-        ident = analyzer.identity
+        served_by, holder, other = self._pick(job_id)
+        analyzer = holder.analyzer() or analyzer
+        loaded = holder.loaded
         self.store.r.hset(self.store.key(job_id), mapping={
-            "bundle_sha256": ident.get("sha256") or "",
-            "registry_version": str(self.model.loaded.source.get("registry_version") or "") if self.model.loaded else ""})
+            "bundle_sha256": analyzer.identity.get("sha256") or "", "served_by": served_by,
+            "registry_version": str(loaded.source.get("registry_version") or "") if loaded else ""})
         path = Path(rec["upload"]) if rec.get("upload") else self.cfg.job_dir / "uploads" / f"{job_id}.download"
         try:
             if rec.get("url"):
@@ -538,9 +546,37 @@ class JobRunner:
             return self._end(job_id, "failed", error="time_limit",
                              message=f"the job ran past {self.cfg.job_timeout_s:g} s (VERACITY_JOB_TIMEOUT_S)")
         out = public_report(report, job_id, rec.get("filename") or ("url" if rec.get("url") else "upload"))
-        if self._end(job_id, "done", result=out) == "done":
-            self._log(job_id, report)
+        out["served_by"] = served_by
+        if self._end(job_id, "done", cleanup=False, result=out) == "done":
+            self._log(job_id, report, model=served_by)
+            if other is not None:  # the job is answered; the file is still here for the shadow
+                self._shadow(job_id, path, report.verdict, *other)
+        self._cleanup(job_id)
         return "done"
+
+    def _pick(self, job_id: str) -> tuple[str, Any, tuple[str, Any] | None]:
+        """(served_by, its holder, (shadow model, analyzer) or None): the API's canary rule."""
+        from serving.shadow import canary_pick
+
+        challenger = self.challenger.analyzer() if self.challenger is not None else None
+        if challenger is None:
+            return "champion", self.model, None
+        champion = self.model.analyzer()
+        if canary_pick(self.cfg.canary_share, job_id):
+            return "challenger", self.challenger, ("champion", champion) if self.cfg.shadow else None
+        return "champion", self.model, ("challenger", challenger) if self.cfg.shadow else None
+
+    def _shadow(self, job_id: str, path: Path, served_verdict: str, model: str, analyzer: Any) -> None:
+        from veracity.requestlog import RequestLog, rows_from_report
+
+        try:
+            rep = analyzer.analyze(path)
+            RequestLog(self.cfg.request_log_dir).append(
+                rows_from_report(rep, request_id=job_id, endpoint="jobs", role="shadow", model=model,
+                                 agree=rep.verdict == served_verdict,
+                                 latency_s=float(rep.timings.get("total_s", 0.0))))
+        except Exception:  # noqa: BLE001 - a shadow never costs a job anything
+            log.warning("shadow scoring of job %s failed", job_id, exc_info=True)
 
     def _wait_for_model(self, job_id: str, timeout_s: float = 120.0) -> Any:
         deadline = time.monotonic() + timeout_s
@@ -551,11 +587,12 @@ class JobRunner:
                 self.model.load_once()
         return self.model.analyzer()
 
-    def _end(self, job_id: str, state: str, **kw: Any) -> str:
+    def _end(self, job_id: str, state: str, cleanup: bool = True, **kw: Any) -> str:
         if not self.store.finish(job_id, state, **kw):
             log.info("job %s had already ended; this delivery's outcome (%s) is dropped", job_id, state)
             return "duplicate"
-        self._cleanup(job_id)
+        if cleanup:
+            self._cleanup(job_id)
         log.info("job %s %s", job_id, state, extra={"job_id": job_id, "state": state, "error": kw.get("error")})
         return state
 
@@ -564,12 +601,12 @@ class JobRunner:
         for f in (self.cfg.job_dir / "uploads").glob(f"*{job_id}*"):
             f.unlink(missing_ok=True)
 
-    def _log(self, job_id: str, report: Any) -> None:
+    def _log(self, job_id: str, report: Any, model: str = "champion") -> None:
         from veracity.requestlog import RequestLog, rows_from_report
 
         try:
             RequestLog(self.cfg.request_log_dir).append(
-                rows_from_report(report, request_id=job_id, endpoint="jobs",
+                rows_from_report(report, request_id=job_id, endpoint="jobs", model=model,
                                  latency_s=float(report.timings.get("total_s", 0.0))))
         except Exception:  # noqa: BLE001 - monitoring never costs a job its result
             log.warning("request log append failed", exc_info=True)

@@ -40,7 +40,7 @@ def challenger(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def server(tiny_bundle: Path, challenger: Path, tmp_path_factory: pytest.TempPathFactory):
     s = Server(tmp_path_factory.mktemp("shadow"), {
         "VERACITY_BUNDLE": str(tiny_bundle), "VERACITY_CHALLENGER_BUNDLE": str(challenger),
-        "VERACITY_SHADOW": "true", "VERACITY_CANARY_SHARE": str(SHARE), "VERACITY_JOB_WORKERS": "0"}).start()
+        "VERACITY_SHADOW": "true", "VERACITY_CANARY_SHARE": str(SHARE)}).start()
     try:
         s.wait_ready()
         yield s
@@ -110,3 +110,35 @@ def test_reload_answers_with_both_slots(server: Server) -> None:
     body = r.json()
     assert body["changed"] == {"champion": False, "challenger": False}  # fixed paths: nothing moved
     assert body["champion"]["ready"] and body["rollout"]["challenger"]["ready"]
+
+
+def test_jobs_follow_the_canary_rule_and_are_shadowed(server: Server, tiny_corpus: Path) -> None:
+    clip = sorted((tiny_corpus / "videos").glob("*.mp4"))[1]
+    ids = []
+    for _ in range(4):
+        r = httpx.post(server.url + "/jobs", files={"video": (clip.name, clip.read_bytes(), "video/mp4")}, timeout=30)
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["job_id"])
+    deadline = time.monotonic() + 120
+    done = {}
+    while len(done) < len(ids) and time.monotonic() < deadline:
+        for j in ids:
+            body = httpx.get(f"{server.url}/jobs/{j}", timeout=10).json()
+            if body["state"] in ("done", "failed", "cancelled"):
+                done[j] = body
+        time.sleep(0.5)
+    assert {b["state"] for b in done.values()} == {"done"} and len(done) == len(ids)
+    for j, b in done.items():  # the job id decides, as a participant id does
+        assert b["served_by"] == b["result"]["served_by"] == ("challenger" if canary_pick(SHARE, j) else "champion")
+    # The shadow scores the file after the job is answered: its row may come a moment later.
+    deadline = time.monotonic() + 60
+    while True:
+        log = read_request_log(Path(server.env["VERACITY_REQUEST_LOG_DIR"]))
+        shadowed = set(log.loc[(log["endpoint"] == "jobs") & (log["role"] == "shadow"), "request_id"])
+        if set(ids) <= shadowed or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for j, b in done.items():
+        rows = log[log["request_id"] == j]
+        assert set(rows["role"]) == {"served", "shadow"}, rows[["role", "model"]]
+        assert set(rows.loc[rows["role"] == "shadow", "model"]) == ({"champion", "challenger"} - {b["served_by"]})
