@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PREFIX = "VERACITY_"
 MIN_KEY_LEN = 16  # a guessable key is no key
@@ -82,6 +82,15 @@ class ServiceConfig(BaseModel):
                                                     "metadata addresses are refused otherwise")
     url_connect_timeout_s: float = Field(5.0, gt=0, description="video_url connect time limit")
     url_read_timeout_s: float = Field(30.0, gt=0, description="video_url time limit between received bytes")
+
+    @field_validator("url_allow_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        # Checked at start-up: a bad CIDR stops the service with the variable's name, never
+        # a request with a 500.
+        from serving.fetch import FetchPolicy
+
+        return ",".join(FetchPolicy.parse_networks(value))
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServiceConfig:

@@ -44,18 +44,19 @@ from celery import Celery
 
 from serving.broker import EmbeddedBroker, _running
 from serving.config import ServiceConfig
+from serving.shadow import route
 
 log = logging.getLogger("serving.jobs")
 
 QUEUE = "veracity-jobs"
 TASK = "veracity.analyze_job"
-STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 HEARTBEAT_S = 2.0  # a running job's record is touched this often
 STALE_S = 15.0  # a running job without a heartbeat for this long has lost its worker
 UNQUEUED_GRACE_S = 5.0  # a queued record this old without its message is re-queued
 PREFIX = "veracity:job:"
-INDEX = "veracity:jobs"
+INDEX = "veracity:jobs"  # every job by creation time (listing)
+UNSENT = "veracity:jobs:unsent"  # jobs whose message is not yet confirmed sent (the sweep's only input)
 
 # Atomic transitions (Lua runs without interleaving inside Redis).
 _CLAIM = """
@@ -167,6 +168,12 @@ class JobStore:
         self._cancel = client.register_script(_CANCEL)
         self._progress = client.register_script(_PROGRESS)
 
+    @classmethod
+    def from_config(cls, cfg: ServiceConfig) -> JobStore:
+        """The store on the configured (or embedded) broker's Redis."""
+        _, url = broker_urls(cfg)
+        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=10), cfg.job_ttl_s)
+
     @staticmethod
     def key(job_id: str) -> str:
         return PREFIX + job_id
@@ -178,10 +185,14 @@ class JobStore:
         with self.r.pipeline(transaction=True) as p:
             p.hset(self.key(job_id), mapping={k: str(v) for k, v in rec.items()})
             p.zadd(INDEX, {job_id: now})
+            p.zadd(UNSENT, {job_id: now})
             p.execute()
 
     def mark_enqueued(self, job_id: str) -> None:
-        self.r.hset(self.key(job_id), "enqueued_at", str(_now()))
+        with self.r.pipeline(transaction=True) as p:
+            p.hset(self.key(job_id), "enqueued_at", str(_now()))
+            p.zrem(UNSENT, job_id)
+            p.execute()
 
     def get(self, job_id: str) -> dict[str, str] | None:
         rec = self.r.hgetall(self.key(job_id))
@@ -212,24 +223,29 @@ class JobStore:
         return str(self._cancel(keys=[self.key(job_id)], args=[_now(), self.ttl]))
 
     def unqueued(self, older_than_s: float) -> list[str]:
-        """Queued jobs whose message was never confirmed sent (and index entries that expired)."""
-        cutoff = time.time() - older_than_s
+        """Queued jobs whose message was never confirmed sent, created over ``older_than_s`` ago.
+
+        Reads only the unsent set (empty but for an API that died mid-submission), so the
+        watcher's sweep costs nothing however many jobs the index holds; index entries older
+        than any record can live are trimmed on the way.
+        """
+        now = time.time()
+        self.r.zremrangebyscore(INDEX, "-inf", now - self.ttl - 86400)
         out = []
-        for job_id in self.r.zrangebyscore(INDEX, "-inf", cutoff):
-            rec = self.r.hmget(self.key(job_id), ["state", "enqueued_at"])
-            if rec[0] is None:
-                self.r.zrem(INDEX, job_id)  # the record expired
-            elif rec[0] == "queued" and rec[1] is None:
+        for job_id in self.r.zrangebyscore(UNSENT, "-inf", now - older_than_s):
+            if self.r.hget(self.key(job_id), "state") == "queued":
                 out.append(job_id)
+            else:  # ended (cancelled) or expired before it was ever sent
+                self.r.zrem(UNSENT, job_id)
         return out
 
     def ids(self, limit: int = 100) -> list[str]:
         return list(self.r.zrevrange(INDEX, 0, limit - 1))
 
 
-def public(rec: Mapping[str, str], base_url: str = "") -> dict[str, Any]:
+def public(rec: Mapping[str, str]) -> dict[str, Any]:
     """A job record as the API shows it (no server paths)."""
-    out: dict[str, Any] = {"job_id": rec["id"], "state": rec["state"], "status_url": f"{base_url}/jobs/{rec['id']}",
+    out: dict[str, Any] = {"job_id": rec["id"], "state": rec["state"], "status_url": f"/jobs/{rec['id']}",
                            "source": rec.get("source"), "created_at": _iso(rec.get("created_at")),
                            "started_at": _iso(rec.get("started_at")), "finished_at": _iso(rec.get("finished_at")),
                            "updated_at": _iso(rec.get("updated_at")), "attempts": int(rec.get("attempts", 0))}
@@ -263,9 +279,9 @@ def url_policy(cfg: ServiceConfig) -> Any:
     """The :class:`serving.fetch.FetchPolicy` of ``video_url`` inputs under these settings."""
     from serving.fetch import FetchPolicy
 
-    nets = tuple(n.strip() for n in cfg.url_allow_networks.split(",") if n.strip())
     return FetchPolicy(max_bytes=int(cfg.max_upload_mb * 2**20), connect_timeout_s=cfg.url_connect_timeout_s,
-                       read_timeout_s=cfg.url_read_timeout_s, allow_networks=nets)
+                       read_timeout_s=cfg.url_read_timeout_s,
+                       allow_networks=FetchPolicy.parse_networks(cfg.url_allow_networks))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -287,8 +303,7 @@ class JobSystem:
         self.uploads = cfg.job_dir / "uploads"
         self.embedded = EmbeddedBroker(cfg.job_dir / "broker") if not cfg.broker_url else None
         self.app = celery_app(cfg)
-        _, store_url = broker_urls(cfg)
-        self.store = JobStore(redis.Redis.from_url(store_url, decode_responses=True, socket_timeout=10), cfg.job_ttl_s)
+        self.store = JobStore.from_config(cfg)
         self.workers = LocalWorkers(cfg)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -356,10 +371,6 @@ class JobSystem:
         rec = self.store.get(job_id)
         assert rec is not None  # just written, and records of queued jobs do not expire
         return rec
-
-    def owns(self, path: Path) -> bool:
-        """Whether ``path`` is a job's upload (accepted: the job deletes it when it ends)."""
-        return path.parent == self.uploads and path.suffix == ".video" and not path.name.startswith("incoming-")
 
     def _enqueue(self, job_id: str) -> None:
         self.app.send_task(TASK, args=[job_id], queue=QUEUE)
@@ -461,10 +472,11 @@ class JobRunner:
 
     def __init__(self, cfg: ServiceConfig):
         from serving.model import ModelHolder
+        from veracity.requestlog import RequestLog
 
         self.cfg = cfg
-        _, store_url = broker_urls(cfg)
-        self.store = JobStore(redis.Redis.from_url(store_url, decode_responses=True, socket_timeout=10), cfg.job_ttl_s)
+        self.store = JobStore.from_config(cfg)
+        self.requests = RequestLog(cfg.request_log_dir)
         self.model = ModelHolder(cfg)
         self.model.start()
         self.challenger = ModelHolder(cfg, "challenger") if cfg.shadow or cfg.canary_share > 0 else None
@@ -511,7 +523,9 @@ class JobRunner:
         if analyzer is None:
             return self._end(job_id, "failed", error="not_ready",
                              message=f"no model could be loaded: {self.model.reason}")
-        served_by, holder, other = self._pick(job_id)
+        (served_by, holder), other = route(self.model, self.challenger if self.challenger is not None and
+                                           self.challenger.ready else None,
+                                           self.cfg.canary_share, self.cfg.shadow, key=job_id)
         analyzer = holder.analyzer() or analyzer
         loaded = holder.loaded
         self.store.r.hset(self.store.key(job_id), mapping={
@@ -540,51 +554,34 @@ class JobRunner:
         except AnalysisStopped:
             return self._end(job_id, "cancelled")
         except SoftTimeLimitExceeded:
-            return self._end(job_id, "failed", error="time_limit",
-                             message=f"the job ran past {self.cfg.job_timeout_s:g} s (VERACITY_JOB_TIMEOUT_S)")
-        if report.reason == "error" and "SoftTimeLimitExceeded" in (report.message or ""):
+            report = None
+        # The soft limit can also land inside the analyzer, which reports it as an error.
+        if report is None or (report.reason == "error" and "SoftTimeLimitExceeded" in (report.message or "")):
             return self._end(job_id, "failed", error="time_limit",
                              message=f"the job ran past {self.cfg.job_timeout_s:g} s (VERACITY_JOB_TIMEOUT_S)")
         out = public_report(report, job_id, rec.get("filename") or ("url" if rec.get("url") else "upload"))
         out["served_by"] = served_by
         if self._end(job_id, "done", cleanup=False, result=out) == "done":
             self._log(job_id, report, model=served_by)
-            if other is not None:  # the job is answered; the file is still here for the shadow
-                self._shadow(job_id, path, report.verdict, *other)
+            shadow_analyzer = other[1].analyzer() if other is not None else None
+            if shadow_analyzer is not None:  # the job is answered; the file is still here for the shadow
+                self._shadow(job_id, path, report.verdict, other[0], shadow_analyzer)
         self._cleanup(job_id)
         return "done"
 
-    def _pick(self, job_id: str) -> tuple[str, Any, tuple[str, Any] | None]:
-        """(served_by, its holder, (shadow model, analyzer) or None): the API's canary rule."""
-        from serving.shadow import canary_pick
-
-        challenger = self.challenger.analyzer() if self.challenger is not None else None
-        if challenger is None:
-            return "champion", self.model, None
-        champion = self.model.analyzer()
-        if canary_pick(self.cfg.canary_share, job_id):
-            return "challenger", self.challenger, ("champion", champion) if self.cfg.shadow else None
-        return "champion", self.model, ("challenger", challenger) if self.cfg.shadow else None
-
     def _shadow(self, job_id: str, path: Path, served_verdict: str, model: str, analyzer: Any) -> None:
-        from veracity.requestlog import RequestLog, rows_from_report
-
         try:
             rep = analyzer.analyze(path)
-            RequestLog(self.cfg.request_log_dir).append(
-                rows_from_report(rep, request_id=job_id, endpoint="jobs", role="shadow", model=model,
-                                 agree=rep.verdict == served_verdict,
-                                 latency_s=float(rep.timings.get("total_s", 0.0))))
         except Exception:  # noqa: BLE001 - a shadow never costs a job anything
             log.warning("shadow scoring of job %s failed", job_id, exc_info=True)
+            return
+        self._log(job_id, rep, model=model, role="shadow", agree=rep.verdict == served_verdict)
 
     def _wait_for_model(self, job_id: str, timeout_s: float = 120.0) -> Any:
         deadline = time.monotonic() + timeout_s
         while self.model.analyzer() is None and time.monotonic() < deadline:
             self.store.heartbeat(job_id, "waiting_for_model", 0.0)
-            time.sleep(1.0)
-            if not self.model.ready:
-                self.model.load_once()
+            time.sleep(1.0)  # the holder's own thread retries the load every VERACITY_POLL_S
         return self.model.analyzer()
 
     def _end(self, job_id: str, state: str, cleanup: bool = True, **kw: Any) -> str:
@@ -601,13 +598,13 @@ class JobRunner:
         for f in (self.cfg.job_dir / "uploads").glob(f"*{job_id}*"):
             f.unlink(missing_ok=True)
 
-    def _log(self, job_id: str, report: Any, model: str = "champion") -> None:
-        from veracity.requestlog import RequestLog, rows_from_report
+    def _log(self, job_id: str, report: Any, **row: Any) -> None:
+        """The request-log rows of one analysis of a job (``row``: model, role, agree)."""
+        from veracity.requestlog import rows_from_report
 
         try:
-            RequestLog(self.cfg.request_log_dir).append(
-                rows_from_report(report, request_id=job_id, endpoint="jobs", model=model,
-                                 latency_s=float(report.timings.get("total_s", 0.0))))
+            self.requests.append(rows_from_report(report, request_id=job_id, endpoint="jobs",
+                                                  latency_s=float(report.timings.get("total_s", 0.0)), **row))
         except Exception:  # noqa: BLE001 - monitoring never costs a job its result
             log.warning("request log append failed", exc_info=True)
 

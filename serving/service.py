@@ -59,7 +59,7 @@ with bentoml.importing():
     from serving.jobs import JobError, JobSystem, public_report, url_policy
     from serving.jobs import public as job_public
     from serving.model import ModelHolder
-    from serving.shadow import SERVED_BY, Shadow, canary_pick, keep_copy
+    from serving.shadow import SERVED_BY, Shadow, keep_copy, route
     from veracity.frames import FrameError, ParticipantEvidence
     from veracity.logs import configure_json_logging, current_request_id, register_secret
     from veracity.modelcard import model_card
@@ -310,7 +310,7 @@ class Veracity:
     def _analyze(self, video: Path, explain: bool, endpoint: str) -> Any:
         t0 = time.perf_counter()
         rid = current_request_id() or "request"
-        pick = self._pick(endpoint)
+        pick = self._pick()
         if pick is None:
             return _error(503, "not_ready", f"the service is not ready: {self.model.reason}", endpoint)
         (served_by, analyzer), other = pick
@@ -361,7 +361,7 @@ class Veracity:
                 endpoint: str) -> Any:
         t0 = time.perf_counter()
         rid = current_request_id() or "request"
-        pick = self._pick(endpoint, participant_id)
+        pick = self._pick(participant_id)
         if pick is None:
             return _error(503, "not_ready", f"the service is not ready: {self.model.reason}", endpoint)
         (served_by, analyzer), other = pick
@@ -434,7 +434,7 @@ class Veracity:
     async def _submit(self, request: Request, endpoint: str) -> Any:
         """Parse a job submission (multipart or JSON) and accept it, or the 4xx/503 why not."""
         if self.jobs is None:
-            return _error(503, "jobs_unavailable", f"the job queue is not running: {self.jobs_reason}", endpoint)
+            return self._jobs_down(endpoint)
         ctype = request.headers.get("content-type", "")
         upload, video_url, explain, name = None, None, False, None
         try:
@@ -447,7 +447,7 @@ class Veracity:
                 form = await request.form()
                 video, video_url = form.get("video"), form.get("video_url")
                 explain = str(form.get("explain", "false")).lower() in ("1", "true", "yes", "on")
-                if video is not None and isinstance(video, str):
+                if isinstance(video, str):
                     raise ValueError("'video' must be an uploaded file (use video_url for a link)")
                 if video is not None:
                     name = Path(video.filename or "upload").name
@@ -459,12 +459,12 @@ class Veracity:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever the parsers choke on is the body's fault
             return _error(400, "bad_request", f"the request body could not be read: {str(exc)[:200]}", endpoint)
-        if video_url is not None and not isinstance(video_url, str):
-            video_url = None if upload is not None else str(video_url)
         try:
+            if video_url is not None and not isinstance(video_url, str):
+                return _error(400, "bad_request", "'video_url' must be text (an http or https link)", endpoint)
             return await run_in_threadpool(self._accept, upload, video_url, explain, name, endpoint)
         finally:
-            if upload is not None and upload.exists() and not self.jobs.owns(upload):
+            if upload is not None:  # an accepted upload was moved into the job's place already
                 upload.unlink(missing_ok=True)
 
     def _accept(self, upload: Path | None, video_url: str | None, explain: bool, name: str | None,
@@ -512,14 +512,17 @@ class Veracity:
     def job_list(self, limit: int = 50):
         """The most recent jobs (newest first, at most ``limit``, 500 at most)."""
         if self.jobs is None:
-            return JSONResponse({"error": "jobs_unavailable", "message": str(self.jobs_reason)}, status_code=503)
+            return self._jobs_down("jobs")
         ids = self.jobs.store.ids(max(1, min(int(limit), 500)))
         recs = [self.jobs.store.get(i) for i in ids]
         return {"jobs": [{k: v for k, v in job_public(r).items() if k != "result"} for r in recs if r]}
 
+    def _jobs_down(self, endpoint: str) -> JSONResponse:
+        return _error(503, "jobs_unavailable", f"the job queue is not running: {self.jobs_reason}", endpoint)
+
     def _job(self, job_id: str) -> Any:
         if self.jobs is None:
-            return JSONResponse({"error": "jobs_unavailable", "message": str(self.jobs_reason)}, status_code=503)
+            return self._jobs_down("jobs")
         if not _SAFE.match(job_id):
             return JSONResponse({"error": "not_found", "message": "no such job"}, status_code=404)
         try:
@@ -534,16 +537,13 @@ class Veracity:
 
     # ------------------------------------------------------------------ helpers
 
-    def _pick(self, endpoint: str, key: str | None = None) -> Any:
+    def _pick(self, key: str | None = None) -> Any:
         """((served_by, analyzer), (shadow model, analyzer) or None), or None when not ready."""
         champion = self.model.analyzer()
         if champion is None:
             return None
         challenger = self.challenger.analyzer() if self.challenger is not None else None
-        served, other = ("champion", champion), (("challenger", challenger) if challenger is not None else None)
-        if other is not None and canary_pick(CFG.canary_share, key):
-            served, other = other, served
-        return served, (other if CFG.shadow else None)
+        return route(champion, challenger, CFG.canary_share, CFG.shadow, key)
 
     def _count(self, endpoint: str, verdict: str | None, reason: str | None, served_by: str = "champion") -> None:
         SERVED_BY.labels(endpoint=endpoint, model=served_by).inc()

@@ -27,13 +27,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import bentoml
 
 log = logging.getLogger("serving.shadow")
 
 MAX_BACKLOG = 8
+T = TypeVar("T")
 
 SHADOW = bentoml.metrics.Counter(name="veracity_shadow_total", documentation="Shadow comparisons, by agreement",
                                  labelnames=["endpoint", "agree"])
@@ -56,6 +57,17 @@ def canary_pick(share: float, key: str | None = None, draw: Callable[[], float] 
         h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
         return h < share
     return draw() < share
+
+
+def route(champion: T, challenger: T | None, share: float, shadow: bool,
+          key: str | None = None) -> tuple[tuple[str, T], tuple[str, T] | None]:
+    """The canary and shadow rules: ``(model, slot)`` that answers, and the ``(model, slot)``
+    that shadows it (None without shadow mode or a challenger). Used by the API and the job
+    workers alike, with analyzers or model holders as slots."""
+    served, other = ("champion", champion), (("challenger", challenger) if challenger is not None else None)
+    if other is not None and canary_pick(share, key):
+        served, other = other, served
+    return served, (other if shadow else None)
 
 
 class Shadow:

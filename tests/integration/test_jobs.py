@@ -103,6 +103,7 @@ def test_refused_urls_get_400_at_submission(service: Server, url: str, error: st
     ({"files": {"video": ("notes.mp4", b"plain text, not a video\n" * 20, "video/mp4")}}, 415, "not_media"),
     ({"files": {"video": ("empty.mp4", b"", "video/mp4")}}, 400, "empty"),
     ({"json": ["not", "an", "object"]}, 400, "bad_request"),
+    ({"files": {"video_url": ("link.txt", b"http://127.0.0.1/x.mp4", "text/plain")}}, 400, "bad_request"),
 ])
 def test_bad_submissions_get_a_specific_4xx(service: Server, kwargs: dict, status: int, error: str) -> None:
     headers = {**AUTH, **kwargs.pop("headers", {})}

@@ -19,7 +19,7 @@ import redis
 from serving import jobs
 from serving.broker import BrokerError, EmbeddedBroker
 from serving.jobs import JobStore, public
-from serving.shadow import canary_pick
+from serving.shadow import canary_pick, route
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,8 @@ def test_the_sweep_finds_records_whose_message_never_left(store: JobStore) -> No
     time.sleep(0.05)
     assert store.unqueued(0.0) == ["lost"]
     assert store.unqueued(3600.0) == []  # too recent: the API may still be sending it
+    store.cancel("lost")  # ended before it was ever sent: dropped from the sweep's set
+    assert store.unqueued(0.0) == [] and store.r.zcard(jobs.UNSENT) == 0
 
 
 def test_the_broker_keeps_every_write_across_kill_9(tmp_path: Path) -> None:
@@ -129,3 +131,10 @@ def test_canary_share_is_sticky_per_key_and_close_to_the_share() -> None:
     assert 0.27 < picked / 4000 < 0.33
     draws = iter([0.1, 0.9])
     assert [canary_pick(0.5, None, lambda: next(draws)) for _ in range(2)] == [True, False]
+
+
+def test_routing_answers_with_one_model_and_shadows_with_the_other() -> None:
+    assert route("A", None, 1.0, True, "k") == (("champion", "A"), None)  # no challenger: nothing to route
+    assert route("A", "B", 0.0, True, "k") == (("champion", "A"), ("challenger", "B"))
+    assert route("A", "B", 1.0, True, "k") == (("challenger", "B"), ("champion", "A"))
+    assert route("A", "B", 1.0, False, "k") == (("challenger", "B"), None)

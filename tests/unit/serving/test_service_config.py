@@ -42,3 +42,10 @@ def test_short_or_unreadable_keys_are_refused(tmp_path: Path) -> None:
 def test_the_env_table_lists_every_setting() -> None:
     names = {row[0] for row in env_table()}
     assert names == {"VERACITY_" + f.upper() for f in ServiceConfig.model_fields}
+
+
+def test_allowed_networks_are_checked_at_start_up() -> None:
+    cfg = ServiceConfig.from_env({"VERACITY_URL_ALLOW_NETWORKS": " 10.0.0.0/8, 127.0.0.0/8 "})
+    assert cfg.url_allow_networks == "10.0.0.0/8,127.0.0.0/8"
+    with pytest.raises(ValueError, match="VERACITY_URL_ALLOW_NETWORKS"):
+        ServiceConfig.from_env({"VERACITY_URL_ALLOW_NETWORKS": "intranet.example"})
