@@ -583,6 +583,82 @@ def weights_verify(
     typer.echo(f"sha256 {res['sha256']}")
 
 
+pipeline_app = typer.Typer(help="The same DAG on Kubeflow Pipelines: compile it, run it here, or submit it to a cluster.",
+                            no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+ShardsOpt = Annotated[int, typer.Option(min=1, help="Extraction shards (tasks fanned out).")]
+
+
+@pipeline_app.command("compile")
+@_user_errors
+def pipeline_compile(
+    out: Annotated[Path, typer.Option(help="The compiled pipeline (KFP IR YAML).")] = Path("pipelines/training.yaml"),
+    shards: ShardsOpt = 2,
+    image: Annotated[str | None, typer.Option(help="The components' image in your registry (default: "
+                                                   "components.stages.IMAGE).")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Compile the training pipeline; its parameters default to params.yaml's sections."""
+    from components.stages import IMAGE
+    from pipelines.training import compile_pipeline
+
+    path = compile_pipeline(load_params(params, set_ or ()), out, shards=shards, image=image or IMAGE)
+    typer.echo(f"wrote {path}")
+
+
+@pipeline_app.command("run-local")
+@_user_errors
+def pipeline_run_local(
+    corpus_uri: Annotated[str | None, typer.Option(help="The raw corpus: a path, dvc+<repo>#<path>[@rev] or a "
+                                                        "bucket path (default: corpus.root).")] = None,
+    pipeline_root: Annotated[Path, typer.Option(help="Where the runs' artifacts go.")] = Path("var/kfp"),
+    mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                                                        "else <root>/mlflow.db).")] = None,
+    shards: ShardsOpt = 2,
+    cache: Annotated[bool, typer.Option(help="Reuse outputs of tasks whose inputs did not change.")] = False,
+    root: RootOpt = Path("."),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Run the whole pipeline here with KFP's local runner (two tasks at a time)."""
+    from components.sources import DVC_PREFIX
+    from pipelines.run import run_local
+    from veracity.tracking import tracking_uri
+
+    loaded = load_params(params, set_ or ())
+    uri = corpus_uri or str((root / loaded.corpus.root).resolve())
+    if "://" not in uri and not uri.startswith(DVC_PREFIX) and not Path(uri).is_dir():
+        raise StageError(f"corpus {uri} is not a directory (run `veracity generate` first, or give --corpus-uri)")
+    res = run_local(loaded, uri, pipeline_root, mlflow_uri=mlflow_uri or tracking_uri(root), shards=shards,
+                    caching=cache)
+    typer.echo(f"run finished in {res.seconds:.0f} s; artifacts under {res.root}")
+
+
+@pipeline_app.command("submit")
+@_user_errors
+def pipeline_submit(
+    host: Annotated[str, typer.Option(help="Kubeflow Pipelines API URL, e.g. https://kfp.example.org/pipeline.")],
+    corpus_uri: Annotated[str, typer.Option(help="The raw corpus as the cluster sees it: s3://..., gs://... or "
+                                                 "dvc+<repo>#<path>[@rev].")],
+    mlflow_uri: Annotated[str, typer.Option(help="The MLflow server the members and the bundle are logged to.")],
+    pipeline_root: Annotated[str, typer.Option(help="Object storage for the run's artifacts (s3://, gs://, "
+                                                    "minio://).")],
+    package: Annotated[Path, typer.Option(help="The compiled pipeline.")] = Path("pipelines/training.yaml"),
+    experiment: Annotated[str, typer.Option(help="KFP experiment to file the run under.")] = "veracity",
+    run_name: Annotated[str | None, typer.Option(help="Run name (default: veracity-training-<UTC time>).")] = None,
+) -> None:
+    """Submit the compiled pipeline to a Kubeflow Pipelines host."""
+    import datetime
+
+    from pipelines.run import submit
+
+    name = run_name or f"veracity-training-{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}"
+    run_id = submit(package, host, corpus_uri=corpus_uri, mlflow_uri=mlflow_uri, pipeline_root=pipeline_root,
+                    experiment=experiment, run_name=name)
+    typer.echo(f"submitted run {name} ({run_id}) to {host}, experiment {experiment}")
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 in a container).")] = "127.0.0.1",

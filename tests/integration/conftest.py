@@ -1,11 +1,21 @@
-"""Fixtures shared by the integration tests: one real service for the HTTP tests."""
+"""Fixtures shared by the integration tests: one real service for the HTTP tests, and the
+tiny pipeline's ``params.yaml`` that both orchestrators (DVC and Kubeflow) run."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pipelinekit
 import pytest
 from servicekit import KEY, LIMITS, Server
+
+from veracity.config import GenerateConfig
+
+
+@pytest.fixture(scope="session")
+def tiny_params(tiny_config: GenerateConfig) -> dict:
+    """The repo's ``params.yaml`` sized for the tiny corpus (:func:`pipelinekit.tiny_params`)."""
+    return pipelinekit.tiny_params(tiny_config)
 
 
 @pytest.fixture(scope="session")

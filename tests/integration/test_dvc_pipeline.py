@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from veracity.config import GenerateConfig, to_plain
+from pipelinekit import TINY_MEMBERS
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = {"video_specialist": "tiny_video", "audio_specialist": "tiny_audio", "lipsync": "tiny_lipsync",
-        "av_fusion": "tiny_fusion"}
+TINY = TINY_MEMBERS
 STAGES = ("corpus", "validate", "extract", "validate_features", "train@video_specialist",
           "train@audio_specialist", "train@lipsync", "train_fusion@av_fusion", "evaluate", "calibrate", "attack",
           "ensemble", "benchmark_corpus", "benchmark", "register")
@@ -48,30 +46,13 @@ def _run(args: list[str], cwd: Path) -> str:
 
 
 @pytest.fixture()
-def project(tmp_path: Path, tiny_corpus: Path, tiny_config: GenerateConfig) -> Path:
+def project(tmp_path: Path, tiny_corpus: Path, tiny_params: dict) -> Path:
     """A git+dvc project with the repo's dvc.yaml/params.yaml and the tiny corpus as data/raw."""
     root = tmp_path / "proj"
     root.mkdir()
     shutil.copytree(REPO / "veracity", root / "veracity", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["validate"].update(min_clips=10, min_per_method=1, min_per_split=1, max_fake_ratio=0.9)
-    # The tiny corpus has ~1 s clips: shorter windows than the real defaults.
-    params["validate"]["features"].update(min_frames=8, min_duration_s=0.5)
-    params["extract"].update(min_duration_s=0.5)
-    # The same members and stages as the real pipeline, with tiny detectors and one epoch.
-    for name, tiny in TINY.items():
-        params["train"]["members"][name].update(detector=tiny, epochs=1, windows_per_clip=1, batch_size=8)
-    # One strength per corruption and short attacks: the stages run as in the real DAG, smaller.
-    params["attack"].update(crf=[35], jpeg_quality=[50], downscale=[0.5], noise_sigma=[0.05], blur_sigma=[1.0],
-                            brightness=[0.2], snr_db=[10], resample_hz=[8000], lowpass_hz=[2000], gain_db=[-20],
-                            fgsm_eps=[0.01], pgd_eps=[0.01], pgd_steps=2, audio_eps=[0.002], attack_clips=4)
-    # The benchmark: the tiny corpus's generator with 6 other people (face swaps need a donor in
-    # the same split), 1 of them re-encoded.
-    params["generate"].update(to_plain(tiny_config))
-    # One analysis process: a spawned pool costs a torch import each (tested in test_analyzer.py).
-    params["benchmark"].update(n_identities=6, reencode_identities=1, bootstrap=100, workers=1)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
     shutil.copytree(tiny_corpus, root / "data" / "raw")
     _run(["git", "init", "-q"], root)
     _run([sys.executable, "-m", "dvc", "init", "-q"], root)
