@@ -1,8 +1,12 @@
-"""The tiny pipeline's ``params.yaml``: what both orchestrators (``dvc repro`` and the
-Kubeflow pipeline) run in the integration tests."""
+"""The tiny pipeline for the integration tests: its ``params.yaml``, which both orchestrators
+(``dvc repro`` and the Kubeflow pipeline) run, and a scratch DVC project around it."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -34,3 +38,28 @@ def tiny_params(tiny_config: GenerateConfig) -> dict:
     # One analysis process: a spawned pool costs a torch import each (tested in test_analyzer.py).
     params["benchmark"].update(n_identities=6, reencode_identities=1, bootstrap=100, workers=1)
     return params
+
+
+def run_tool(args: list[str], cwd: Path) -> str:
+    """Run a command with this venv's tools first on PATH; its output (fails the test on a non-zero exit)."""
+    env = dict(os.environ)
+    # dvc runs stage commands through the shell: make this venv's `veracity` the one found.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def dvc_project(root: Path, corpus: Path, params: dict) -> Path:
+    """A git+dvc project at ``root`` with the repo's dvc.yaml, ``params`` and ``corpus`` as data/raw."""
+    root.mkdir(parents=True)
+    shutil.copytree(REPO / "veracity", root / "veracity", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copytree(corpus, root / "data" / "raw")
+    run_tool(["git", "init", "-q"], root)
+    run_tool([sys.executable, "-m", "dvc", "init", "-q"], root)
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
+    run_tool([sys.executable, "-m", "dvc", "add", "-q", "data/raw"], root)
+    return root

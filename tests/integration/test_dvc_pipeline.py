@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from pipelinekit import TINY_MEMBERS
+from pipelinekit import TINY_MEMBERS, dvc_project, run_tool
 
 pytestmark = pytest.mark.integration
 
@@ -35,35 +34,15 @@ def test_every_member_has_exactly_one_training_stage() -> None:
         assert not params[name].get("init_from")
 
 
-def _run(args: list[str], cwd: Path) -> str:
-    env = dict(os.environ)
-    # dvc runs stage commands through the shell: make this venv's `veracity` the one found.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["DVC_NO_ANALYTICS"] = "1"
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
-
-
 @pytest.fixture()
 def project(tmp_path: Path, tiny_corpus: Path, tiny_params: dict) -> Path:
-    """A git+dvc project with the repo's dvc.yaml/params.yaml and the tiny corpus as data/raw."""
-    root = tmp_path / "proj"
-    root.mkdir()
-    shutil.copytree(REPO / "veracity", root / "veracity", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params, sort_keys=False))
-    shutil.copytree(tiny_corpus, root / "data" / "raw")
-    _run(["git", "init", "-q"], root)
-    _run([sys.executable, "-m", "dvc", "init", "-q"], root)
-    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
-    _run([sys.executable, "-m", "dvc", "add", "-q", "data/raw"], root)
-    return root
+    """A git+dvc project with the repo's dvc.yaml, the tiny params and the tiny corpus as data/raw."""
+    return dvc_project(tmp_path / "proj", tiny_corpus, tiny_params)
 
 
 def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) -> None:
     dvc = [sys.executable, "-m", "dvc"]
-    first = _run([*dvc, "repro"], project)
+    first = run_tool([*dvc, "repro"], project)
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first
     assert (project / "data" / "manifest" / "manifest.csv").exists()
@@ -71,7 +50,7 @@ def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) 
     assert (project / "data" / "features" / "index.csv").exists()
     for name in TINY:
         assert (project / "models" / name / "model.safetensors").exists()
-    metrics = _run([*dvc, "metrics", "show"], project)
+    metrics = run_tool([*dvc, "metrics", "show"], project)
     assert "True" in metrics  # summary.json: success
     assert "reports/evaluate/metrics.json" in metrics and "best_val_auc" in metrics
     for path in ("reports/calibrate/metrics.json", "reports/attack/summary.json", "reports/ensemble/metrics.json",
@@ -102,13 +81,13 @@ def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) 
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     assert rows[0]["verdict"] in {"FAKE", "UNCERTAIN", "REAL", "ABSTAIN"}
     assert rows[1] == {"verdict": "ABSTAIN", "reason": "missing"}
-    plots = _run([*dvc, "plots", "show", "-o", "plots_html"], project)
+    plots = run_tool([*dvc, "plots", "show", "-o", "plots_html"], project)
     html = (project / "plots_html" / "index.html").read_text()
     assert "plots_html" in plots and "video_specialist" in html and "tpr" in html
 
-    second = _run([*dvc, "repro"], project)
+    second = run_tool([*dvc, "repro"], project)
     assert "Running stage" not in second
-    summary_text = _run(["veracity", "summary"], project)
+    summary_text = run_tool(["veracity", "summary"], project)
     assert f"benchmark    {bench['n']} clips of 6 unseen people" in summary_text and "champion" in summary_text
     assert len(summary_text.strip().splitlines()) <= 14
 
@@ -117,18 +96,18 @@ def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) 
     params["extract"]["workers"] = 1
     params["benchmark"]["workers"] = 2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert "Running stage" not in _run([*dvc, "repro"], project)
+    assert "Running stage" not in run_tool([*dvc, "repro"], project)
 
     params["validate"]["min_clips"] = 11  # read by validate only
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    third = _run([*dvc, "repro"], project)
+    third = run_tool([*dvc, "repro"], project)
     assert "Running stage 'validate'" in third
     for stage in ("corpus", "extract", "validate_features", "train@lipsync"):
         assert f"Running stage '{stage}'" not in third
 
     params["train"]["members"]["audio_specialist"]["lr"] = 0.001  # one member's own params
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    fourth = _run([*dvc, "repro"], project)
+    fourth = run_tool([*dvc, "repro"], project)
     for stage in ("train@audio_specialist", "train_fusion@av_fusion", "evaluate"):
         assert f"Running stage '{stage}'" in fourth
     for stage in ("extract", "train@video_specialist", "train@lipsync"):
