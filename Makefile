@@ -58,7 +58,7 @@ test-all: PYTEST_ARGS =
 test-all: test
 
 lint: setup
-	$(BIN)/ruff check veracity serving tests bench
+	$(BIN)/ruff check veracity serving components pipelines tests bench
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache

@@ -111,6 +111,17 @@ def file_digest(path: Path) -> str:
     return f"sha256:{sha256_file(path)}"
 
 
+def markdown_page(markdown: str, title: str) -> str:
+    """A Markdown document as a standalone HTML page (KFP's UI shows ``HTML`` artifacts inline)."""
+    import html
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    return f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>" \
+           f"<body>{body}</body></html>\n"
+
+
 def log_benchmark_classification(artifact: Any, scores_csv: Path) -> None:
     """ROC and confusion matrix of the ensemble on the benchmark's clean clips.
 

@@ -266,9 +266,8 @@ def gate(benchmark_report: Input[Dataset], register: str, gate: str
 
 @component
 def register(bundle: Input[Model], benchmark_report: Input[Dataset], register: str, gate: str, mlflow_uri: str,
-             card: Output[Markdown], summary: Output[Metrics]) -> str:
+             card: Output[Markdown], card_page: Output[HTML], summary: Output[Metrics]) -> str:
     """Register the bundle in MLflow and promote it when it beats the champion (stage ``register``)."""
-    import shutil
     from pathlib import Path
 
     from components import artifacts as a
@@ -280,7 +279,9 @@ def register(bundle: Input[Model], benchmark_report: Input[Dataset], register: s
     cfg, out = a.params(register=register, gate=gate), a.scratch()
     res = run(cfg.register_, cfg.gate, Path(bundle.path), Path(benchmark_report.path) / "metrics.json", out,
               root=a.scratch())
-    shutil.copy(out / "model_card.md", card.path)
+    text = (out / "model_card.md").read_text()
+    Path(card.path).write_text(text)
+    Path(card_page.path).write_text(a.markdown_page(text, f"{res['model_name']} version {res['version']}"))
     summary.log_metric("version", float(res["version"]))
     summary.log_metric("promoted", float(res["promoted"]))
     return str(res["version"])

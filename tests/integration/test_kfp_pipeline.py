@@ -57,6 +57,7 @@ def test_local_run_registers_a_verified_bundle_that_analyses_like_the_dvc_one(
     # The gate passed: register ran (not the other branch) and the registry holds version 1.
     assert "register" in run.tasks() and "not-registered" not in run.tasks()
     assert "# " in run.output("register", "card").read_text()
+    assert "<h1>" in run.output("register", "card_page").read_text()
     from mlflow import MlflowClient
 
     versions = MlflowClient(tracking_uri=mlflow_uri).search_model_versions("name='veracity-detector'")

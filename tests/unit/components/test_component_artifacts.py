@@ -58,3 +58,9 @@ def test_the_benchmark_roc_and_confusion_leave_abstentions_and_reencodes_out(tmp
     points = roc.metadata["confidenceMetrics"]
     assert points[0]["recall"] == 0.0 and points[-1]["recall"] == 1.0
     assert all(math.isfinite(p["confidenceThreshold"]) for p in points)
+
+
+def test_a_markdown_card_becomes_a_page_with_its_table() -> None:
+    page = a.markdown_page("# Card\n\n| a | b |\n|---|---|\n| 1 | <x> |\n", "v1 <draft>")
+    assert page.startswith("<!DOCTYPE html>") and "<title>v1 &lt;draft&gt;</title>" in page
+    assert "<h1>Card</h1>" in page and "<td>1</td>" in page
