@@ -633,6 +633,11 @@ def pipeline_run_local(
     res = run_local(loaded, uri, pipeline_root, mlflow_uri=mlflow_uri or tracking_uri(root), shards=shards,
                     caching=cache)
     typer.echo(f"run finished in {res.seconds:.0f} s; artifacts under {res.root}")
+    if "register" in res.tasks():
+        typer.echo(f"the gate passed: registered in {mlflow_uri or tracking_uri(root)} "
+                   f"(model card {res.output('register', 'card')})")
+    else:
+        typer.echo(f"the gate failed: not registered (why: {res.output('not-registered', 'card')})")
 
 
 @pipeline_app.command("submit")

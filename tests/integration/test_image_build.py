@@ -33,7 +33,8 @@ def _buildah(*args: str, timeout: int = 3600) -> str:
 def test_the_cpu_image_holds_the_locked_project_and_runs_its_cli() -> None:
     base = os.environ.get("VERACITY_IMAGE_BASE")
     mounts = [x for m in os.environ.get("VERACITY_IMAGE_MOUNTS", "").split() for x in ("-v", m)]
-    _buildah("bud", "--isolation", "chroot", "--layers", "-f", "docker/Dockerfile", "-t", TAG, *mounts,
+    # No intermediate layers kept: with the vfs driver each is a full copy (gigabytes here).
+    _buildah("bud", "--isolation", "chroot", "--layers=false", "-f", "docker/Dockerfile", "-t", TAG, *mounts,
              *(["--build-arg", f"BASE={base}"] if base else []), str(REPO))
     lock = tomllib.loads((REPO / "uv.lock").read_text())
     pinned = {p["name"]: p["version"] for p in lock["package"]}
@@ -46,3 +47,4 @@ def test_the_cpu_image_holds_the_locked_project_and_runs_its_cli() -> None:
         assert "run-local" in _buildah("run", "--isolation", "chroot", ctr, "--", "veracity", "pipeline", "--help")
     finally:
         _buildah("rm", ctr)
+        _buildah("rmi", TAG)

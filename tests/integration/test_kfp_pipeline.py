@@ -61,7 +61,7 @@ def test_local_run_registers_a_verified_bundle_that_analyses_like_the_dvc_one(
     from mlflow import MlflowClient
 
     versions = MlflowClient(tracking_uri=mlflow_uri).search_model_versions("name='veracity-detector'")
-    assert [v.version for v in versions] == ["1"] and versions[0].tags["bundle_sha256"] == meta["sha256"][7:]
+    assert [str(v.version) for v in versions] == ["1"] and versions[0].tags["bundle_sha256"] == meta["sha256"][7:]
 
     # The DVC-built bundle from the same corpus and params analyses a clip the same way.
     project = dvc_project(tmp_path / "proj", tiny_corpus, params)
