@@ -1,9 +1,10 @@
 """The CPU variant of docker/Dockerfile built with buildah (no daemon), and what it holds.
 
 Needs ``buildah`` (Debian's package) and a base image it can reach: the Dockerfile's default
-(``python:3.11-slim-bookworm`` from a registry), or ``VERACITY_IMAGE_BASE`` naming a local
-one. ``VERACITY_IMAGE_MOUNTS`` adds ``-v`` mounts to the build (e.g. a uv cache and the
-host's CA certificates where the build must go through a proxy).
+(``python:3.11-slim-bookworm`` from a registry; skipped, with the pull's error, when none
+answers), or ``VERACITY_IMAGE_BASE`` naming a local one (``docker/local-base.sh`` makes one
+without a registry). ``VERACITY_IMAGE_MOUNTS`` adds ``-v`` mounts to the build (e.g. a uv
+cache and the host's CA certificates where the build goes through a proxy).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = "localhost/veracity-python:test-cpu"
+DEFAULT_BASE = "python:3.11-slim-bookworm"  # docker/Dockerfile's BASE
 
 
 def _buildah(*args: str, timeout: int = 3600) -> str:
@@ -32,6 +34,11 @@ def _buildah(*args: str, timeout: int = 3600) -> str:
 @pytest.mark.skipif(shutil.which("buildah") is None, reason="no image builder (apt-get install buildah)")
 def test_the_cpu_image_holds_the_locked_project_and_runs_its_cli() -> None:
     base = os.environ.get("VERACITY_IMAGE_BASE")
+    if base is None:
+        pulled = subprocess.run(["buildah", "--storage-driver", "vfs", "pull", DEFAULT_BASE], capture_output=True,
+                                text=True, timeout=600)
+        if pulled.returncode != 0:
+            pytest.skip(f"cannot pull {DEFAULT_BASE} (set VERACITY_IMAGE_BASE): {pulled.stderr.strip()[-300:]}")
     mounts = [x for m in os.environ.get("VERACITY_IMAGE_MOUNTS", "").split() for x in ("-v", m)]
     # No intermediate layers kept: with the vfs driver each is a full copy (gigabytes here).
     _buildah("bud", "--isolation", "chroot", "--layers=false", "-f", "docker/Dockerfile", "-t", TAG, *mounts,
