@@ -99,6 +99,14 @@ def log_figures(artifact: Any, report: Mapping[str, Any], keep: Iterable[str] | 
     for name, value in flat_figures(report).items():
         if wanted is None or name.split(".", 1)[0] in wanted:
             artifact.log_metric(name, value)
+    write_metadata(artifact)
+
+
+def write_metadata(artifact: Any) -> None:
+    """Also write a metrics artifact's figures to its file: KFP's local cache treats an
+    artifact without a file as missing and reruns the task every time."""
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).write_text(json.dumps(artifact.metadata, indent=1, sort_keys=True))
 
 
 def describe(artifact: Any, **facts: Any) -> None:
@@ -144,6 +152,7 @@ def log_benchmark_classification(artifact: Any, scores_csv: Path) -> None:
     fake = (judged["verdict"] == "FAKE").to_numpy()
     matrix = [[int(((y == a) & (fake == bool(p))).sum()) for p in (0, 1)] for a in (0, 1)]
     artifact.log_confusion_matrix(["real", "fake"], matrix)
+    write_metadata(artifact)
 
 
 def train(member: str, features: Any, sources: Path, sections: Mapping[str, Any], mlflow_uri: str,

@@ -282,8 +282,7 @@ def register(bundle: Input[Model], benchmark_report: Input[Dataset], register: s
     text = (out / "model_card.md").read_text()
     Path(card.path).write_text(text)
     Path(card_page.path).write_text(a.markdown_page(text, f"{res['model_name']} version {res['version']}"))
-    summary.log_metric("version", float(res["version"]))
-    summary.log_metric("promoted", float(res["promoted"]))
+    a.log_figures(summary, {"version": int(res["version"]), "promoted": int(res["promoted"])})
     return str(res["version"])
 
 

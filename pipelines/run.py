@@ -9,6 +9,7 @@ storage.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from veracity.stages import StageError
 # Where a cluster's pipeline root may live: buckets KFP's launcher reads and writes.
 OBJECT_STORES = ("s3", "gs", "minio", "az", "abfs")
 CONNECT_TIMEOUT_S = 10.0
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class PipelineError(StageError):
@@ -79,7 +81,8 @@ def run_local(params: Params, corpus_uri: str, pipeline_root: Path, *, mlflow_ur
     try:
         pipeline(corpus_uri=corpus_uri, mlflow_uri=mlflow_uri)
     except RuntimeError as exc:
-        raise PipelineError(f"the local run failed: {exc}") from None
+        # KFP colours its message for a terminal; the task's own log, printed above, says why.
+        raise PipelineError("the local run failed: " + ANSI.sub("", str(exc))) from None
     seconds = time.perf_counter() - t0
     runs = sorted((p for p in set(pipeline_root.iterdir()) - before if p.name.startswith(NAME)),
                   key=lambda p: p.stat().st_mtime)

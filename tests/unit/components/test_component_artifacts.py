@@ -38,12 +38,15 @@ def test_members_are_named_by_their_model_json_not_their_order(tmp_path: Path) -
     assert (models / "lipsync").resolve() == (tmp_path / "x1").resolve()
 
 
-def test_figures_are_flattened_to_finite_scalars() -> None:
+def test_figures_are_flattened_to_finite_scalars(tmp_path: Path) -> None:
     report = {"test": {"auc": 0.9, "n": 10, "ok": True, "ece": math.nan, "name": "x"}, "seconds": 3}
     assert a.flat_figures(report) == {"test.auc": 0.9, "test.n": 10.0, "seconds": 3.0}
     metrics = dsl.Metrics(name="summary")
+    metrics.uri = str(tmp_path / "summary")
     a.log_figures(metrics, report, keep=["test"])
     assert metrics.metadata == {"test.auc": 0.9, "test.n": 10.0}
+    # ... and in its file: KFP's local cache skips artifacts that have none.
+    assert json.loads((tmp_path / "summary").read_text()) == metrics.metadata
 
 
 def test_the_benchmark_roc_and_confusion_leave_abstentions_and_reencodes_out(tmp_path: Path) -> None:
@@ -51,6 +54,7 @@ def test_the_benchmark_roc_and_confusion_leave_abstentions_and_reencodes_out(tmp
             ("clean", 1, "UNCERTAIN", 0.5), ("clean", 1, "ABSTAIN", None), ("crf35", 0, "FAKE", 0.99)]
     pd.DataFrame(rows, columns=["condition", "label", "verdict", "probability"]).to_csv(tmp_path / "s.csv", index=False)
     roc = dsl.ClassificationMetrics(name="roc")
+    roc.uri = str(tmp_path / "roc")
     a.log_benchmark_classification(roc, tmp_path / "s.csv")
     matrix = roc.metadata["confusionMatrix"]
     assert [c["displayName"] for c in matrix["annotationSpecs"]] == ["real", "fake"]

@@ -74,3 +74,17 @@ def test_run_local_without_a_corpus_says_so(tmp_path: Path) -> None:
                                  "--pipeline-root", str(tmp_path / "kfp")])
     assert result.exit_code == 2 and "is not a directory" in result.output
     assert not (tmp_path / "kfp").exists()
+
+
+def test_a_failing_task_stops_the_local_run_and_is_named(tmp_path: Path) -> None:
+    from pipelines.run import run_local
+    from veracity.config import load_params
+
+    (tmp_path / "corpus").mkdir()  # a synthetic corpus without its manifest.csv
+    # The benchmark corpus does not wait on the corpus: refused at once too (its seed is the
+    # training corpus's), not generated at full size.
+    params = load_params(Path(__file__).resolve().parents[3] / "params.yaml", ["benchmark.seed=1337"])
+    with pytest.raises(PipelineError, match="Inner task failed: '(benchmark-)?corpus'") as err:
+        run_local(params, str(tmp_path / "corpus"), tmp_path / "kfp")
+    assert "\x1b[" not in str(err.value)
+    assert not list((tmp_path / "kfp").glob("*/validate"))
