@@ -76,6 +76,7 @@ def test_run_local_without_a_corpus_says_so(tmp_path: Path) -> None:
     assert not (tmp_path / "kfp").exists()
 
 
+@pytest.mark.slow  # two task processes importing the project: 30 s to 2 min on a busy 2-core machine
 def test_a_failing_task_stops_the_local_run_and_is_named(tmp_path: Path) -> None:
     from pipelines.run import run_local
     from veracity.config import load_params
