@@ -260,6 +260,9 @@ class Veracity:
             # The rule, not its reference patterns (validation scores are not the client's business).
             "disagreement": ({k: v for k, v in b.disagreement.to_dict().items() if k != "reference"}
                              if getattr(b, "disagreement", None) is not None else None),
+            # Who takes over when members give no answer (veracity.decision.Fallback).
+            "fallbacks": [{"members": list(f.members), "thresholds": f.thresholds.to_dict()}
+                          for f in getattr(b, "fallbacks", {}).values()],
             "contract": b.contract.to_dict(), "metrics": spec.get("metrics"),
             "rollout": self._rollout(),
             "model_card": model_card(spec, extra={"model_name": m.source.get("model_name"),

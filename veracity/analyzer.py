@@ -372,18 +372,23 @@ class Analyzer:
                  run: Sequence[str]) -> tuple[str | None, list[str]]:
         """(modality judged alone, members) once ``failed`` members gave no answer.
 
-        The fusion was fitted on every member, so it is not run without one: when only
-        members that listen failed and the video members can judge alone (validation-fitted
-        thresholds of their own), the call is theirs; otherwise the file cannot be judged.
+        The full fusion was fitted on every member, so it is not run without one. The
+        others judge with the fallback fitted for exactly them (their own fusion and
+        thresholds, :class:`~veracity.decision.Fallback`); failing that, when only members
+        that listen failed, the video members judge alone (thresholds of their own);
+        otherwise the file cannot be judged.
         """
+        left = [m for m in run if m not in failed]
+        if alone is None and len(left) > 1 and self.bundle.can_judge_with(left):
+            return None, left
         video = set(self.bundle.judges_alone("video"))
         if alone in (None, "video") and video and not video & set(failed):
             return "video", [m for m in run if m in video]
         named = "; ".join(f"{k} ({v})" for k, v in failed.items())
         raise _Abstain("member_failed", f"members gave no answer: {named}; the others cannot judge without them")
 
-    def _thresholds(self, alone: str | None = None) -> dict[str, float]:
-        th = self.bundle.thresholds_for(alone)
+    def _thresholds(self, alone: str | None = None, members: Sequence[str] | None = None) -> dict[str, float]:
+        th = self.bundle.thresholds_for(alone, members)
         return {"real_below": float(th.real_below), "fake_at": float(th.fake_at)}
 
     def _analyze(self, path: Path, explain: bool, explain_dir: Path | None, timings: dict[str, float],
@@ -430,8 +435,10 @@ class Analyzer:
         alone = best.alone
         why = (f"{', '.join(best.failed)} gave no answer" if best.failed else
                _NO_AUDIO_WORDS.get(str(media.get("status")), "no usable audio"))
-        alone_note = f" (judged on {alone} alone: {why})" if alone else ""
-        common = dict(path=str(path), thresholds=self._thresholds(alone), modalities=dict(s.modality_probs),
+        judges = list(best.window_logits)
+        alone_note = (f" (judged on {alone} alone: {why})" if alone else
+                      f" (judged by {', '.join(judges)}: {why})" if best.failed else "")
+        common = dict(path=str(path), thresholds=self._thresholds(alone, judges), modalities=dict(s.modality_probs),
                       agreement=dict(s.agreement), person=best.track, persons=[self._person_dict(p) for p in persons],
                       timeline=best.timeline, top_frames=[_public(f) for f in best.top_frames], media=dict(media),
                       bundle=dict(self.identity), explanations=explanations, status=media.get("status"),
@@ -534,9 +541,9 @@ class Analyzer:
         timings["forward_s"] = timings.get("forward_s", 0.0) + fwd
         wl = {m: np.concatenate(logits[m]) for m in run}
         t = time.perf_counter()
-        scored = b.score(wl, alone=alone)
+        scored = b.score(wl, alone=alone, members=run)
         n = len(ds)
-        per_window = [b.score({m: wl[m][i : i + 1] for m in run}, alone=alone) for i in range(n)]
+        per_window = [b.score({m: wl[m][i : i + 1] for m in run}, alone=alone, members=run) for i in range(n)]
         timings["score_s"] = timings.get("score_s", 0.0) + time.perf_counter() - t
         rows = rec.track_crops(track)
         times = np.asarray(rec.array("times"), dtype=np.float64)
