@@ -572,7 +572,7 @@ class Analyzer:
 
     def _timeline(self, p: _Person, media: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Non-overlapping segments: each instant belongs to the window whose centre is nearest."""
-        th = self.bundle.thresholds_for(p.alone)
+        th = self.bundle.thresholds_for(p.alone, list(p.window_logits))
         w = p.windows
         centres = [(x.start_s + x.end_s) / 2 for x in w]
         duration = media.get("duration_s")

@@ -491,6 +491,7 @@ def test_a_failed_member_leaves_the_call_to_the_fallback_of_the_others(
     p = {n: r.members[n]["probability"] for n in left}
     assert r.probability == pytest.approx(float(fb.fusion.prob(np.array([[p[n] for n in fb.members]]))[0]), abs=1e-6)
     assert r.thresholds == {"real_below": fb.thresholds.real_below, "fake_at": fb.thresholds.fake_at}
+    assert all(seg["verdict"] == fb.thresholds.verdict(seg["probability"]) for seg in r.timeline)
     assert r.judged == sorted({a.bundle.modalities[n] for n in left})
 
 
