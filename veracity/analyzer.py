@@ -89,7 +89,7 @@ class Report:
             else None.
         message: one line for people.
         thresholds: ``{real_below, fake_at}`` used for the call (the video-only ones when
-            judged on video alone).
+            judged on video alone, a fallback's when members gave no answer).
         members: per member: modality, pooled logit and calibrated probability, whether it
             judged (``judged``; a member that did not has no scores) and whether its score
             means anything (``reliable``: not out of profile).
@@ -110,8 +110,8 @@ class Report:
         status: the extraction status of the file.
         ood: the reference profile's verdict on the person the call is about.
         failed_members: members that gave no answer in time or failed (``{name: why}``);
-            the call was made without them (on video alone), or is ``ABSTAIN``
-            ``member_failed`` when the rest cannot judge.
+            the call was made without them (by the others' fallback, or on video alone),
+            or is ``ABSTAIN`` ``member_failed`` when the rest cannot judge.
         disagreement: the members' pattern distance over its bound (above 1 and split:
             ``member_disagreement``); None when judged alone or the bundle has no rule.
     """
