@@ -44,8 +44,9 @@ class ServiceConfig(BaseModel):
                                                   "pick up a new champion once ready)")
     api_keys: str = Field("", description="comma-separated API keys; empty and no api_keys_file = no auth")
     api_keys_file: Path | None = Field(None, description="file with one API key per line (# comments)")
-    open_paths: str = Field("/health,/livez,/readyz,/healthz,/metrics,/docs.json,/schema.json",
-                            description="comma-separated path prefixes served without an API key")
+    open_paths: str = Field("/,/ui,/health,/livez,/readyz,/healthz,/metrics,/docs.json,/schema.json",
+                            description="comma-separated path prefixes served without an API key "
+                                        "(`/` is the analyst page alone; it asks for a key)")
     max_upload_mb: float = Field(200.0, gt=0, description="largest request body, MiB (413 beyond)")
     max_duration_s: float = Field(600.0, gt=0, description="longest video /analyze accepts, seconds")
     max_pixels: int = Field(3840 * 2160, gt=0, description="largest frame (width x height) accepted")

@@ -58,6 +58,7 @@ from veracity.batching import WindowBatcher
 from veracity.bundle import BUNDLE_JSON, Bundle, BundleError, MemberFailure, Scored
 from veracity.config import AnalyzeConfig, ExtractConfig
 from veracity.data import ClipInfo, WindowDataset, collate
+from veracity.decision import modality_scores
 from veracity.devices import resolve_device
 from veracity.extract import extract_clip, fingerprint, prefetch
 from veracity.features import ClipRecord, record_dir
@@ -98,7 +99,9 @@ class Report:
         modalities: per modality, the highest calibrated member probability.
         agreement: model agreement, model spread and modality agreement.
         person: track id of the person the call is about (the most suspicious one).
-        persons: every kept face track scored on its own (see :meth:`Analyzer.analyze`).
+        persons: every kept face track scored on its own (see :meth:`Analyzer.analyze`),
+            with its timeline and ``window_scores`` (each window's fused and per-modality
+            probability, for a chart).
         timeline: segments ``{start_s, end_s, probability, verdict, windows}`` in time order.
         top_frames: the most suspicious frames ``{time_s, frame, track, window_probability,
             frame_score, box}``.
@@ -726,7 +729,16 @@ class Analyzer:
                 "members": self._members(s, reliable=not out), "modalities": dict(s.modality_probs),
                 "agreement": dict(s.agreement),
                 "windows": len(p.windows), "start_s": p.windows[0].start_s, "end_s": p.windows[-1].end_s,
-                "timeline": p.timeline, "top_frames": [_public(f) for f in p.top_frames]}
+                "timeline": p.timeline, "window_scores": self._window_scores(p),
+                "top_frames": [_public(f) for f in p.top_frames]}
+
+    def _window_scores(self, p: _Person) -> list[dict[str, Any]]:
+        """Each window scored alone: its span, fused probability and per-modality probability
+        (the highest of the modality's members): what a timeline chart draws."""
+        mods = {m: self.bundle.modalities[m] for m in p.member_window_probs}
+        return [{"start_s": w.start_s, "end_s": w.end_s, "probability": float(p.window_probs[i]),
+                 "modalities": modality_scores({m: float(v[i]) for m, v in p.member_window_probs.items()}, mods)}
+                for i, w in enumerate(p.windows)]
 
 
 # How a report says why a file was judged without its audio, by extraction status.
