@@ -2,8 +2,8 @@
 
 Debian's ``chromium`` (installed by ``make test``'s set-up) driven by Playwright: upload an
 authentic and a manipulated clip and wait for the verdicts, check the timeline, the frame
-gallery and the members, an ``ABSTAIN`` with its reason, an oversize file refused before
-upload, and the page without a key. Screenshots go to ``var/test-artifacts/page/``.
+gallery and the members, an ``ABSTAIN`` with its reason, a panel per person, an oversize
+file refused before upload, the page without a key, and phone width. Screenshots go to ``var/test-artifacts/page/``.
 """
 
 from __future__ import annotations
@@ -15,12 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from playwright.sync_api import expect
 from servicekit import KEY, LIMITS, Server
-
-from veracity.media.encode import write_mp4
 
 pytestmark = pytest.mark.integration
 
@@ -150,19 +147,39 @@ def test_an_uploaded_clip_gets_its_verdict_timeline_frames_and_members(page, ser
     _shot(pg, f"verdict-{'authentic' if real else 'manipulated'}")
 
 
-def test_a_faceless_clip_abstains_with_its_reason_in_words(page, service: Server, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def awkward(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from brokenmedia import make_broken_corpus
+
+    return make_broken_corpus(tmp_path_factory.mktemp("page_media"))
+
+
+def test_a_faceless_clip_abstains_with_its_reason_in_words(page, service: Server, awkward: dict) -> None:
     pg = page
     _with_key(pg, service)
-    rng = np.random.default_rng(0)
-    ramp = np.linspace(0, 255, 96)[None, :, None] * np.ones((96, 1, 3))
-    frames = [np.clip(ramp + rng.normal(0, 20, ramp.shape), 0, 255).astype(np.uint8) for _ in range(40)]
-    clip = write_mp4(tmp_path / "no_face.mp4", frames, 25, None)
-    _upload(pg, clip)
+    _upload(pg, awkward["no_face"].path)
     assert pg.inner_text("#verdict") == "ABSTAIN"
     assert "no probability" in pg.inner_text("#probability")
     reason = pg.inner_text("#reason-list")
     assert "no_face" in reason and "face" in pg.inner_text("#message")
+    assert pg.locator("#timeline").count() == 0  # nothing was judged, so nothing is charted
     _shot(pg, "abstain-no-face")
+
+
+def test_two_people_get_a_panel_each(page, service: Server, awkward: dict) -> None:
+    pg = page
+    _with_key(pg, service)
+    _upload(pg, awkward["two_people"].path)
+    want = _api_result(service, awkward["two_people"].path.name)
+    tabs = pg.locator("#persons-nav button")
+    assert len(want["persons"]) == 2 and tabs.count() == 2
+    chosen = next(i for i, p in enumerate(want["persons"]) if p["track"] == want["person"])
+    assert tabs.nth(chosen).get_attribute("aria-selected") == "true"
+    other = 1 - chosen
+    tabs.nth(other).click()
+    expect(pg.locator("#person h2")).to_contain_text(f"face track {want['persons'][other]['track']}")
+    assert pg.locator("#timeline tr").count() == 1 + len(want["persons"][other]["timeline"])
+    _shot(pg, "two-people")
 
 
 def test_an_oversize_file_is_refused_before_upload(page, service: Server, tmp_path: Path) -> None:
