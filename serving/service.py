@@ -16,7 +16,9 @@ Routes:
 - ``GET /health/live`` (always 200), ``GET /health/ready`` (503 until a checked bundle is
   loaded), ``GET /health`` (the platform's legacy detail), ``GET /model`` (with the
   rollout: challenger, shadow agreement), ``POST /admin/reload``,
-  ``GET /artifacts/{request_id}/{file}`` (explanation images); BentoML's own ``/livez``,
+  ``GET /artifacts/{request_id}/{file}`` (explanation images), ``GET /monitoring`` (the latest
+  drift report, HTML) and ``GET /monitoring/summary`` (its summary; ``/metrics`` has the
+  drift flag, ``veracity_drift_detected``); BentoML's own ``/livez``,
   ``/readyz``, ``/metrics`` and the OpenAPI document at ``/docs.json``.
 - ``GET /`` and ``GET /ui/{file}``: the analysts' page (``serving/ui``; open, it asks for
   a key and sends it with every call it makes).
@@ -31,6 +33,7 @@ its reason (the analyzer's rules).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -77,6 +80,9 @@ ABSTAINS = bentoml.metrics.Counter(name="veracity_abstain_total", documentation=
                                    labelnames=["endpoint", "reason"])
 REFUSED = bentoml.metrics.Counter(name="veracity_refused_total", documentation="Requests refused with a 4xx",
                                   labelnames=["endpoint", "error"])
+DRIFT = bentoml.metrics.Gauge(name="veracity_drift_detected",
+                              documentation="1 when the latest drift report (veracity monitor) found drift, 0 when "
+                                            "it found none, -1 when there is none or it judged nothing")
 JOBS = bentoml.metrics.Counter(name="veracity_jobs_total", documentation="Job events at the API",
                                labelnames=["event"])
 ANALYSIS_S = bentoml.metrics.Histogram(name="veracity_analysis_seconds", documentation="Time inside the analyzer",
@@ -215,6 +221,8 @@ class Veracity:
         CFG.artifact_dir.mkdir(parents=True, exist_ok=True)
         self._janitor = threading.Thread(target=self._clean_artifacts, name="veracity-artifacts", daemon=True)
         self._janitor.start()
+        self._monitoring_summary()  # the drift gauge from the report there is at start, then at each read
+        threading.Thread(target=self._watch_drift, name="veracity-drift", daemon=True).start()
         log.info("service configured", extra={"auth": "on" if CFG.api_key_list() else "off",
                                               "max_upload_mb": CFG.max_upload_mb, "device": CFG.device})
 
@@ -296,6 +304,40 @@ class Veracity:
             "model_card": model_card(spec, extra={"model_name": m.source.get("model_name"),
                                                   "version": m.source.get("registry_version")}),
         }
+
+    # ------------------------------------------------------------------ monitoring
+
+    @web.get("/monitoring")
+    def monitoring_report(self):
+        """The latest drift report (Evidently HTML written by ``veracity monitor``), 404 before the first."""
+        path = CFG.monitor_dir / "report.html"
+        if not path.is_file():
+            return JSONResponse({"error": "not_found", "message": f"no drift report yet: run `veracity monitor "
+                                                                  f"--out {CFG.monitor_dir}`"}, status_code=404)
+        return FileResponse(path, media_type="text/html")
+
+    @web.get("/monitoring/summary")
+    def monitoring_summary(self):
+        """The latest drift report's summary (status, drifted columns and rates, what they ask of an operator)."""
+        summary = self._monitoring_summary()
+        if summary is None:
+            return JSONResponse({"error": "not_found", "message": "no readable drift summary yet"}, status_code=404)
+        return summary
+
+    def _monitoring_summary(self) -> dict[str, Any] | None:
+        """The summary file, read now; also sets the drift gauge (-1 without one)."""
+        try:
+            summary = json.loads((CFG.monitor_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = None
+        ok = isinstance(summary, dict) and summary.get("judged") is True
+        DRIFT.set((1 if summary.get("drift") else 0) if ok else -1)
+        return summary if isinstance(summary, dict) else None
+
+    def _watch_drift(self) -> None:
+        while True:  # a report written while the service runs reaches /metrics within a minute
+            time.sleep(60.0)
+            self._monitoring_summary()
 
     @web.post("/admin/reload")
     def reload(self):
