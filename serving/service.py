@@ -82,7 +82,8 @@ REFUSED = bentoml.metrics.Counter(name="veracity_refused_total", documentation="
                                   labelnames=["endpoint", "error"])
 DRIFT = bentoml.metrics.Gauge(name="veracity_drift_detected",
                               documentation="1 when the latest drift report (veracity monitor) found drift, 0 when "
-                                            "it found none, -1 when there is none or it judged nothing")
+                                            "it found none, -1 when there is none or it judged nothing",
+                              multiprocess_mode="livemostrecent")  # one value, not one per worker pid
 JOBS = bentoml.metrics.Counter(name="veracity_jobs_total", documentation="Job events at the API",
                                labelnames=["event"])
 ANALYSIS_S = bentoml.metrics.Histogram(name="veracity_analysis_seconds", documentation="Time inside the analyzer",
