@@ -7,8 +7,8 @@ clip through the real Analyzer, logged as the service logs them) and judged by
 * **false alarms**: an unshifted pool of ``--pool-people`` new people (seed
   ``--pool-seed``); ``--windows`` random windows of ``--window`` rows drawn from it (seeded);
   the share flagged is the false-alarm rate (windows overlap: the pool is finite);
-* **detection**: a stream of ``--people`` other new people (seed ``--seed``), unshifted and
-  under each shift of :data:`monitoring.simulate.SHIFTS`, each judged as one window;
+* **detection**: the pool's people, one clip each (drawn with a fixed seed), unshifted and
+  under each shift of :data:`monitoring.simulate.SHIFTS`, each stream judged as one window;
 * optionally ``--realworld DIR``: the clips of a folder (e.g. ``../shared/realworld``,
   evaluation only: nothing is fitted) as one more stream.
 
@@ -39,13 +39,14 @@ sys.path.insert(0, str(REPO))  # run as a script: the repository's packages come
 from monitoring.simulate import SHIFTS, analyse_stream, shifted_corpus  # noqa: E402
 
 
-def stream_log(name: str, corpus: Path, bundle: Path, work: Path, workers: int, fresh: bool) -> Path:
+def stream_log(name: str, corpus: Path, bundle: Path, work: Path, workers: int, fresh: bool,
+               per_person: int | None) -> Path:
     """The request log of ``corpus`` analysed by ``bundle`` (reused unless ``fresh``)."""
     log_dir = work / "logs" / name
     done = log_dir / ".done"
     if fresh or not done.exists():
         t = time.perf_counter()
-        n = analyse_stream(bundle, corpus, log_dir, workers=workers)
+        n = analyse_stream(bundle, corpus, log_dir, workers=workers, per_person=per_person, order_seed=1)
         done.write_text(json.dumps({"rows": n, "seconds": round(time.perf_counter() - t, 1)}))
         print(f"{name}: {n} rows analysed ({time.perf_counter() - t:.0f} s)", flush=True)
     return log_dir
@@ -58,7 +59,8 @@ def realworld_corpus(folder: Path, work: Path) -> Path:
     out = work / "realworld"
     out.mkdir(parents=True, exist_ok=True)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".mp4", ".mov", ".webm", ".mkv", ".avi"))
-    pd.DataFrame({"video_id": [p.stem for p in files], "path": [str(p.resolve()) for p in files]}).to_csv(
+    pd.DataFrame({"video_id": [p.stem for p in files], "path": [str(p.resolve()) for p in files],
+                  "identity": [p.stem for p in files]}).to_csv(
         out / "manifest.csv", index=False)
     return out
 
@@ -71,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool-people", type=int, default=60, help="unshifted pool the windows are drawn from")
     ap.add_argument("--windows", type=int, default=40)
     ap.add_argument("--window", type=int, default=60, help="rows per random window")
-    ap.add_argument("--seed", type=int, default=6161, help="people of the shifted streams")
-    ap.add_argument("--people", type=int, default=12)
-    ap.add_argument("--shifts", nargs="+", choices=SHIFTS, default=list(SHIFTS))
+    ap.add_argument("--shifts", nargs="+", choices=SHIFTS[1:], default=list(SHIFTS[1:]))
     ap.add_argument("--realworld", type=Path, default=None)
     ap.add_argument("--work", type=Path, default=REPO / "var" / "monitor_drift")
     ap.add_argument("--workers", type=int, default=1)
@@ -87,12 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)
     avoid = (params.generate.seed, params.benchmark.seed)
     t0 = time.perf_counter()
-    corpora = {"pool": shifted_corpus("none", params.generate, args.pool_seed, args.pool_people, args.work, avoid)}
-    for shift in args.shifts:
-        corpora[shift] = shifted_corpus(shift, params.generate, args.seed, args.people, args.work, avoid)
+    corpora = {shift: shifted_corpus(shift, params.generate, args.pool_seed, args.pool_people, args.work, avoid)
+               for shift in ["none", *args.shifts]}
+    # The pool: every clip of every person; a stream: one clip of each person.
+    logs = {"pool": stream_log("pool", corpora["none"], args.bundle, args.work, args.workers, args.fresh, None)}
     if args.realworld is not None:
         corpora["realworld"] = realworld_corpus(args.realworld, args.work)
-    logs = {name: stream_log(name, c, args.bundle, args.work, args.workers, args.fresh) for name, c in corpora.items()}
+    logs |= {name: stream_log(name, c, args.bundle, args.work, args.workers, args.fresh, 1 if name != "realworld"
+                              else None) for name, c in corpora.items()}
     t_streams = time.perf_counter() - t0
     if args.streams_only:
         return 0

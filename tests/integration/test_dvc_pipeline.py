@@ -21,7 +21,7 @@ TINY = {"video_specialist": "tiny_video", "audio_specialist": "tiny_audio", "lip
         "av_fusion": "tiny_fusion"}
 STAGES = ("corpus", "validate", "extract", "validate_features", "train@video_specialist",
           "train@audio_specialist", "train@lipsync", "train_fusion@av_fusion", "evaluate", "calibrate", "attack",
-          "ensemble", "benchmark_corpus", "benchmark", "register")
+          "ensemble", "benchmark_corpus", "benchmark", "register", "monitor")
 
 
 def test_every_member_has_exactly_one_training_stage() -> None:
@@ -52,7 +52,8 @@ def project(tmp_path: Path, tiny_corpus: Path, tiny_config: GenerateConfig) -> P
     """A git+dvc project with the repo's dvc.yaml/params.yaml and the tiny corpus as data/raw."""
     root = tmp_path / "proj"
     root.mkdir()
-    shutil.copytree(REPO / "veracity", root / "veracity", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("veracity", "monitoring"):
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["validate"].update(min_clips=10, min_per_method=1, min_per_split=1, max_fake_ratio=0.9)
@@ -71,6 +72,8 @@ def project(tmp_path: Path, tiny_corpus: Path, tiny_config: GenerateConfig) -> P
     params["generate"].update(to_plain(tiny_config))
     # One analysis process: a spawned pool costs a torch import each (tested in test_analyzer.py).
     params["benchmark"].update(n_identities=6, reencode_identities=1, bootstrap=100, workers=1)
+    # The monitored stream: 6 new people of the tiny generator (42 requests), judged from 20 rows.
+    params["monitor"].update(sim_people=6, min_rows=20, min_column_rows=10)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(tiny_corpus, root / "data" / "raw")
     _run(["git", "init", "-q"], root)
@@ -121,6 +124,9 @@ def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) 
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     assert rows[0]["verdict"] in {"FAKE", "UNCERTAIN", "REAL", "ABSTAIN"}
     assert rows[1] == {"verdict": "ABSTAIN", "reason": "missing"}
+    monitored = json.loads((project / "reports" / "monitor" / "summary.json").read_text())
+    assert monitored["rows"] == monitored["log"]["read"] >= 20 and monitored["log"]["at_fault"] == 0
+    assert monitored["status"] in ("drift", "no_drift") and (project / "reports" / "monitor" / "report.html").is_file()
     plots = _run([*dvc, "plots", "show", "-o", "plots_html"], project)
     html = (project / "plots_html" / "index.html").read_text()
     assert "plots_html" in plots and "video_specialist" in html and "tpr" in html
