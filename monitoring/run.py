@@ -25,6 +25,11 @@ def _write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    _publish(tmp, path)
+
+
+def _publish(tmp: str, path: Path) -> None:
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from a service run as another user
     os.replace(tmp, path)
 
 
@@ -74,7 +79,7 @@ def monitor(cfg: Any, bundle: Path | str, log: Path | str, out: Path | str, *, s
             fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
             os.close(fd)
             save(tmp)  # Evidently 0.7 wants a str path
-            os.replace(tmp, out / name)
+            _publish(tmp, out / name)
     else:
         _write(out / REPORT_HTML, f"<!doctype html><meta charset='utf-8'><title>Drift report</title>"
                                   f"<p>Not judged: {summary['why_not_judged']}</p>\n")
