@@ -212,12 +212,14 @@ def check(rows: pd.DataFrame, ref: Reference, cfg: Any, bundle_only: bool = True
     from evidently.metrics import CategoryCount, ValueDrift
     from evidently.tests import lte
 
-    if bundle_only and len(rows):
+    n_all = len(rows)
+    if bundle_only and n_all:
         rows = rows[rows["bundle_sha256"].isna() | (rows["bundle_sha256"] == ref.bundle_sha256)]
     n = len(rows)
     if n < cfg.min_rows:
+        other = f" ({n_all - n} other rows were written by other bundles)" if n_all > n else ""
         return CheckResult(judged=False, drift=False, n_rows=n, alpha=cfg.alpha, tests=0,
-                           why_not_judged=f"{n} rows of this bundle in the window; at least {cfg.min_rows} "
+                           why_not_judged=f"{n} rows of this bundle in the window{other}; at least {cfg.min_rows} "
                                           "are needed to judge drift (monitor.min_rows)")
     cur = current_frame(rows, ref)
     numeric = [*FACTS, "ood_score", *(f"p_{m}" for m in ref.members), "probability"]

@@ -58,4 +58,4 @@ def test_another_bundles_rows_are_not_judged_against_this_reference(tmp_path: Pa
     for r in batch:
         r["bundle_sha256"] = "cd" * 32
     res = check(read_request_log(kit.write_log(tmp_path, batch)), ref, CFG)
-    assert not res.judged and res.n_rows == 0
+    assert not res.judged and res.n_rows == 0 and "80 other rows were written by other bundles" in res.why_not_judged
