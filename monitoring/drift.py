@@ -184,7 +184,9 @@ class CheckResult:
         kinds = sorted({c["kind"] for name, c in self.columns.items() if name in self.drifted}
                        | {k for k, r in self.rates.items() if r["drift"]})
         return {"status": "drift" if self.drift else ("no_drift" if self.judged else "not_judged"),
-                "drift": self.drift, "judged": self.judged, "why_not_judged": self.why_not_judged,
+                # null when not judged: the analysts' page (serving/ui) reads this key
+                "drift_detected": self.drift if self.judged else None, "judged": self.judged,
+                "why_not_judged": self.why_not_judged,
                 "rows": self.n_rows, "alpha": self.alpha, "tests": self.tests,
                 "alpha_per_test": self.alpha / self.tests if self.tests else None,
                 "drifted": self.drifted, "actions": {k: ACTIONS[k] for k in kinds},

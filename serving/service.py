@@ -331,8 +331,8 @@ class Veracity:
             summary = json.loads((CFG.monitor_dir / "summary.json").read_text())
         except (OSError, ValueError):
             summary = None
-        ok = isinstance(summary, dict) and summary.get("judged") is True
-        DRIFT.set((1 if summary.get("drift") else 0) if ok else -1)
+        flag = summary.get("drift_detected") if isinstance(summary, dict) else None
+        DRIFT.set(-1 if flag is None else int(bool(flag)))
         return summary if isinstance(summary, dict) else None
 
     def _watch_drift(self) -> None:

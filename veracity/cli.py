@@ -707,7 +707,7 @@ def monitor(
     if not summary["judged"]:
         _err(f"not judged: {summary['why_not_judged']}")
         raise typer.Exit(2)
-    if summary["drift"]:
+    if summary["drift_detected"]:
         raise typer.Exit(1)
 
 

@@ -38,6 +38,6 @@ def test_the_latest_report_its_summary_and_the_drift_flag_are_served(service: Se
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "brightness" in page.text
     summary = httpx.get(service.url + "/monitoring/summary", headers=AUTH).json()
-    assert summary["drift"] is True and summary["drifted"] == ["brightness"]
+    assert summary["drift_detected"] is True and summary["drifted"] == ["brightness"]
     assert _gauge(service) == 1.0
     assert httpx.get(service.url + "/monitoring").status_code == 401  # traffic statistics need the key
