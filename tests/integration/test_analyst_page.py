@@ -227,3 +227,30 @@ def test_the_page_is_usable_at_phone_width(page, service: Server) -> None:
         !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim()).map(e => e.id)""")
     assert unlabelled == []
     _shot(pg, "phone")
+
+
+def test_the_latest_drift_report_is_summarised_and_downloads(page, service: Server, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import monitorkit as kit
+
+    from monitoring.drift import Reference
+    from monitoring.run import monitor
+    from veracity.config import MonitorConfig
+
+    out = Path(service.env["VERACITY_PROJECT_ROOT"]) / "var" / "serving" / "monitoring"
+    monkeypatch.setattr(Reference, "from_bundle", classmethod(lambda cls, path: kit.reference()))
+    monitor(MonitorConfig(), "unused", kit.write_log(tmp_path / "log", kit.rows(n=70, seed=11,
+                                                                                 shift={"brightness": -60})), out)
+    try:
+        pg = page
+        _with_key(pg, service)
+        expect(pg.locator("#drift-summary")).to_contain_text("Drift found in brightness")
+        with pg.expect_download() as download:
+            pg.click("#monitoring-open")
+        saved = tmp_path / "report.html"
+        download.value.save_as(saved)
+        assert "brightness" in saved.read_text()
+        _shot(pg, "drift-summary")
+    finally:  # the shared server has no report again (the monitoring service test starts from none)
+        shutil.rmtree(out)
+        httpx.get(service.url + "/monitoring/summary", headers={"X-API-Key": KEY})
