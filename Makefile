@@ -1,7 +1,8 @@
 # Two entry points for a fresh machine with Python 3.11 (everything else is installed here):
 #   make pipeline   set up, generate the synthetic corpus, run the DVC pipeline (dvc repro),
 #                   print a dozen-line summary (every figure: dvc metrics show)
-#   make test       set up, run the default test suite (slow tests excluded)
+#   make test       set up (and Debian's chromium for the browser tests), run the default
+#                   test suite (slow tests excluded)
 #   make serve      set up, start the REST service on 127.0.0.1:3000 (the registry's champion;
 #                   SERVE_ARGS="--bundle models/bundle --port 3001" to change; README "Serve")
 # uv installs from the committed uv.lock, straight from PyPI: it ignores this machine's pip
@@ -23,7 +24,7 @@ export DVC_NO_ANALYTICS := 1
 export UV_PYTHON_DOWNLOADS := never
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup pipeline test test-all serve bento lint clean
+.PHONY: setup browser pipeline test test-all serve bento lint clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -40,7 +41,15 @@ pipeline: setup
 	dvc repro
 	veracity summary
 
-test: setup
+# The browser tests (tests/integration/test_analyst_page.py) drive Debian's chromium; the
+# set-up installs it when it is missing (root, or sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the browser tests"; \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }; }
+
+test: setup browser
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
 

@@ -17,8 +17,11 @@ warm-up (``serving/loadgen.py``):
 The clips are 24 synthetic talking heads from the corpus generator (seed 99, 8 people, the default
 128x128, 3-4 s; cached in ``bench/.cache/load_corpus``), so the bundle judges them rather
 than abstaining early. Reports completed analyses per second and p50/p95 latency for each
-run, the batched/unbatched throughput ratio (goal >= 1.5 on 2 CPU cores) and shadow mode's
-p50 latency cost, with the machine, into ``--out``.
+run, the server's CPU seconds per analysis and how busy it kept the cores (a saturated
+machine serves at most cores / CPU seconds per analysis, however the passes are cut), the
+batched/unbatched throughput ratio (goal >= 1.5 on 2 CPU cores) and shadow mode's p50
+latency cost, with the machine, into ``--out``. ``bench/forward_batch.py`` measures what a
+member's forward pass costs per window as batches grow.
 """
 
 from __future__ import annotations
@@ -52,6 +55,22 @@ def clips() -> list[bytes]:
     return [p.read_bytes() for p in sorted((CACHE / "videos").glob("*.mp4"))]
 
 
+def server_cpu_s(server: ServiceProcess) -> float:
+    """CPU seconds (user + system) the server and every process under it have used so far."""
+    import psutil
+
+    assert server.proc is not None
+    root = psutil.Process(server.proc.pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 def run(name: str, bundle: Path, env: dict[str, str], data: list[bytes], args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"serve-load-{name}-") as tmp:
         server = ServiceProcess(Path(tmp), {"VERACITY_BUNDLE": str(bundle), "VERACITY_DEVICE": args.device,
@@ -61,16 +80,24 @@ def run(name: str, bundle: Path, env: dict[str, str], data: list[bytes], args: a
             server.wait_ready(120)
             run_load(server.url, clips=data, clients=args.clients, seconds=5, mix={"analyze": 1.0})  # warm-up
             t = time.time()
+            cpu0 = server_cpu_s(server)
             result = run_load(server.url, clips=data, clients=args.clients, seconds=args.seconds,
                               mix={"analyze": 1.0})
             summary = result.summary()
+            cpu = server_cpu_s(server) - cpu0
             summary["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+            # Where the time goes: a saturated machine cannot serve more than
+            # cores / (CPU seconds per analysis), batched or not.
+            summary["server_cpu_s_per_analysis"] = round(cpu / max(summary["completed"], 1), 4)
+            summary["server_cpu_utilisation"] = round(cpu / (summary["seconds"] * (os.cpu_count() or 1)), 3)
             if env.get("VERACITY_SHADOW") == "true":
                 import httpx
 
                 summary["shadow"] = httpx.get(server.url + "/model", timeout=30).json()["rollout"]["agreement"]
             print(f"{name:10s} {summary['throughput_per_s']:.3f} analyses/s  p50 {summary['routes']['analyze']['p50_s']}"
-                  f"  p95 {summary['routes']['analyze']['p95_s']}  errors {summary['errors']}", flush=True)
+                  f"  p95 {summary['routes']['analyze']['p95_s']}  errors {summary['errors']}"
+                  f"  CPU s/analysis {summary['server_cpu_s_per_analysis']}"
+                  f"  utilisation {summary['server_cpu_utilisation']}", flush=True)
             return summary
         finally:
             server.stop()

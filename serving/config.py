@@ -44,8 +44,9 @@ class ServiceConfig(BaseModel):
                                                   "pick up a new champion once ready)")
     api_keys: str = Field("", description="comma-separated API keys; empty and no api_keys_file = no auth")
     api_keys_file: Path | None = Field(None, description="file with one API key per line (# comments)")
-    open_paths: str = Field("/health,/livez,/readyz,/healthz,/metrics,/docs.json,/schema.json",
-                            description="comma-separated path prefixes served without an API key")
+    open_paths: str = Field("/,/ui,/health,/livez,/readyz,/healthz,/metrics,/docs.json,/schema.json",
+                            description="comma-separated path prefixes served without an API key "
+                                        "(`/` is the analyst page alone; it asks for a key)")
     max_upload_mb: float = Field(200.0, gt=0, description="largest request body, MiB (413 beyond)")
     max_duration_s: float = Field(600.0, gt=0, description="longest video /analyze accepts, seconds")
     max_pixels: int = Field(3840 * 2160, gt=0, description="largest frame (width x height) accepted")
@@ -63,6 +64,9 @@ class ServiceConfig(BaseModel):
     log_level: str = Field("INFO", description="log level of the service's own loggers")
     request_log_dir: Path = Field(Path("var/serving/requests"),
                                   description="request log for monitoring (SQLite, rotated)")
+    monitor_dir: Path = Field(Path("var/serving/monitoring"),
+                              description="where `veracity monitor` writes its latest drift report, served at "
+                                          "/monitoring (HTML) and /monitoring/summary (JSON)")
     artifact_dir: Path = Field(Path("var/serving/artifacts"),
                                description="Grad-CAM overlays of explain=true, served under /artifacts")
     artifact_ttl_s: float = Field(3600.0, gt=0, description="seconds explanation images are kept")
@@ -111,8 +115,8 @@ class ServiceConfig(BaseModel):
             raise ValueError(f"{var}: {err['msg']}") from None
         root = cfg.project_root.resolve()
         # Relative locations are the project's, not the working directory's of whoever starts us.
-        fix = {k: (root / getattr(cfg, k)) for k in ("cache_dir", "log_dir", "request_log_dir", "artifact_dir",
-                                                     "job_dir")
+        fix = {k: (root / getattr(cfg, k)) for k in ("cache_dir", "log_dir", "request_log_dir", "monitor_dir",
+                                                     "artifact_dir", "job_dir")
                if not getattr(cfg, k).is_absolute()}
         return cfg.model_copy(update={"project_root": root, **fix})
 

@@ -251,6 +251,8 @@ def public(rec: Mapping[str, str]) -> dict[str, Any]:
                            "updated_at": _iso(rec.get("updated_at")), "attempts": int(rec.get("attempts", 0))}
     if rec.get("url"):
         out["video_url"] = rec["url"]
+    if rec.get("filename"):
+        out["filename"] = rec["filename"]
     if rec["state"] == "running":
         out["progress"] = {"phase": rec.get("phase"), "fraction": float(rec.get("progress", 0))}
         out["cancel_requested"] = rec.get("cancel_requested") == "1"
@@ -338,9 +340,10 @@ class JobSystem:
                 log.warning("job watcher: a check failed", exc_info=True)
 
     def submit(self, *, upload: Path | None = None, video_url: str | None = None, explain: bool = False,
-               filename: str | None = None) -> dict[str, str]:
+               filename: str | None = None, owner: str | None = None) -> dict[str, str]:
         """Accept a job: the upload moved under ``job_dir`` and fsynced, the record written,
-        the message queued. Returns the record.
+        the message queued. ``owner`` is the submitting key's id (jobs are listed per key).
+        Returns the record.
 
         Raises:
             JobError: neither or both of upload and URL (400), or the broker is down (503).
@@ -349,6 +352,8 @@ class JobSystem:
             raise JobError("bad_request", "send exactly one of a 'video' upload or a 'video_url'")
         job_id = uuid.uuid4().hex
         fields: dict[str, Any] = {"source": "upload" if upload is not None else "url", "explain": int(explain)}
+        if owner:
+            fields["owner"] = owner
         if upload is not None:
             dest = self.uploads / f"{job_id}.video"
             shutil.move(str(upload), dest)

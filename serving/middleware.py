@@ -7,7 +7,9 @@ parses a body:
   is sane, else a new one), binds it to every log line of the request, returns it as a
   header and logs one JSON access event (method, path, status, latency).
 - :class:`ApiKeyAuth` answers 401 without a valid ``X-API-Key`` (or ``Authorization:
-  Bearer``) on every path but the open ones; keys are compared in constant time.
+  Bearer``) on every path but the open ones; keys are compared in constant time. A valid
+  key's id (:func:`key_id`, never the key) goes into the request's state as ``api_key_id``:
+  jobs are listed per key.
 - :class:`BodyLimit` answers 413 as soon as the body is known to exceed the limit, from
   ``Content-Length`` or while counting the bytes as they arrive (BentoML has no setting for
   it). The 413 is sent by the middleware itself and the application then sees a
@@ -16,6 +18,7 @@ parses a body:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -85,8 +88,16 @@ class RequestContext:
                                        "latency_ms": round((time.perf_counter() - t0) * 1000, 2)})
 
 
+def key_id(key: str) -> str:
+    """A key's public id: the first 16 hex digits of its SHA-256 (says whose, not what)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 class ApiKeyAuth:
-    """401 unless the request carries one of ``keys`` (no keys configured: no check)."""
+    """401 unless the request carries one of ``keys`` (no keys configured: no check).
+
+    An open prefix ``/`` opens the root page only, not every path under it.
+    """
 
     def __init__(self, app: ASGIApp, keys: list[str], open_prefixes: tuple[str, ...]):
         self.app = app
@@ -94,33 +105,37 @@ class ApiKeyAuth:
         self.open = open_prefixes
 
     def _is_open(self, path: str) -> bool:
-        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.open)
+        return any(path == p or (p != "/" and path.startswith(p.rstrip("/") + "/")) for p in self.open)
 
-    def _valid(self, scope: Scope) -> bool:
+    def _valid(self, scope: Scope) -> str | None:
+        """The presented key when it is one of ours, else None."""
         given = _header(scope, b"x-api-key")
         if given is None:
             auth = _header(scope, b"authorization") or ""
             if auth[:7].lower() == "bearer ":
                 given = auth[7:].strip()
         if not given:
-            return False
+            return None
         g = given.encode()
         # Every key is compared, so the time taken does not say which one nearly matched.
         ok = False
         for k in self.keys:
             ok |= hmac.compare_digest(g, k)
-        return ok
+        return given if ok else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or self._is_open(scope.get("path", "")):
+        if scope["type"] != "http" or not self.keys:
             await self.app(scope, receive, send)
             return
-        if not self._valid(scope):
-            await send_json(send, 401, {"error": "unauthorized",
-                                        "message": "a valid API key is required (X-API-Key or Authorization: Bearer)"},
-                            [(b"www-authenticate", b'Bearer realm="veracity"')])
+        key = self._valid(scope)
+        if key is not None:
+            scope.setdefault("state", {})["api_key_id"] = key_id(key)
+        if key is not None or self._is_open(scope.get("path", "")):
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        await send_json(send, 401, {"error": "unauthorized",
+                                    "message": "a valid API key is required (X-API-Key or Authorization: Bearer)"},
+                        [(b"www-authenticate", b'Bearer realm="veracity"')])
 
 
 class BodyLimit:

@@ -16,8 +16,12 @@ Routes:
 - ``GET /health/live`` (always 200), ``GET /health/ready`` (503 until a checked bundle is
   loaded), ``GET /health`` (the platform's legacy detail), ``GET /model`` (with the
   rollout: challenger, shadow agreement), ``POST /admin/reload``,
-  ``GET /artifacts/{request_id}/{file}`` (explanation images); BentoML's own ``/livez``,
+  ``GET /artifacts/{request_id}/{file}`` (explanation images), ``GET /monitoring`` (the latest
+  drift report, HTML) and ``GET /monitoring/summary`` (its summary; ``/metrics`` has the
+  drift flag, ``veracity_drift_detected``); BentoML's own ``/livez``,
   ``/readyz``, ``/metrics`` and the OpenAPI document at ``/docs.json``.
+- ``GET /`` and ``GET /ui/{file}``: the analysts' page (``serving/ui``; open, it asks for
+  a key and sends it with every call it makes).
 
 A challenger (``VERACITY_CHALLENGER_*``) answers a canary share of requests and, in shadow
 mode, scores every request beside the served model (:mod:`serving.shadow`).
@@ -29,6 +33,7 @@ its reason (the analyzer's rules).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -75,6 +80,10 @@ ABSTAINS = bentoml.metrics.Counter(name="veracity_abstain_total", documentation=
                                    labelnames=["endpoint", "reason"])
 REFUSED = bentoml.metrics.Counter(name="veracity_refused_total", documentation="Requests refused with a 4xx",
                                   labelnames=["endpoint", "error"])
+DRIFT = bentoml.metrics.Gauge(name="veracity_drift_detected",
+                              documentation="1 when the latest drift report (veracity monitor) found drift, 0 when "
+                                            "it found none, -1 when there is none or it judged nothing",
+                              multiprocess_mode="livemostrecent")  # one value, not one per worker pid
 JOBS = bentoml.metrics.Counter(name="veracity_jobs_total", documentation="Job events at the API",
                                labelnames=["event"])
 ANALYSIS_S = bentoml.metrics.Histogram(name="veracity_analysis_seconds", documentation="Time inside the analyzer",
@@ -82,6 +91,12 @@ ANALYSIS_S = bentoml.metrics.Histogram(name="veracity_analysis_seconds", documen
                                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300))
 
 _SAFE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+UI_DIR = Path(__file__).resolve().parent / "ui"
+UI_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+# The page loads nothing from elsewhere, and says so to the browser.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; media-src 'self' blob:; "
+                                           "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
 def _forms_without_urls() -> None:
@@ -207,6 +222,8 @@ class Veracity:
         CFG.artifact_dir.mkdir(parents=True, exist_ok=True)
         self._janitor = threading.Thread(target=self._clean_artifacts, name="veracity-artifacts", daemon=True)
         self._janitor.start()
+        self._monitoring_summary()  # the drift gauge from the report there is at start, then at each read
+        threading.Thread(target=self._watch_drift, name="veracity-drift", daemon=True).start()
         log.info("service configured", extra={"auth": "on" if CFG.api_key_list() else "off",
                                               "max_upload_mb": CFG.max_upload_mb, "device": CFG.device})
 
@@ -241,6 +258,24 @@ class Veracity:
         """The platform's legacy health detail (always 200; read ``ready``)."""
         return {**self.model.health(), "auth": "on" if CFG.api_key_list() else "off"}
 
+    # ------------------------------------------------------------------ the analysts' page
+
+    @web.get("/", include_in_schema=False)
+    def page(self):
+        """The analysts' page: submit, follow, see why (``serving/ui/index.html``)."""
+        return FileResponse(UI_DIR / "index.html", media_type="text/html",
+                            headers={"Cache-Control": "no-cache", **PAGE_HEADERS})
+
+    @web.get("/ui/{name}", include_in_schema=False)
+    def page_asset(self, name: str):
+        """The page's scripts and styles, from ``serving/ui`` (nothing else)."""
+        kind = UI_TYPES.get(Path(name).suffix)
+        if kind is None or not _SAFE.match(name) or not (UI_DIR / name).is_file():
+            return JSONResponse({"error": "not_found", "message": "no such page asset"}, status_code=404)
+        return FileResponse(UI_DIR / name, media_type=kind, headers={"Cache-Control": "no-cache"})
+
+    # ------------------------------------------------------------------ model
+
     @web.get("/model")
     def model_info(self):
         """Bundle and registry version, members, thresholds, data contract, model card."""
@@ -260,11 +295,50 @@ class Veracity:
             # The rule, not its reference patterns (validation scores are not the client's business).
             "disagreement": ({k: v for k, v in b.disagreement.to_dict().items() if k != "reference"}
                              if getattr(b, "disagreement", None) is not None else None),
+            # Who takes over when members give no answer (veracity.decision.Fallback).
+            "fallbacks": [{"members": list(f.members), "thresholds": f.thresholds.to_dict()}
+                          for f in getattr(b, "fallbacks", {}).values()],
             "contract": b.contract.to_dict(), "metrics": spec.get("metrics"),
+            "limits": {"max_upload_mb": CFG.max_upload_mb, "max_duration_s": CFG.max_duration_s,
+                       "job_max_duration_s": CFG.job_max_duration_s},
             "rollout": self._rollout(),
             "model_card": model_card(spec, extra={"model_name": m.source.get("model_name"),
                                                   "version": m.source.get("registry_version")}),
         }
+
+    # ------------------------------------------------------------------ monitoring
+
+    @web.get("/monitoring")
+    def monitoring_report(self):
+        """The latest drift report (Evidently HTML written by ``veracity monitor``), 404 before the first."""
+        path = CFG.monitor_dir / "report.html"
+        if not path.is_file():
+            return JSONResponse({"error": "not_found", "message": f"no drift report yet: run `veracity monitor "
+                                                                  f"--out {CFG.monitor_dir}`"}, status_code=404)
+        return FileResponse(path, media_type="text/html")
+
+    @web.get("/monitoring/summary")
+    def monitoring_summary(self):
+        """The latest drift report's summary (status, drifted columns and rates, what they ask of an operator)."""
+        summary = self._monitoring_summary()
+        if summary is None:
+            return JSONResponse({"error": "not_found", "message": "no readable drift summary yet"}, status_code=404)
+        return summary
+
+    def _monitoring_summary(self) -> dict[str, Any] | None:
+        """The summary file, read now; also sets the drift gauge (-1 without one)."""
+        try:
+            summary = json.loads((CFG.monitor_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = None
+        flag = summary.get("drift_detected") if isinstance(summary, dict) else None
+        DRIFT.set(-1 if flag is None else int(bool(flag)))
+        return summary if isinstance(summary, dict) else None
+
+    def _watch_drift(self) -> None:
+        while True:  # a report written while the service runs reaches /metrics within a minute
+            time.sleep(60.0)
+            self._monitoring_summary()
 
     @web.post("/admin/reload")
     def reload(self):
@@ -462,13 +536,14 @@ class Veracity:
         try:
             if video_url is not None and not isinstance(video_url, str):
                 return _error(400, "bad_request", "'video_url' must be text (an http or https link)", endpoint)
-            return await run_in_threadpool(self._accept, upload, video_url, explain, name, endpoint)
+            owner = getattr(request.state, "api_key_id", None)
+            return await run_in_threadpool(self._accept, upload, video_url, explain, name, endpoint, owner)
         finally:
             if upload is not None:  # an accepted upload was moved into the job's place already
                 upload.unlink(missing_ok=True)
 
     def _accept(self, upload: Path | None, video_url: str | None, explain: bool, name: str | None,
-                endpoint: str) -> Any:
+                endpoint: str, owner: str | None = None) -> Any:
         assert self.jobs is not None
         try:
             if video_url is not None and upload is None:
@@ -478,7 +553,7 @@ class Veracity:
                                 duration_setting="VERACITY_JOB_MAX_DURATION_S")
                 if refusal is not None:
                     return _error(refusal.status, refusal.error, refusal.message, endpoint, **refusal.extra)
-            rec = self.jobs.submit(upload=upload, video_url=video_url, explain=explain, filename=name)
+            rec = self.jobs.submit(upload=upload, video_url=video_url, explain=explain, filename=name, owner=owner)
         except FetchError as exc:
             return _error(exc.status, exc.reason, exc.message, endpoint)
         except JobError as exc:
@@ -509,13 +584,17 @@ class Veracity:
         return JSONResponse({**job_public(rec), "cancel": outcome}, status_code=202 if outcome == "cancelling" else 200)
 
     @web.get("/jobs")
-    def job_list(self, limit: int = 50):
-        """The most recent jobs (newest first, at most ``limit``, 500 at most)."""
+    def job_list(self, request: Request, limit: int = 50):
+        """The most recent jobs (newest first, at most ``limit``, 500 at most): with API keys
+        on, those submitted with the caller's key."""
         if self.jobs is None:
             return self._jobs_down("jobs")
-        ids = self.jobs.store.ids(max(1, min(int(limit), 500)))
-        recs = [self.jobs.store.get(i) for i in ids]
-        return {"jobs": [{k: v for k, v in job_public(r).items() if k != "result"} for r in recs if r]}
+        limit = max(1, min(int(limit), 500))
+        owner = getattr(request.state, "api_key_id", None)
+        # Jobs of other keys are skipped: look a few pages deep for this key's.
+        ids = self.jobs.store.ids(limit if owner is None else 10 * limit)
+        recs = [r for r in (self.jobs.store.get(i) for i in ids) if r and (owner is None or r.get("owner") == owner)]
+        return {"jobs": [{k: v for k, v in job_public(r).items() if k != "result"} for r in recs[:limit]]}
 
     def _jobs_down(self, endpoint: str) -> JSONResponse:
         return _error(503, "jobs_unavailable", f"the job queue is not running: {self.jobs_reason}", endpoint)

@@ -37,6 +37,8 @@ def tiny_params(tiny_config: GenerateConfig) -> dict:
     params["generate"].update(to_plain(tiny_config))
     # One analysis process: a spawned pool costs a torch import each (tested in test_analyzer.py).
     params["benchmark"].update(n_identities=6, reencode_identities=1, bootstrap=100, workers=1)
+    # The monitored stream: 6 new people of the tiny generator (42 requests), judged from 20 rows.
+    params["monitor"].update(sim_people=6, min_rows=20, min_column_rows=10)
     return params
 
 
@@ -54,7 +56,8 @@ def run_tool(args: list[str], cwd: Path) -> str:
 def dvc_project(root: Path, corpus: Path, params: dict) -> Path:
     """A git+dvc project at ``root`` with the repo's dvc.yaml, ``params`` and ``corpus`` as data/raw."""
     root.mkdir(parents=True)
-    shutil.copytree(REPO / "veracity", root / "veracity", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("veracity", "monitoring"):  # the packages dvc.yaml's stages depend on
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(corpus, root / "data" / "raw")

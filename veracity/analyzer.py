@@ -58,6 +58,7 @@ from veracity.batching import WindowBatcher
 from veracity.bundle import BUNDLE_JSON, Bundle, BundleError, MemberFailure, Scored
 from veracity.config import AnalyzeConfig, ExtractConfig
 from veracity.data import ClipInfo, WindowDataset, collate
+from veracity.decision import modality_scores
 from veracity.devices import resolve_device
 from veracity.extract import extract_clip, fingerprint, prefetch
 from veracity.features import ClipRecord, record_dir
@@ -89,7 +90,7 @@ class Report:
             else None.
         message: one line for people.
         thresholds: ``{real_below, fake_at}`` used for the call (the video-only ones when
-            judged on video alone).
+            judged on video alone, a fallback's when members gave no answer).
         members: per member: modality, pooled logit and calibrated probability, whether it
             judged (``judged``; a member that did not has no scores) and whether its score
             means anything (``reliable``: not out of profile).
@@ -98,7 +99,9 @@ class Report:
         modalities: per modality, the highest calibrated member probability.
         agreement: model agreement, model spread and modality agreement.
         person: track id of the person the call is about (the most suspicious one).
-        persons: every kept face track scored on its own (see :meth:`Analyzer.analyze`).
+        persons: every kept face track scored on its own (see :meth:`Analyzer.analyze`),
+            with its timeline and ``window_scores`` (each window's fused and per-modality
+            probability, for a chart).
         timeline: segments ``{start_s, end_s, probability, verdict, windows}`` in time order.
         top_frames: the most suspicious frames ``{time_s, frame, track, window_probability,
             frame_score, box}``.
@@ -110,8 +113,8 @@ class Report:
         status: the extraction status of the file.
         ood: the reference profile's verdict on the person the call is about.
         failed_members: members that gave no answer in time or failed (``{name: why}``);
-            the call was made without them (on video alone), or is ``ABSTAIN``
-            ``member_failed`` when the rest cannot judge.
+            the call was made without them (by the others' fallback, or on video alone),
+            or is ``ABSTAIN`` ``member_failed`` when the rest cannot judge.
         disagreement: the members' pattern distance over its bound (above 1 and split:
             ``member_disagreement``); None when judged alone or the bundle has no rule.
     """
@@ -372,18 +375,23 @@ class Analyzer:
                  run: Sequence[str]) -> tuple[str | None, list[str]]:
         """(modality judged alone, members) once ``failed`` members gave no answer.
 
-        The fusion was fitted on every member, so it is not run without one: when only
-        members that listen failed and the video members can judge alone (validation-fitted
-        thresholds of their own), the call is theirs; otherwise the file cannot be judged.
+        The full fusion was fitted on every member, so it is not run without one. The
+        others judge with the fallback fitted for exactly them (their own fusion and
+        thresholds, :class:`~veracity.decision.Fallback`); failing that, when only members
+        that listen failed, the video members judge alone (thresholds of their own);
+        otherwise the file cannot be judged.
         """
+        left = [m for m in run if m not in failed]
+        if alone is None and len(left) > 1 and self.bundle.can_judge_with(left):
+            return None, left
         video = set(self.bundle.judges_alone("video"))
         if alone in (None, "video") and video and not video & set(failed):
             return "video", [m for m in run if m in video]
         named = "; ".join(f"{k} ({v})" for k, v in failed.items())
         raise _Abstain("member_failed", f"members gave no answer: {named}; the others cannot judge without them")
 
-    def _thresholds(self, alone: str | None = None) -> dict[str, float]:
-        th = self.bundle.thresholds_for(alone)
+    def _thresholds(self, alone: str | None = None, members: Sequence[str] | None = None) -> dict[str, float]:
+        th = self.bundle.thresholds_for(alone, members)
         return {"real_below": float(th.real_below), "fake_at": float(th.fake_at)}
 
     def _analyze(self, path: Path, explain: bool, explain_dir: Path | None, timings: dict[str, float],
@@ -430,8 +438,10 @@ class Analyzer:
         alone = best.alone
         why = (f"{', '.join(best.failed)} gave no answer" if best.failed else
                _NO_AUDIO_WORDS.get(str(media.get("status")), "no usable audio"))
-        alone_note = f" (judged on {alone} alone: {why})" if alone else ""
-        common = dict(path=str(path), thresholds=self._thresholds(alone), modalities=dict(s.modality_probs),
+        judges = list(best.window_logits)
+        alone_note = (f" (judged on {alone} alone: {why})" if alone else
+                      f" (judged by {', '.join(judges)}: {why})" if best.failed else "")
+        common = dict(path=str(path), thresholds=self._thresholds(alone, judges), modalities=dict(s.modality_probs),
                       agreement=dict(s.agreement), person=best.track, persons=[self._person_dict(p) for p in persons],
                       timeline=best.timeline, top_frames=[_public(f) for f in best.top_frames], media=dict(media),
                       bundle=dict(self.identity), explanations=explanations, status=media.get("status"),
@@ -534,9 +544,9 @@ class Analyzer:
         timings["forward_s"] = timings.get("forward_s", 0.0) + fwd
         wl = {m: np.concatenate(logits[m]) for m in run}
         t = time.perf_counter()
-        scored = b.score(wl, alone=alone)
+        scored = b.score(wl, alone=alone, members=run)
         n = len(ds)
-        per_window = [b.score({m: wl[m][i : i + 1] for m in run}, alone=alone) for i in range(n)]
+        per_window = [b.score({m: wl[m][i : i + 1] for m in run}, alone=alone, members=run) for i in range(n)]
         timings["score_s"] = timings.get("score_s", 0.0) + time.perf_counter() - t
         rows = rec.track_crops(track)
         times = np.asarray(rec.array("times"), dtype=np.float64)
@@ -565,7 +575,7 @@ class Analyzer:
 
     def _timeline(self, p: _Person, media: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Non-overlapping segments: each instant belongs to the window whose centre is nearest."""
-        th = self.bundle.thresholds_for(p.alone)
+        th = self.bundle.thresholds_for(p.alone, list(p.window_logits))
         w = p.windows
         centres = [(x.start_s + x.end_s) / 2 for x in w]
         duration = media.get("duration_s")
@@ -719,7 +729,16 @@ class Analyzer:
                 "members": self._members(s, reliable=not out), "modalities": dict(s.modality_probs),
                 "agreement": dict(s.agreement),
                 "windows": len(p.windows), "start_s": p.windows[0].start_s, "end_s": p.windows[-1].end_s,
-                "timeline": p.timeline, "top_frames": [_public(f) for f in p.top_frames]}
+                "timeline": p.timeline, "window_scores": self._window_scores(p),
+                "top_frames": [_public(f) for f in p.top_frames]}
+
+    def _window_scores(self, p: _Person) -> list[dict[str, Any]]:
+        """Each window scored alone: its span, fused probability and per-modality probability
+        (the highest of the modality's members): what a timeline chart draws."""
+        mods = {m: self.bundle.modalities[m] for m in p.member_window_probs}
+        return [{"start_s": w.start_s, "end_s": w.end_s, "probability": float(p.window_probs[i]),
+                 "modalities": modality_scores({m: float(v[i]) for m, v in p.member_window_probs.items()}, mods)}
+                for i, w in enumerate(p.windows)]
 
 
 # How a report says why a file was judged without its audio, by extraction status.

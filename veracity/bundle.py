@@ -32,6 +32,7 @@ from veracity.contract import DataContract
 from veracity.data import WindowDataset, collate
 from veracity.decision import (
     Disagreement,
+    Fallback,
     Fusion,
     Thresholds,
     agreement,
@@ -190,14 +191,15 @@ class Bundle:
     modality, e.g. ``video``) make it on one modality alone, on the highest calibrated
     probability of its members (:func:`~veracity.decision.modality_scores`): what judges a
     batch of still frames (:mod:`veracity.frames`). A bundle made before ``calibrate``
-    fitted them has none (an empty dict).
+    fitted them has none (an empty dict). ``fallbacks`` (by member set) make it when some
+    members gave no answer (:meth:`score` with ``members``); none in older bundles.
     """
 
     def __init__(self, contract: DataContract, members: list[BundleMember], fusion: Fusion,
                  thresholds: Thresholds, evidence: Evidence | None, spec: dict[str, Any] | None = None,
                  root: Path | None = None, device: torch.device | str = "cpu",
                  modality_thresholds: Mapping[str, Thresholds] | None = None, profile: Any = None,
-                 disagreement: Disagreement | None = None):
+                 disagreement: Disagreement | None = None, fallbacks: Sequence[Fallback] = ()):
         names = [m.name for m in members]
         if list(fusion.members) != names:
             raise BundleError(f"fusion members {list(fusion.members)} differ from bundle members {names}")
@@ -213,6 +215,10 @@ class Bundle:
         self.disagreement = disagreement
         if disagreement is not None and list(disagreement.members) != names:
             raise BundleError(f"disagreement members {list(disagreement.members)} differ from bundle members {names}")
+        self.fallbacks: dict[frozenset[str], Fallback] = {frozenset(f.members): f for f in fallbacks}
+        strangers = sorted({n for f in fallbacks for n in f.members} - set(names))
+        if strangers:
+            raise BundleError(f"fallbacks name members {strangers} the bundle does not have ({names})")
         self.evidence = evidence
         self.spec = spec or {}
         self.root = root
@@ -243,9 +249,31 @@ class Bundle:
             return []
         return [m.name for m in self.members if m.modality == modality]
 
-    def thresholds_for(self, alone: str | None = None) -> Thresholds:
-        """The thresholds a call is made with: the fused ones, or one modality's alone."""
-        return self.thresholds if alone is None else self.modality_thresholds[alone]
+    def thresholds_for(self, alone: str | None = None, members: Sequence[str] | None = None) -> Thresholds:
+        """The thresholds a call is made with: the fused ones, one modality's alone, or those
+        of the fallback for ``members`` when they are fewer than the bundle's."""
+        if alone is not None:
+            return self.modality_thresholds[alone]
+        fb = self.fallback(members)
+        return self.thresholds if fb is None else fb.thresholds
+
+    def fallback(self, members: Sequence[str] | None) -> Fallback | None:
+        """The fallback that judges with ``members`` only; None when they are all the members.
+
+        Raises:
+            BundleError: the bundle has no fallback for that set (see
+                :func:`~veracity.decision.fallback_subsets`).
+        """
+        if members is None or set(members) == set(self.names):
+            return None
+        fb = self.fallbacks.get(frozenset(members))
+        if fb is None:
+            raise BundleError(f"this bundle has no fallback for members {sorted(members)}")
+        return fb
+
+    def can_judge_with(self, members: Sequence[str]) -> bool:
+        """Whether :meth:`score` can make a call from ``members`` alone."""
+        return set(members) == set(self.names) or frozenset(members) in self.fallbacks
 
     # --------------------------------------------------------------- construction
 
@@ -283,7 +311,7 @@ class Bundle:
         assert contract is not None
         return cls(contract, members, fusion, Thresholds.from_dict(calibration["thresholds"]),
                    evidence, device=device, modality_thresholds=_modality_thresholds(calibration),
-                   disagreement=_disagreement(calibration))
+                   disagreement=_disagreement(calibration), fallbacks=_fallbacks(calibration))
 
     def save(self, out: Path | str, extra: Mapping[str, Any] | None = None, onnx: bool = False,
              onnx_tolerance: float = 1e-4, example: Batch | None = None) -> Path:
@@ -328,6 +356,7 @@ class Bundle:
                 **({"modality_thresholds": {k: v.to_dict() for k, v in self.modality_thresholds.items()}}
                    if self.modality_thresholds else {}),
                 **({"disagreement": self.disagreement.to_dict()} if self.disagreement is not None else {}),
+                **({"fallbacks": [f.to_dict() for f in self.fallbacks.values()]} if self.fallbacks else {}),
                 "evidence": vars(self.evidence).copy(), **dict(extra or {})}
         if self.profile is not None:  # plain JSON + NPZ under profile/, checksummed like the weights
             self.profile.save(out / PROFILE_DIR)
@@ -379,7 +408,7 @@ class Bundle:
             return cls(contract, members, Fusion.from_dict(spec["fusion"]), Thresholds.from_dict(spec["thresholds"]),
                        Evidence(**ev), spec=spec, root=root, device=device,
                        modality_thresholds=_modality_thresholds(spec), profile=_load_profile(root, spec),
-                       disagreement=_disagreement(spec))
+                       disagreement=_disagreement(spec), fallbacks=_fallbacks(spec))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise BundleError(f"bundle {root} cannot be rebuilt: {type(exc).__name__}: {exc}") from None
 
@@ -465,7 +494,8 @@ class Bundle:
         p = {m.name: float(m.calibrator.prob(z[m.name])) for m in chosen}
         return z, p
 
-    def score(self, window_logits: Mapping[str, np.ndarray], alone: str | None = None) -> Scored:
+    def score(self, window_logits: Mapping[str, np.ndarray], alone: str | None = None,
+              members: Sequence[str] | None = None) -> Scored:
         """One video: member windows -> pooled -> calibrated -> fused -> REAL/UNCERTAIN/FAKE.
 
         Args:
@@ -473,10 +503,14 @@ class Bundle:
             alone: judge on this modality alone (e.g. ``video`` for a file without usable
                 audio): its members' highest calibrated probability against its
                 validation-fitted thresholds (:meth:`judges_alone`), no fusion and no
-                disagreement rule. None: every member, fused.
+                disagreement rule. None: the members, fused.
+            members: with ``alone`` None, the members that answered; fewer than the
+                bundle's are fused by their fallback (:meth:`fallback`: its own fusion and
+                thresholds, no disagreement rule). None: every member.
 
         Raises:
-            BundleError: ``alone`` names a modality the bundle cannot judge alone.
+            BundleError: ``alone`` names a modality the bundle cannot judge alone, or
+                ``members`` a set without a fallback.
         """
         if alone is not None:
             names = self.judges_alone(alone)
@@ -489,6 +523,14 @@ class Bundle:
             return Scored(member_logits=z, member_probs=p, modality_probs=modality_scores(p, mods),
                           probability=prob, verdict=self.thresholds_for(alone).verdict(prob),
                           agreement=agreement(p, prob, mods), judged=(alone,))
+        fb = self.fallback(members)
+        if fb is not None:
+            z, p = self.member_video(window_logits, fb.members)
+            mods = {n: self.modalities[n] for n in fb.members}
+            prob = float(fb.fusion.prob(np.array([[p[n] for n in fb.members]]))[0])
+            return Scored(member_logits=z, member_probs=p, modality_probs=modality_scores(p, mods),
+                          probability=prob, verdict=fb.thresholds.verdict(prob), agreement=agreement(p, prob, mods),
+                          judged=tuple(sorted(set(mods.values()))))
         z, p = self.member_video(window_logits)
         row = np.array([[p[n] for n in self.names]])
         fused = float(self.fusion.prob(row)[0])
@@ -555,6 +597,11 @@ def _disagreement(spec: Mapping[str, Any]) -> Disagreement | None:
     """The disagreement rule of a calibration file or bundle.json (None when it has none)."""
     raw = spec.get("disagreement")
     return Disagreement.from_dict(raw) if raw else None
+
+
+def _fallbacks(spec: Mapping[str, Any]) -> list[Fallback]:
+    """The fallbacks of a calibration file or bundle.json (none when it predates them)."""
+    return [Fallback.from_dict(f) for f in spec.get("fallbacks") or ()]
 
 
 def _modality_thresholds(spec: Mapping[str, Any]) -> dict[str, Thresholds]:

@@ -733,6 +733,90 @@ def worker(
     celery.worker_main(argv)
 
 
+@contextlib.contextmanager
+def _bad_input(*errors: type[Exception]) -> Iterator[None]:
+    """``errors`` (the user's to fix: no log, a bad window bound, an unknown shift) exit 2 with the message."""
+    try:
+        yield
+    except errors as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _monitor_echo(summary: dict) -> None:
+    log = summary["log"]
+    typer.echo(f"monitor: {summary['status']}: {summary['rows']} rows of this bundle judged; {log['read']} read, "
+               f"{log['at_fault']} at fault, {log['shadow']} shadow, {len(log['files_skipped'])} files skipped")
+    for path, why in log["files_skipped"].items():
+        _err(f"  skipped {path}: {why}")
+    for line in (summary["validation"] or {}).get("failed", []):
+        _err(f"  {line}")
+    for name in summary["drifted"]:
+        c = summary["columns"].get(name) or summary["rates"].get(name.removesuffix("_rate"))
+        typer.echo(f"  DRIFT {name}: p={c['p_value']:.2e}")
+    for kind, action in summary["actions"].items():
+        typer.echo(f"  {kind}: {action}")
+
+
+@app.command()
+@_user_errors
+def monitor(
+    log: Annotated[Path, typer.Option(help="Request-log folder (the service's VERACITY_REQUEST_LOG_DIR) or one "
+                                           "of its .sqlite files.")] = Path("var/serving/requests"),
+    bundle: Annotated[Path, typer.Option(help="Bundle whose reference the window is compared with.")] = Path(
+        "models/bundle"),
+    out: Annotated[Path, typer.Option(help="Folder for report.html, report.json, summary.json (the service "
+                                           "serves VERACITY_MONITOR_DIR).")] = Path("var/serving/monitoring"),
+    since: Annotated[str | None, typer.Option(help="Rows at or after this UTC time (ISO-8601).")] = None,
+    until: Annotated[str | None, typer.Option(help="Rows before this UTC time.")] = None,
+    last: Annotated[int | None, typer.Option(min=1, help="Then only the most recent N rows.")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Drift of a window of the request log against the bundle's reference (Evidently report).
+
+    Exit 0: no drift; 1: drift found; 2: not judged (too few rows) or unusable input."""
+    from monitoring.run import monitor as run
+    from monitoring.window import WindowError
+
+    _log_to_terminal(logging.WARNING)
+    loaded = load_params(params, set_ or (), "monitor")
+    with _bad_input(WindowError, ValueError):  # ValueError: a window bound that is no time
+        summary = run(loaded.monitor, bundle, log, out, since=since, until=until, last=last)
+    _monitor_echo(summary)
+    typer.echo(f"  report: {out / 'report.html'}")
+    if not summary["judged"]:
+        _err(f"not judged: {summary['why_not_judged']}")
+        raise typer.Exit(2)
+    if summary["drift_detected"]:
+        raise typer.Exit(1)
+
+
+@app.command("monitor-stream")
+@_user_errors
+def monitor_stream(
+    bundle: Annotated[Path, typer.Option(help="Bundle that analyses the stream and whose reference it is "
+                                              "compared with.")] = Path("models/bundle"),
+    out: Annotated[Path, typer.Option(help="Folder for the stream's request log and the reports.")] = Path(
+        "reports/monitor"),
+    work: Annotated[Path, typer.Option(help="Where the stream's clips are generated.")] = Path("var/monitor"),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """The monitor stage: a simulated stream (monitor.sim_*) through the bundle, logged, then monitored.
+
+    Exits 0 whatever the verdict (summary.json records it); 2 on unusable input."""
+    from monitoring.run import monitor_stream as run
+    from monitoring.simulate import SimulationError
+
+    _log_to_terminal(logging.WARNING)
+    loaded = load_params(params, set_ or (), "monitor")
+    with _bad_input(SimulationError):
+        summary = run(loaded.monitor, loaded.generate, bundle, out, work,
+                      avoid=(loaded.generate.seed, loaded.benchmark.seed))
+    _monitor_echo(summary)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -479,6 +479,29 @@ class AnalyzeConfig(_Section):
     segment_merge: bool = True  # merge adjacent windows with the same call into one segment
 
 
+class MonitorConfig(_Section):
+    """Drift monitoring (``veracity monitor``, :mod:`monitoring`): a window of the request log
+    against the bundle's reference; the ``monitor`` stage runs it on a simulated stream."""
+
+    # The family-wise false-alarm rate of one window: every column test and rate test of a
+    # report shares it (Bonferroni), so an unshifted window is flagged at most this often.
+    alpha: float = Field(0.01, gt=0, lt=1)
+    # A window with fewer judged rows is not judged (too few to see a shift, too easy to
+    # see noise); a column with fewer values in the window is left untested.
+    min_rows: int = Field(50, ge=10)
+    min_column_rows: int = Field(20, ge=5)
+    # Expected shares on in-profile traffic (refit them on recent authentic traffic): ABSTAIN
+    # for any reason, and out_of_distribution alone (the benchmark's 0.021, its goal 0.03).
+    abstain_rate: float = Field(0.05, gt=0, lt=1)
+    ood_rate: float = Field(0.03, gt=0, lt=1)
+    # The `monitor` stage's simulated stream: new people (this seed, neither generate.seed
+    # nor benchmark.seed) from the `generate` section, analysed by the bundle, under `shift`
+    # (`none`, or a shift of monitoring.simulate.SHIFTS).
+    sim_seed: int = 4711
+    sim_people: int = Field(12, ge=3)
+    sim_shift: str = "none"
+
+
 class Params(_Section):
     """The whole ``params.yaml``: one field per stage section."""
 
@@ -497,6 +520,7 @@ class Params(_Section):
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")  # `register` is taken by ABCMeta
     analyze: AnalyzeConfig = AnalyzeConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    monitor: MonitorConfig = MonitorConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -14,6 +14,12 @@ fusion says. The specialists are meant to disagree in known ways (the face membe
 see a voice fake), so "members differ" alone is no signal; a pattern of member log-odds
 farther from every validation pattern than validation patterns are from each other is.
 
+Fallbacks (:class:`Fallback`): a member that times out or fails at serving time leaves
+the call to the others. The full fusion was fitted on every member's column, so it cannot
+simply drop one; ``calibrate`` fits a fusion and thresholds of their own for every smaller
+set of members that can still judge (:func:`fallback_subsets`), on the same validation
+clips with the same targets, and the bundle reports what each would score.
+
 Fusion rules:
     * ``weighted_mean``: sum_i w_i p_i / sum_i w_i.
     * ``stacking``: logistic regression on the members' calibrated log-odds, fitted on
@@ -262,6 +268,44 @@ def fit_thresholds(p: np.ndarray, y: np.ndarray, target_fpr: float, target_uncer
     th = Thresholds(real_below=min(real_below, fake_at), fake_at=fake_at, target_fpr=target_fpr,
                     target_uncertain=target_uncertain)
     return Thresholds(th.real_below, th.fake_at, target_fpr, target_uncertain, val=th.rates(p, y))
+
+
+# ----------------------------------------------------------------------------- fallbacks
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """The call of a subset of the members, when the others gave no answer: its own fusion
+    and thresholds, fitted on validation like the full ones (no disagreement rule: that was
+    fitted on every member's pattern)."""
+
+    fusion: Fusion
+    thresholds: Thresholds
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return self.fusion.members
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fusion": self.fusion.to_dict(), "thresholds": self.thresholds.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Fallback:
+        return cls(Fusion.from_dict(d["fusion"]), Thresholds.from_dict(d["thresholds"]))
+
+
+def fallback_subsets(modalities: Mapping[str, str]) -> list[tuple[str, ...]]:
+    """The member sets that get a fallback: every proper subset of two or more members
+    with one that sees the face (``video`` or ``av``), members in the given order.
+
+    A single member left is the modality-alone rule's case (``modality_thresholds``), and a
+    set that only listens is never asked: a face unseen is never judged (DESIGN §3).
+    """
+    from itertools import combinations
+
+    names = list(modalities)
+    return [subset for k in range(len(names) - 1, 1, -1) for subset in combinations(names, k)
+            if any(modalities[n] != "audio" for n in subset)]
 
 
 # ----------------------------------------------------------------------------- disagreement

@@ -268,6 +268,11 @@ def model_card(bundle: dict, extra: dict | None = None) -> str:
                    f"and their log-odds pattern lies farther than {_fmt(dis.get('bound'), 3)} from its "
                    f"{_fmt(dis.get('k'))}-th nearest validation pattern (a bound validation clips exceed at a "
                    f"rate of {_fmt(dis.get('rate'))}).")
+    fallbacks = _get(bundle, "fallbacks", default=None)
+    if isinstance(fallbacks, list) and fallbacks:
+        out.append(f"- A member that times out or fails leaves the call to the others: {len(fallbacks)} smaller "
+                   "member sets have a fusion and thresholds of their own, fitted on validation with the same "
+                   "targets; a report names the members that gave no answer.")
     out.append("")
     out += _table(
         ["", "target", "validation"],

@@ -50,6 +50,7 @@ __all__ = [
     "GATE_NAME",
     "LOCK_NAME",
     "MEDIA_COLUMNS",
+    "PERSON_FACTS",
     "SCHEMA_VERSION",
     "RequestLog",
     "RequestLogError",
@@ -61,9 +62,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Bumped whenever a column is added, removed or changes meaning; stored in PRAGMA user_version.
-# v2 added judged, role, model and agree (shadow mode); a v1 current file is rotated aside
-# on the first append, and read back with those columns empty.
-SCHEMA_VERSION = 2
+# v2 added judged, role, model and agree (shadow mode); v3 the profile's facts that v2 did
+# not keep (rms_dbfs, face_px, brightness, sharpness), so that drift monitoring sees every
+# fact of the reference profile. An older current file is rotated aside on the first
+# append, and read back with the newer columns empty.
+SCHEMA_VERSION = 3
 CURRENT_NAME = "requests.sqlite"
 LOCK_NAME = "requests.lock"
 GATE_NAME = "requests.gate"
@@ -83,7 +86,11 @@ MEDIA_COLUMNS: tuple[tuple[str, str], ...] = (
     ("n_tracks", "INTEGER"),
     ("speech_ratio", "REAL"),
     ("n_frames", "INTEGER"),
+    ("rms_dbfs", "REAL"),
 )
+# The person's facts of the reference profile (veracity.profile.FACTS) that only its face
+# crops show, taken from the report's profile check of that person (NULL without a profile).
+PERSON_FACTS: tuple[str, ...] = ("face_px", "brightness", "sharpness")
 # Every column, in table order, with its SQLite type. Nothing else is ever stored.
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("time", "TEXT"),  # ISO-8601 UTC with milliseconds, e.g. 2026-11-21T10:30:00.123Z
@@ -97,6 +104,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("ood_score", "REAL"),  # filled once the analyzer scores out-of-distribution inputs
     ("latency_ms", "REAL"),
     *MEDIA_COLUMNS,
+    *((name, "REAL") for name in PERSON_FACTS),
     ("members", "TEXT"),  # JSON {member: calibrated probability}: bundles differ in members
     ("modalities", "TEXT"),  # JSON {modality: probability}
     ("judged", "TEXT"),  # the modalities that judged, comma-separated (e.g. "video" alone); NULL for ABSTAIN
@@ -184,16 +192,23 @@ def rows_from_report(report: Report | Mapping[str, Any], *, request_id: str, end
         rows = [{**base, "person": None if abstain else _integer(r.get("person")), "verdict": verdict,
                  "reason": _reason(r.get("reason")), "probability": None if abstain else _real(r.get("probability")),
                  "ood_score": _real(r.get("ood_score", (r.get("ood") or {}).get("ood_score"))),
-                 "members": _member_probs(r.get("members")),
+                 **_person_facts(r.get("ood")), "members": _member_probs(r.get("members")),
                  "modalities": _modality_probs(r.get("modalities"))}]
     else:
         rows = [{**base, "person": _integer(p.get("track")),
                  "verdict": p.get("verdict") if p.get("verdict") in _VERDICTS else verdict,
                  "reason": _reason(p.get("reason")), "probability": _real(p.get("probability")),
-                 "ood_score": _real(p.get("ood_score", r.get("ood_score"))),
+                 "ood_score": _real(p.get("ood_score", r.get("ood_score"))), **_person_facts(p.get("ood")),
                  "members": _member_probs(p.get("members")), "modalities": _modality_probs(p.get("modalities"))}
                 for p in persons]
     return [{name: row[name] for name in _NAMES} for row in rows]
+
+
+def _person_facts(ood: Any) -> dict[str, float | None]:
+    facts = ood.get("facts") if isinstance(ood, Mapping) else None
+    facts = facts if isinstance(facts, Mapping) else {}
+    return {name: _real(facts[name].get("value")) if isinstance(facts.get(name), Mapping) else None
+            for name in PERSON_FACTS}
 
 
 def _judged(value: Any) -> str | None:

@@ -439,3 +439,67 @@ def test_a_failing_video_member_makes_the_file_unjudgeable_not_real(bundle_dir: 
     r = a.analyze(_videos(tiny_corpus)[0])
     assert (r.verdict, r.reason, r.probability) == ("ABSTAIN", "member_failed", None)
     assert video.name in r.message and "illegal memory access" in r.message
+
+
+@pytest.fixture(scope="module")
+def three_members(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle's video and audio members plus a tiny lip-sync member, calibrated
+    together: a bundle with fallbacks (every pair that sees the face)."""
+    from tests.conftest import ONE_EPOCH, TINY_EXTRACT
+    from veracity.config import CalibrateConfig, MemberConfig, TrainConfig, to_plain
+    from veracity.stages.calibrate import calibrate
+    from veracity.training import train
+
+    built, root = tiny_bundle.parent, tmp_path_factory.mktemp("three_members")
+    members = {"video": MemberConfig(detector="tiny_video", target="video_label", **ONE_EPOCH),
+               "audio": MemberConfig(detector="tiny_audio", target="audio_label", **ONE_EPOCH),
+               "sync": MemberConfig(detector="tiny_lipsync", target="label", sync_negatives=True, **ONE_EPOCH)}
+    for name in ("video", "audio"):
+        shutil.copytree(built / "models" / name, root / "models" / name)
+    train("sync", members["sync"], TrainConfig(), built / "features", root / "models" / "sync", ece_bins=10)
+    calibrate(CalibrateConfig(method="temperature"), members, root / "models", root / "calibration",
+              root / "reports", ece_bins=10)
+    spec = json.loads((root / "calibration" / "calibration.json").read_text())
+    bundle = Bundle.assemble(root / "models", spec, evidence=Evidence(min_face_ratio=0.5, min_duration_s=0.5,
+                                                                      require_audio=False))
+    return bundle.save(root / "bundle", extra={"extract": to_plain(TINY_EXTRACT)})
+
+
+def _fail(monkeypatch: pytest.MonkeyPatch, a: Analyzer, name: str) -> None:
+    model = next(m for m in a.bundle.members if m.name == name).model
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(f"{name} is out of memory")
+
+    monkeypatch.setattr(model, "forward", broken)
+
+
+@pytest.mark.parametrize("gone", ["audio", "video"])
+def test_a_failed_member_leaves_the_call_to_the_fallback_of_the_others(
+        three_members: Path, tiny_corpus: Path, monkeypatch: pytest.MonkeyPatch, gone: str) -> None:
+    a = Analyzer(three_members, device="cpu", member_timeout_s=30.0)
+    left = [n for n in a.bundle.names if n != gone]
+    clip = _videos(tiny_corpus)[0]
+    _fail(monkeypatch, a, gone)
+    r = a.analyze(clip)
+    fb = a.bundle.fallbacks[frozenset(left)]
+    assert r.verdict in ("REAL", "UNCERTAIN", "FAKE"), (r.verdict, r.reason, r.message)
+    assert r.failed_members[gone].startswith("error") and f"{gone} is out of memory" in r.failed_members[gone]
+    assert f"judged by {', '.join(left)}" in r.message and f"{gone} gave no answer" in r.message
+    assert r.members[gone]["judged"] is False and r.members[gone]["probability"] is None
+    # The fallback's own calibrated fusion and thresholds made the call, not the full fusion's.
+    p = {n: r.members[n]["probability"] for n in left}
+    assert r.probability == pytest.approx(float(fb.fusion.prob(np.array([[p[n] for n in fb.members]]))[0]), abs=1e-6)
+    assert r.thresholds == {"real_below": fb.thresholds.real_below, "fake_at": fb.thresholds.fake_at}
+    assert all(seg["verdict"] == fb.thresholds.verdict(seg["probability"]) for seg in r.timeline)
+    assert r.judged == sorted({a.bundle.modalities[n] for n in left})
+
+
+def test_when_no_set_of_the_others_can_judge_the_file_abstains_naming_them(
+        three_members: Path, tiny_corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = Analyzer(three_members, device="cpu", member_timeout_s=30.0)
+    for name in ("video", "sync"):  # the voice alone never judges a face
+        _fail(monkeypatch, a, name)
+    r = a.analyze(_videos(tiny_corpus)[0])
+    assert (r.verdict, r.reason, r.probability) == ("ABSTAIN", "member_failed", None)
+    assert "video (error" in r.message and "sync (error" in r.message

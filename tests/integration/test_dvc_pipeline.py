@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = TINY_MEMBERS
 STAGES = ("corpus", "validate", "extract", "validate_features", "train@video_specialist",
           "train@audio_specialist", "train@lipsync", "train_fusion@av_fusion", "evaluate", "calibrate", "attack",
-          "ensemble", "benchmark_corpus", "benchmark", "register")
+          "ensemble", "benchmark_corpus", "benchmark", "register", "monitor")
 
 
 def test_every_member_has_exactly_one_training_stage() -> None:
@@ -81,6 +81,9 @@ def test_repro_runs_then_is_a_no_op_and_reruns_only_what_changed(project: Path) 
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     assert rows[0]["verdict"] in {"FAKE", "UNCERTAIN", "REAL", "ABSTAIN"}
     assert rows[1] == {"verdict": "ABSTAIN", "reason": "missing"}
+    monitored = json.loads((project / "reports" / "monitor" / "summary.json").read_text())
+    assert monitored["rows"] == monitored["log"]["read"] >= 20 and monitored["log"]["at_fault"] == 0
+    assert monitored["status"] in ("drift", "no_drift") and (project / "reports" / "monitor" / "report.html").is_file()
     plots = run_tool([*dvc, "plots", "show", "-o", "plots_html"], project)
     html = (project / "plots_html" / "index.html").read_text()
     assert "plots_html" in plots and "video_specialist" in html and "tpr" in html

@@ -196,3 +196,5 @@ def test_far_input_abstains_out_of_distribution_and_a_val_clip_does_not(
     assert far.persons[0]["verdict"] == "ABSTAIN" and far.persons[0]["unreliable_probability"] is not None
     row = rows_from_report(far, request_id="r", endpoint="analyze", latency_s=1.0)[0]
     assert row["reason"] == "out_of_distribution" and row["ood_score"] > 1
+    # the person's facts that only the crops show are logged for drift monitoring
+    assert row["face_px"] == far.ood["facts"]["face_px"]["value"] > 100 and row["brightness"] is not None

@@ -79,6 +79,7 @@ def test_model_route_describes_members_thresholds_contract_and_card(server: Serv
     assert m["contract"]["frames_per_window"] == 8 and "#" in m["model_card"]
     assert m["disagreement"]["k"] >= 1 and m["disagreement"]["bound"] > 0 and "reference" not in m["disagreement"]
     assert "video" in m["modality_thresholds"]
+    assert m["fallbacks"] == []  # two members: one left is the video-alone rule's case, not a fallback's
 
 
 def test_openapi_lists_every_route(server: Server) -> None:

@@ -576,6 +576,8 @@ ALLOWED_UNTRACKED = [
     ("benchmark", "benchmark.seed", None,
      "the scoring reads the corpus it is given (a dep), never the seed that made it"),
     ("benchmark", "benchmark.n_identities", None, "as for benchmark.seed"),
+    ("monitor", "generate.n_identities", None,
+     "monitoring.simulate.stream_corpus replaces it with monitor.sim_people"),
 ]
 
 

@@ -9,10 +9,12 @@ import torch
 from veracity.calibration import Calibrator, sigmoid
 from veracity.decision import (
     Disagreement,
+    Fallback,
     Fusion,
     Thresholds,
     agreement,
     calibrate_torch,
+    fallback_subsets,
     fit_disagreement,
     fit_fusion,
     fit_stacking,
@@ -155,3 +157,26 @@ def test_disagreement_round_trips_and_refuses_what_it_cannot_fit():
         fit_disagreement(_validation_patterns(), ("face", "voice", "av"), k=3, rate=0.6)
     with pytest.raises(ValueError, match="3 member columns"):
         dis.distance(np.array([[0.1, 0.2]]))
+
+
+def test_fallbacks_cover_every_smaller_set_that_still_sees_the_face():
+    mods = {"face": "video", "voice": "audio", "sync": "av", "av": "av"}
+    subsets = fallback_subsets(mods)
+    # Every proper subset of 2 or 3 members: 4 + 6, none of them audio-only here.
+    assert len(subsets) == 10 and len(set(subsets)) == 10
+    assert all(1 < len(s) < 4 for s in subsets) and ("face", "voice", "sync") in subsets
+    assert all(list(s) == [n for n in mods if n in s] for s in subsets)  # the bundle's member order
+    two_voices = fallback_subsets({"face": "video", "voice": "audio", "voice2": "audio"})
+    assert ("voice", "voice2") not in two_voices and set(two_voices) == {("face", "voice"), ("face", "voice2")}
+    assert fallback_subsets({"face": "video", "voice": "audio"}) == []  # one left: the modality-alone rule
+
+
+def test_a_fallback_round_trips_with_its_own_fusion_and_thresholds():
+    rng = np.random.default_rng(0)
+    y = (rng.random(200) < 0.5).astype(float)
+    probs = np.clip(np.c_[0.4 * y + 0.6 * rng.random(200), 0.2 * y + 0.8 * rng.random(200)], 0.01, 0.99)
+    fusion = fit_fusion(probs, y, ("face", "sync"), "stacking", None, 1.0, "auto", 5, 50)
+    fb = Fallback(fusion, fit_thresholds(fusion.prob(probs), y, 0.05, 0.1))
+    again = Fallback.from_dict(json.loads(json.dumps(fb.to_dict())))
+    assert again == fb and again.members == ("face", "sync")
+    assert again.thresholds.rates(fusion.prob(probs), y)["fpr"] <= 0.05

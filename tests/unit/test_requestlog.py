@@ -23,6 +23,7 @@ from veracity.requestlog import (
     CURRENT_NAME,
     GATE_NAME,
     LOCK_NAME,
+    PERSON_FACTS,
     SCHEMA_VERSION,
     RequestLog,
     RequestLogError,
@@ -345,8 +346,8 @@ def test_damaged_files_are_skipped_and_named(tmp_path: Path, caplog: pytest.LogC
 
 
 def test_a_v1_file_is_rotated_aside_and_read_back_as_the_champions_answers(tmp_path: Path) -> None:
-    # A file as version 1 wrote it: the same table without judged, role, model and agree.
-    v1 = [(n, t) for n, t in COLUMNS if n not in ("judged", "role", "model", "agree")]
+    # A file as version 1 wrote it: without judged, role, model, agree (v2) and the v3 facts.
+    v1 = [(n, t) for n, t in COLUMNS if n not in ("judged", "role", "model", "agree", "rms_dbfs", *PERSON_FACTS)]
     con = sqlite3.connect(tmp_path / CURRENT_NAME)
     con.execute(f"CREATE TABLE requests ({', '.join(f'{n} {t}' for n, t in v1)})")
     old = {k: v for k, v in _row(1, T0).items() if k in dict(v1)}
@@ -359,7 +360,7 @@ def test_a_v1_file_is_rotated_aside_and_read_back_as_the_champions_answers(tmp_p
     rlog.append([_row(2, T0 + timedelta(minutes=1))])  # no error, nothing lost
     assert len(log_files(tmp_path)) == 2
     con = sqlite3.connect(tmp_path / CURRENT_NAME)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     con.close()
     df = read_request_log(tmp_path)
     assert df["request_id"].tolist() == [old["request_id"], _row(2, T0)["request_id"]]

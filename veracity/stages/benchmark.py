@@ -20,6 +20,9 @@ on the other modality, and neither do its part of the reference profile. And it 
 the share abstained as out of distribution (``ensemble.ood_rate``, the profile's coverage
 cost) and what the figures would be without the profile (``without_profile``: every clip
 the profile set aside scored with its unreliable probability), so the two can be compared.
+And for each member, what the call would be if that member gave no answer (``without``:
+the fallback fitted for the others, :class:`~veracity.decision.Fallback`, on the clips the
+full bundle judged).
 
 It writes ``metrics.json`` (a DVC metric, read by the promotion gate in ``register``),
 ``scores.csv`` (one row per clip and condition), ``plots/roc.csv`` and
@@ -257,6 +260,39 @@ def _alone_figures(views: Mapping[str, pd.DataFrame], spec: Mapping[str, Any],
     return stats
 
 
+def _without_figures(clean: pd.DataFrame, spec: Mapping[str, Any],
+                     ece_bins: int) -> Callable[[np.ndarray], dict[str, float]]:
+    """Bootstrap statistics of each fallback that stands in for one missing member (keys
+    ``without.<member>.<figure>``), on the clips the full bundle judged: what a report would
+    say if that member gave no answer."""
+    from veracity.decision import Fallback
+
+    names = [m["name"] for m in spec["members"]]
+    views = {}
+    for raw in spec.get("fallbacks") or ():
+        fb = Fallback.from_dict(raw)
+        if len(fb.members) != len(names) - 1:
+            continue
+        missing = next(n for n in names if n not in fb.members)
+        p = clean[[f"p_{n}" for n in fb.members]].to_numpy(np.float64)
+        views[missing] = (fb, np.where(np.isnan(p).any(axis=1), np.nan, fb.fusion.prob(np.nan_to_num(p, nan=0.5))))
+    judged = clean["verdict"].to_numpy(str) != ABSTAIN
+    y_all = clean["label"].to_numpy(np.int64)
+
+    def stats(rows: np.ndarray) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for missing, (fb, prob) in views.items():
+            r = rows[judged[rows] & ~np.isnan(prob[rows])]
+            y, p = y_all[r], prob[r]
+            rates = fb.thresholds.rates(p, y)
+            out.update({f"without.{missing}.auc": metrics.roc_auc(y, p),
+                        f"without.{missing}.ece": metrics.ece(y, p, ece_bins),
+                        **{f"without.{missing}.{k}": rates[k] for k in ("fpr", "tpr", "uncertain_rate")}})
+        return out
+
+    return stats
+
+
 def _nest(flat: Mapping[str, dict[str, float]], names: list[str]) -> dict[str, Any]:
     """The flat bootstrap result as ``ensemble`` / ``members`` / ``per_method`` sections."""
     ens = {k: v for k, v in flat.items() if "." not in k}
@@ -264,14 +300,15 @@ def _nest(flat: Mapping[str, dict[str, float]], names: list[str]) -> dict[str, A
     members = {n: {"auc": flat[f"{n}.auc"]} for n in names}
     per_method: dict[str, dict[str, Any]] = {}
     alone: dict[str, dict[str, Any]] = {}
+    without: dict[str, dict[str, Any]] = {}
     for key, v in flat.items():
         if key.startswith("method."):
             _, method, who = key.split(".", 2)
             per_method.setdefault(method, {})[who] = v
-        elif key.startswith("alone."):
-            _, mod, figure = key.split(".", 2)
-            alone.setdefault(mod, {})[figure] = v
-    return {ENSEMBLE: ens, "members": members, "per_method": per_method, "alone": alone}
+        elif key.startswith(("alone.", "without.")):
+            section, who, figure = key.split(".", 2)
+            (alone if section == "alone" else without).setdefault(who, {})[figure] = v
+    return {ENSEMBLE: ens, "members": members, "per_method": per_method, "alone": alone, "without": without}
 
 
 def _plots(clean: pd.DataFrame, names: list[str], ece_bins: int, out: Path) -> None:
@@ -329,7 +366,8 @@ def benchmark(cfg: BenchmarkConfig, analyze: AnalyzeConfig, bundle: Path, corpus
         abstain, out-of-distribution and member-disagreement shares, and AUC/ECE
         ``without_profile``), ``members`` (AUC), ``per_method`` (ensemble and member AUC per
         method), ``alone`` (per modality judged alone: AUC, ECE, FPR, TPR, uncertain,
-        abstain and out-of-distribution shares), ``reencode`` (AUC drop), each
+        abstain and out-of-distribution shares), ``without`` (per member, the fallback
+        that stands in for it: AUC, ECE, FPR, TPR, uncertain), ``reencode`` (AUC drop), each
         ``{value, lo, hi}``; plus counts, the
         perfect-calibration ECE at this size, the FPR range a correct threshold shows at
         this size, the bundle's sha256 and thresholds; and ``seconds`` (wall time, not
@@ -369,7 +407,9 @@ def benchmark(cfg: BenchmarkConfig, analyze: AnalyzeConfig, bundle: Path, corpus
     full = _figures(clean, names, th, ece_bins)
     views = _alone_views(clean, spec)
     alone = _alone_figures(views, spec, ece_bins)
-    flat = metrics.cluster_bootstrap(clean["identity"].to_numpy(str), lambda rows: {**full(rows), **alone(rows)},
+    without = _without_figures(clean, spec, ece_bins)
+    flat = metrics.cluster_bootstrap(clean["identity"].to_numpy(str),
+                                     lambda rows: {**full(rows), **alone(rows), **without(rows)},
                                      cfg.bootstrap, cfg.confidence)
     scored = clean[clean["verdict"] != ABSTAIN]
     n_real = int((scored["label"] == 0).sum())

@@ -5,7 +5,9 @@ then the fusion rule over the members' calibrated probabilities and the REAL /
 UNCERTAIN / FAKE thresholds (:mod:`veracity.decision`), the same thresholds for each
 modality judged alone (``modality_thresholds``: a batch of still frames, and a file without
 usable audio, are judged by the video members only), and the bound past which split
-members make the call ``UNCERTAIN`` (:class:`~veracity.decision.Disagreement`). Writes ``calibration.json``
+members make the call ``UNCERTAIN`` (:class:`~veracity.decision.Disagreement`), and a
+fusion with thresholds of its own for each smaller set of members that takes over when the
+others give no answer at serving time (:class:`~veracity.decision.Fallback`). Writes ``calibration.json``
 (plain JSON, read by ``attack`` and ``ensemble``), its resolved config, and the reports:
 ECE and Brier before and after per member, every fusion rule on validation and test, the
 ECE a perfectly calibrated model would show on this many clips, reliability rows and the
@@ -32,7 +34,15 @@ from veracity.calibration import (
     target_mask,
 )
 from veracity.config import CalibrateConfig, MemberConfig, PoolingConfig, write_resolved
-from veracity.decision import FUSION_RULES, Thresholds, fit_disagreement, fit_fusion, fit_thresholds
+from veracity.decision import (
+    FUSION_RULES,
+    Fallback,
+    Thresholds,
+    fallback_subsets,
+    fit_disagreement,
+    fit_fusion,
+    fit_thresholds,
+)
 from veracity.lineage import json_default
 from veracity.models import detector_info
 from veracity.models.checkpoint import WINDOW_PREDICTIONS
@@ -61,7 +71,8 @@ def calibrate(cfg: CalibrateConfig, members: Mapping[str, MemberConfig], models:
     members' calibrated validation probabilities and the REAL/UNCERTAIN/FAKE thresholds on
     the fused validation probabilities. Finally, for each modality with members, thresholds
     with the same targets on that modality alone (:func:`modality_thresholds`), stored as
-    ``modality_thresholds`` and reported under ``modalities``.
+    ``modality_thresholds`` and reported under ``modalities``, and the fallbacks for smaller
+    member sets (:func:`fit_fallbacks`), stored and reported as ``fallbacks``.
 
     Args:
         cfg: the ``calibrate`` section.
@@ -162,6 +173,15 @@ def calibrate(cfg: CalibrateConfig, members: Mapping[str, MemberConfig], models:
                                                        cfg.thresholds.target_uncertain)
     spec.update(fusion=fusion.to_dict(), thresholds=th.to_dict(),
                 modality_thresholds={k: t.to_dict() for k, t in mod_th.items()})
+    fallbacks = fit_fallbacks(table, modalities, cfg, is_val)
+    if fallbacks:
+        spec["fallbacks"] = [f.to_dict() for f in fallbacks]
+        report["fallbacks"] = {}
+        for f in fallbacks:
+            pr = f.fusion.prob(table[[f"p_{n}" for n in f.members]].to_numpy())
+            report["fallbacks"]["+".join(f.members)] = {"members": list(f.members), **{
+                split: {"auc": metrics.roc_auc(y[rows], pr[rows]), "ece": metrics.ece(y[rows], pr[rows], ece_bins),
+                        **f.thresholds.rates(pr[rows], y[rows])} for split, rows in (("val", is_val), ("test", is_test))}}
     dcfg = cfg.disagreement
     if dcfg.enabled and len(names) > 1:
         dis = fit_disagreement(table.loc[is_val, pcols].to_numpy(), names, dcfg.k, dcfg.rate, dcfg.clip)
@@ -183,6 +203,22 @@ def calibrate(cfg: CalibrateConfig, members: Mapping[str, MemberConfig], models:
     pd.DataFrame(rel_rows).to_csv(reports / "reliability.csv", index=False, float_format="%.6g")
     table.to_csv(reports / "scores.csv", index=False, float_format="%.6g")
     return report
+
+
+def fit_fallbacks(table: pd.DataFrame, modalities: Mapping[str, str], cfg: CalibrateConfig,
+                  is_val: np.ndarray) -> list[Fallback]:
+    """A fusion and thresholds for each member set of :func:`~veracity.decision.fallback_subsets`,
+    fitted on the validation rows of ``table`` (columns ``p_<member>``, ``label``) exactly as
+    the full fusion and its thresholds are: same rule, same targets."""
+    y = table["label"].to_numpy(np.float64)[is_val]
+    out = []
+    for subset in fallback_subsets(modalities):
+        probs = table.loc[is_val, [f"p_{n}" for n in subset]].to_numpy()
+        fusion = fit_fusion(probs, y, subset, cfg.fusion.rule, cfg.fusion.weights, cfg.fusion.stacking_l2,
+                            cfg.method, cfg.folds, cfg.isotonic_min_clips)
+        th = fit_thresholds(fusion.prob(probs), y, cfg.thresholds.target_fpr, cfg.thresholds.target_uncertain)
+        out.append(Fallback(fusion, th))
+    return out
 
 
 def modality_thresholds(alone: Mapping[str, pd.DataFrame], modalities: Mapping[str, str], target_fpr: float,

@@ -14,7 +14,7 @@ import pytest
 
 from veracity import metrics
 from veracity.config import AnalyzeConfig, BenchmarkConfig, GenerateConfig
-from veracity.decision import Thresholds
+from veracity.decision import Fallback, Fusion, Thresholds
 from veracity.stages import StageError
 from veracity.stages.benchmark import (
     BenchmarkError,
@@ -24,6 +24,7 @@ from veracity.stages.benchmark import (
     _nest,
     _reencode_drop,
     _reencoded_people,
+    _without_figures,
     benchmark,
 )
 from veracity.stages.generate import benchmark_corpus
@@ -62,7 +63,7 @@ def test_figures_leave_abstentions_out_and_score_each_method_and_member() -> Non
     assert got["method.faceswap.video"] == 1.0 and got["method.voice.video"] == 0.5
     assert got["method.voice.audio"] == 1.0 and got["method.faceswap.audio"] == 0.5
     nested = _nest({k: {"value": v, "lo": v, "hi": v} for k, v in got.items()}, NAMES)
-    assert set(nested) == {"ensemble", "members", "per_method", "alone"}
+    assert set(nested) == {"ensemble", "members", "per_method", "alone", "without"}
     assert nested["per_method"]["voice"]["audio"]["value"] == 1.0
     assert nested["members"]["video"]["auc"]["value"] == got["video.auc"]
     assert "auc" in nested["ensemble"] and not any("." in k for k in nested["ensemble"])
@@ -114,6 +115,20 @@ def test_each_modality_alone_is_judged_on_its_members_target_and_profile() -> No
     assert got["alone.video.auc"] == 1.0 and got["alone.audio.auc"] == 1.0
     assert got["alone.video.ood_rate"] == pytest.approx(1 / 12)
     assert got["alone.audio.fpr"] == 0.0
+
+
+def test_without_a_member_its_fallback_judges_the_clips_the_bundle_judged() -> None:
+    table = scored_table().assign(p_sync=0.3)
+    # With the voice gone, the fallback of face + sync: the mean of the two, FAKE at 0.55.
+    fb = Fallback(Fusion("weighted_mean", ("video", "sync"), weights=(1.0, 1.0)), Thresholds(0.25, 0.55, 0.05, 0.1))
+    spec = {"members": [{"name": n} for n in ("video", "audio", "sync")], "fallbacks": [fb.to_dict()]}
+    got = _without_figures(table, spec, ece_bins=10)(np.arange(len(table)))
+    assert set(got) == {f"without.audio.{k}" for k in ("auc", "ece", "fpr", "tpr", "uncertain_rate")}
+    # Face swaps (0.6) are FAKE, voices (0.2) REAL: the face and the lips cannot hear a cloned voice.
+    assert got["without.audio.tpr"] == pytest.approx(0.5) and got["without.audio.fpr"] == 0.0
+    assert got["without.audio.uncertain_rate"] == 0.0  # reals at 0.2 are REAL too; b's real clip abstained
+    nested = _nest({k: {"value": v} for k, v in got.items()}, [])
+    assert nested["without"]["audio"]["tpr"]["value"] == pytest.approx(0.5)
 
 
 def test_reencode_drop_is_paired_on_the_clips_both_conditions_scored() -> None:

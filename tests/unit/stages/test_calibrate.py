@@ -1,4 +1,5 @@
-"""The calibrate stage's thresholds for one modality alone (veracity.stages.calibrate.modality_thresholds)."""
+"""The calibrate stage's thresholds for one modality alone and its fallbacks for fewer members
+(veracity.stages.calibrate: modality_thresholds, fit_fallbacks)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from veracity.decision import fit_thresholds, modality_scores
+from veracity.config import CalibrateConfig
+from veracity.decision import fit_fusion, fit_thresholds, modality_scores
 from veracity.stages import StageError
-from veracity.stages.calibrate import modality_thresholds
+from veracity.stages.calibrate import fit_fallbacks, modality_thresholds
 
 
 def _member(p: np.ndarray, y: np.ndarray, keep: np.ndarray, split: np.ndarray) -> pd.DataFrame:
@@ -58,3 +60,27 @@ def test_a_modality_that_cannot_be_fitted() -> None:
     assert set(th) == {"video"} and report["audio"]["thresholds"] is None and "audio-only" in report["audio"]["error"]
     with pytest.raises(StageError, match="video-only thresholds"):
         modality_thresholds({"v": only_real}, {"v": "video"}, 0.05, 0.1)
+
+
+def test_each_fallback_is_fitted_on_validation_like_the_full_fusion() -> None:
+    rng = np.random.default_rng(1)
+    n = 240
+    y = (rng.random(n) < 0.5).astype(float)
+    split = np.where(np.arange(n) < 160, "val", "test")
+    table = pd.DataFrame({"label": y, "split": split,
+                          **{f"p_{m}": np.clip(w * y + (1 - w) * rng.random(n), 0.01, 0.99)
+                             for m, w in (("face", 0.5), ("voice", 0.3), ("sync", 0.2))}})
+    cfg = CalibrateConfig()
+    is_val = split == "val"
+    fallbacks = fit_fallbacks(table, {"face": "video", "voice": "audio", "sync": "av"}, cfg, is_val)
+    assert [f.members for f in fallbacks] == [("face", "voice"), ("face", "sync"), ("voice", "sync")]
+    fb = fallbacks[0]
+    cols = table.loc[is_val, ["p_face", "p_voice"]].to_numpy()
+    want = fit_fusion(cols, y[is_val], ("face", "voice"), cfg.fusion.rule, cfg.fusion.weights, cfg.fusion.stacking_l2,
+                      cfg.method, cfg.folds, cfg.isotonic_min_clips)
+    assert fb.fusion == want
+    assert fb.thresholds == fit_thresholds(want.prob(cols), y[is_val], cfg.thresholds.target_fpr,
+                                           cfg.thresholds.target_uncertain)
+    # Nothing of the test rows went into it.
+    table.loc[~is_val, "p_face"] = 0.5
+    assert fit_fallbacks(table, {"face": "video", "voice": "audio", "sync": "av"}, cfg, is_val)[0] == fb
