@@ -248,6 +248,24 @@ def benchmark(bundle: Input[Model], dataset: Input[Dataset], benchmark: str, ana
 
 
 @component
+def monitor(bundle: Input[Model], monitor: str, generate: str, benchmark: str, report: Output[Dataset],
+            page: Output[HTML], summary: Output[Metrics]):
+    """A simulated stream of new people through the bundle, judged for drift (stage ``monitor``)."""
+    import shutil
+    from pathlib import Path
+
+    from components import artifacts as a
+    from monitoring.run import monitor_stream
+
+    cfg, out = a.params(monitor=monitor, generate=generate, benchmark=benchmark), Path(report.path)
+    res = monitor_stream(cfg.monitor, cfg.generate, Path(bundle.path), out, a.scratch(),
+                         avoid=(cfg.generate.seed, cfg.benchmark.seed))
+    shutil.copy(out / "report.html", page.path)
+    a.log_figures(summary, res)
+    a.describe(report, status=res["status"])
+
+
+@component
 def gate(benchmark_report: Input[Dataset], register: str, gate: str
          ) -> NamedTuple("GateResult", [("passed", bool), ("reasons", str)]):
     """The promotion gate's bounds on the benchmark: the pipeline registers only what passes."""

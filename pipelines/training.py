@@ -46,6 +46,7 @@ DVC_STAGE: dict[str, str] = {
     "ensemble": "ensemble",
     "benchmark_corpus": "benchmark_corpus",
     "benchmark": "benchmark",
+    "monitor": "monitor",
     "gate": "register",
     "register": "register",
     "not_registered": "register",
@@ -84,6 +85,7 @@ RESOURCES: dict[str, Place] = {
     "ensemble": Place("4", "16G"),
     "benchmark_corpus": Place("4", "8G"),
     "benchmark": Place("8", "32G"),
+    "monitor": Place("4", "16G"),
     "gate": Place("1", "2G"),
     # A registration is a side effect on the MLflow server: never skipped from a cache.
     "register": Place("1", "4G", cache=False),
@@ -91,7 +93,7 @@ RESOURCES: dict[str, Place] = {
 }
 
 SECTIONS = ("generate", "corpus", "validate", "contract", "extract", "train", "evaluate", "metrics", "calibrate",
-            "attack", "ensemble", "benchmark", "gate", "register", "analyze")
+            "attack", "ensemble", "benchmark", "gate", "register", "analyze", "monitor")
 
 
 def sections(params: Params) -> dict[str, str]:
@@ -145,7 +147,8 @@ def build(params: Params, *, shards: int = SHARDS, image: str = c.IMAGE) -> Any:
                  contract: str = s["contract"], extract: str = s["extract"], train: str = s["train"],
                  evaluate: str = s["evaluate"], metrics: str = s["metrics"], calibrate: str = s["calibrate"],
                  attack: str = s["attack"], ensemble: str = s["ensemble"], benchmark: str = s["benchmark"],
-                 gate: str = s["gate"], register: str = s["register"], analyze: str = s["analyze"]):
+                 gate: str = s["gate"], register: str = s["register"], analyze: str = s["analyze"],
+                 monitor: str = s["monitor"]):
         data = task(c.corpus, corpus_uri=corpus_uri, corpus=corpus).outputs["dataset"]
         checked = task(c.validate, dataset=data, validate=validate)
         with dsl.ParallelFor(items=list(range(shards))) as shard:
@@ -176,6 +179,7 @@ def build(params: Params, *, shards: int = SHARDS, image: str = c.IMAGE) -> Any:
         people = task(c.benchmark_corpus, generate=generate, benchmark=benchmark).outputs["dataset"]
         report = task(c.benchmark, bundle=bundle, dataset=people, benchmark=benchmark, analyze=analyze,
                       metrics=metrics).outputs["report"]
+        task(c.monitor, bundle=bundle, monitor=monitor, generate=generate, benchmark=benchmark)
         verdict = task(c.gate, benchmark_report=report, register=register, gate=gate)
         with dsl.If(verdict.outputs["passed"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
             task(c.register, bundle=bundle, benchmark_report=report, register=register, gate=gate,

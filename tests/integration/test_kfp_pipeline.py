@@ -54,6 +54,9 @@ def test_local_run_registers_a_verified_bundle_that_analyses_like_the_dvc_one(
     roc = _artifact_metadata(run.root / "benchmark", "roc")
     assert roc["confidenceMetrics"] and len(roc["confusionMatrix"]["rows"]) == 2
     assert (run.output("validate", "page").read_text()).lstrip().lower().startswith("<!doctype html")
+    # The monitor stage judged its stream against the bundle's reference.
+    monitored = json.loads((run.output("monitor", "report") / "summary.json").read_text())
+    assert monitored["status"] in ("drift", "no_drift") and run.output("monitor", "page").is_file()
     # The gate passed: register ran (not the other branch) and the registry holds version 1.
     assert "register" in run.tasks() and "not-registered" not in run.tasks()
     assert "# " in run.output("register", "card").read_text()
