@@ -311,3 +311,40 @@ def not_registered(reasons: str, card: Output[Markdown]):
 
     Path(card.path).write_text("# Not registered: the promotion gate failed\n\n"
                                + "\n".join(f"- {r}" for r in reasons.splitlines()) + "\n")
+
+
+@component
+def monitor_log(log_uri: str, bundle_uri: str, mlflow_uri: str, monitor: str, since: str, last: int,
+                report: Output[Dataset], page: Output[HTML], summary: Output[Metrics]) -> bool:
+    """The service's request log against the served bundle's reference (``veracity monitor``),
+    for a recurring run: True when drift was found.
+
+    ``log_uri`` is the request log folder (a path, a bucket path or ``dvc+...``);
+    ``bundle_uri`` a registered model (``models:/<name>@<alias>``, resolved in
+    ``mlflow_uri``) or a bundle folder; the window is ``since`` (ISO time, or empty) and at
+    most ``last`` rows (0: all).
+    """
+    import shutil
+    from pathlib import Path
+
+    from components import artifacts as a
+    from components.sources import fetch
+    from monitoring.run import monitor as run
+
+    cfg, work = a.params(monitor=monitor), a.scratch()
+    if bundle_uri.startswith("models:/"):
+        from veracity.tracking import resolve_bundle
+
+        a.use_mlflow(mlflow_uri)
+        bundle = resolve_bundle(bundle_uri, work, work / "registry").path
+    else:
+        bundle = fetch(bundle_uri, work / "bundle")
+    res = run(cfg.monitor, bundle, fetch(log_uri, work / "log"), Path(report.path), since=since or None,
+              last=int(last) or None)
+    shutil.copy(Path(report.path) / "report.html", page.path)
+    flag = res["drift_detected"]  # None: the window was not judged (too few rows of this bundle)
+    a.log_figures(summary, {"rows": res["rows"], "tests": res["tests"], "alpha": res["alpha"],
+                            "drift_detected": -1 if flag is None else int(bool(flag))})
+    a.describe(report, status=res["status"], drifted=",".join(res.get("drifted") or []),
+               bundle_sha256=(res.get("reference") or {}).get("bundle_sha256"))
+    return bool(flag)

@@ -68,13 +68,7 @@ def run_local(params: Params, corpus_uri: str, pipeline_root: Path, *, mlflow_ur
     Raises:
         PipelineError: a task failed (its log, printed above, says why).
     """
-    from kfp import local
-
-    pipeline_root = Path(pipeline_root).resolve()
-    pipeline_root.mkdir(parents=True, exist_ok=True)
-    before = set(pipeline_root.iterdir())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
-               raise_on_error=True, enable_caching=caching)
+    pipeline_root, before = _local_runner(pipeline_root, caching)
     pipeline = build(params, shards=shards)
     t0 = time.perf_counter()
     _prepare_store(mlflow_uri)
@@ -83,8 +77,23 @@ def run_local(params: Params, corpus_uri: str, pipeline_root: Path, *, mlflow_ur
     except RuntimeError as exc:
         # KFP colours its message for a terminal; the task's own log, printed above, says why.
         raise PipelineError("the local run failed: " + ANSI.sub("", str(exc))) from None
-    seconds = time.perf_counter() - t0
-    runs = sorted((p for p in set(pipeline_root.iterdir()) - before if p.name.startswith(NAME)),
+    return _newest_run(pipeline_root, before, NAME, time.perf_counter() - t0)
+
+
+def _local_runner(pipeline_root: Path, caching: bool) -> tuple[Path, set[Path]]:
+    """KFP's local subprocess runner in this environment; the root and what was in it already."""
+    from kfp import local
+
+    pipeline_root = Path(pipeline_root).resolve()
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    before = set(pipeline_root.iterdir())
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
+               raise_on_error=True, enable_caching=caching)
+    return pipeline_root, before
+
+
+def _newest_run(pipeline_root: Path, before: set[Path], name: str, seconds: float) -> LocalRun:
+    runs = sorted((p for p in set(pipeline_root.iterdir()) - before if p.name.startswith(name)),
                   key=lambda p: p.stat().st_mtime)
     if not runs:
         raise PipelineError(f"the local run wrote nothing under {pipeline_root}")
@@ -140,14 +149,7 @@ def submit(package: Path, host: str, *, corpus_uri: str, mlflow_uri: str, pipeli
         PipelineError: no package, a pipeline root off object storage, a missing corpus or
             MLflow URI, or a host that does not answer or refuses the run.
     """
-    package = Path(package)
-    if not package.is_file():
-        raise PipelineError(f"no compiled pipeline at {package} (run `veracity pipeline compile` first)")
-    check_pipeline_root(pipeline_root)
-    for value, flag in ((corpus_uri, "--corpus-uri"), (mlflow_uri, "--mlflow-uri")):
-        if not value:
-            raise PipelineError(f"{flag} is required on a cluster (a bucket path or dvc+<repo>#<path>; an MLflow server)")
-    check_host(host, timeout)
+    _preflight(package, host, pipeline_root, {"--corpus-uri": corpus_uri, "--mlflow-uri": mlflow_uri}, timeout)
     import kfp
     from kfp_server_api.exceptions import ApiException
     from urllib3.exceptions import HTTPError
@@ -160,3 +162,62 @@ def submit(package: Path, host: str, *, corpus_uri: str, mlflow_uri: str, pipeli
     except (ApiException, HTTPError, OSError) as exc:
         raise PipelineError(f"Kubeflow Pipelines at {host} did not take the run: {exc}") from None
     return str(result.run_id)
+
+
+def _preflight(package: Path, host: str, pipeline_root: str, required: dict[str, str], timeout: float) -> None:
+    """What a cluster needs before anything is sent: the package, object storage, the URIs, a host that answers."""
+    package = Path(package)
+    if not package.is_file():
+        raise PipelineError(f"no compiled pipeline at {package} (run `veracity pipeline compile` first)")
+    check_pipeline_root(pipeline_root)
+    for flag, value in required.items():
+        if not value:
+            raise PipelineError(f"{flag} is required on a cluster (a bucket path or dvc+<repo>#<path>; an MLflow server)")
+    check_host(host, timeout)
+
+
+def monitor_local(params: Params, log_uri: str, bundle_uri: str, pipeline_root: Path, *, mlflow_uri: str = "",
+                  since: str = "", last: int = 0) -> tuple[LocalRun, bool]:
+    """Run the monitoring pipeline once here (KFP's local runner); the run and whether drift was found.
+
+    Raises:
+        PipelineError: the task failed (its log, printed above, says why).
+    """
+    from pipelines.monitoring import NAME as MONITORING
+    from pipelines.monitoring import build as build_monitoring
+
+    pipeline_root, before = _local_runner(pipeline_root, caching=False)
+    t0 = time.perf_counter()
+    try:
+        task = build_monitoring(params)(log_uri=log_uri, bundle_uri=bundle_uri, mlflow_uri=mlflow_uri, since=since,
+                                        last=int(last))
+    except RuntimeError as exc:
+        raise PipelineError("the local monitoring run failed: " + ANSI.sub("", str(exc))) from None
+    return _newest_run(pipeline_root, before, MONITORING, time.perf_counter() - t0), bool(task.output)
+
+
+def schedule(package: Path, host: str, *, log_uri: str, bundle_uri: str, mlflow_uri: str, pipeline_root: str,
+             cron: str, experiment: str, job_name: str, timeout: float = CONNECT_TIMEOUT_S) -> str:
+    """File the compiled monitoring pipeline as a recurring run on a Kubeflow Pipelines host
+    (``cron``: KFP's six fields, seconds first); the recurring run's id.
+
+    Raises:
+        PipelineError: as :func:`submit`, or a cron expression that is not six fields.
+    """
+    if len(cron.split()) != 6:
+        raise PipelineError(f"--cron takes KFP's six fields (seconds first, e.g. '0 0 * * * *' hourly), got {cron!r}")
+    _preflight(package, host, pipeline_root, {"--log-uri": log_uri, "--mlflow-uri": mlflow_uri}, timeout)
+    import kfp
+    from kfp_server_api.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        client = kfp.Client(host=host)
+        exp = client.create_experiment(experiment)
+        job = client.create_recurring_run(
+            exp.experiment_id, job_name, cron_expression=cron, pipeline_package_path=str(package),
+            params={"log_uri": log_uri, "bundle_uri": bundle_uri, "mlflow_uri": mlflow_uri},
+            pipeline_root=pipeline_root, max_concurrency=1, no_catchup=True)
+    except (ApiException, HTTPError, OSError) as exc:
+        raise PipelineError(f"Kubeflow Pipelines at {host} did not take the recurring run: {exc}") from None
+    return str(job.recurring_run_id)

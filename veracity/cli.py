@@ -599,12 +599,16 @@ def pipeline_compile(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """Compile the training pipeline; its parameters default to params.yaml's sections."""
+    """Compile the training pipeline (and the monitoring one beside it, monitoring.yaml); their
+    parameters default to params.yaml's sections."""
     from components.stages import IMAGE
+    from pipelines.monitoring import compile_pipeline as compile_monitoring
     from pipelines.training import compile_pipeline
 
-    path = compile_pipeline(load_params(params, set_ or ()), out, shards=shards, image=image or IMAGE)
+    loaded = load_params(params, set_ or ())
+    path = compile_pipeline(loaded, out, shards=shards, image=image or IMAGE)
     typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {compile_monitoring(loaded, out.with_name('monitoring.yaml'), image=image or IMAGE)}")
 
 
 @pipeline_app.command("run-local")
@@ -662,6 +666,58 @@ def pipeline_submit(
     run_id = submit(package, host, corpus_uri=corpus_uri, mlflow_uri=mlflow_uri, pipeline_root=pipeline_root,
                     experiment=experiment, run_name=name)
     typer.echo(f"submitted run {name} ({run_id}) to {host}, experiment {experiment}")
+
+
+BundleUriOpt = Annotated[str, typer.Option(help="The bundle judged against: a registered model "
+                                                "(models:/<name>@<alias>) or a bundle folder.")]
+
+
+@pipeline_app.command("monitor-local")
+@_user_errors
+def pipeline_monitor_local(
+    log_uri: Annotated[str, typer.Option(help="The service's request log folder (a path, a bucket path or "
+                                              "dvc+<repo>#<path>).")],
+    bundle_uri: BundleUriOpt = "models:/veracity-detector@champion",
+    pipeline_root: Annotated[Path, typer.Option(help="Where the runs' artifacts go.")] = Path("var/kfp"),
+    mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: <root>/mlflow.db).")] = None,
+    since: Annotated[str, typer.Option(help="Only requests from this ISO time on.")] = "",
+    last: Annotated[int, typer.Option(help="At most this many of the newest requests (0: all).")] = 0,
+    root: RootOpt = Path("."),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Run the monitoring pipeline once here with KFP's local runner; exit 1 when drift is found."""
+    from pipelines.run import monitor_local
+    from veracity.tracking import tracking_uri
+
+    res, drift = monitor_local(load_params(params, set_ or ()), log_uri, bundle_uri, pipeline_root,
+                               mlflow_uri=mlflow_uri or tracking_uri(root), since=since, last=last)
+    typer.echo(f"{'drift found' if drift else 'no drift found'} in {res.seconds:.0f} s; report "
+               f"{res.output('monitor-log', 'page')}")
+    if drift:
+        raise typer.Exit(1)
+
+
+@pipeline_app.command("schedule")
+@_user_errors
+def pipeline_schedule(
+    host: Annotated[str, typer.Option(help="Kubeflow Pipelines API URL, e.g. https://kfp.example.org/pipeline.")],
+    log_uri: Annotated[str, typer.Option(help="The service's request log as the cluster sees it (a bucket path).")],
+    mlflow_uri: Annotated[str, typer.Option(help="The MLflow server holding the registered model.")],
+    pipeline_root: Annotated[str, typer.Option(help="Object storage for the runs' artifacts (s3://, gs://, "
+                                                    "minio://).")],
+    cron: Annotated[str, typer.Option(help="KFP's cron, six fields with seconds first.")] = "0 0 * * * *",
+    bundle_uri: BundleUriOpt = "models:/veracity-detector@champion",
+    package: Annotated[Path, typer.Option(help="The compiled monitoring pipeline.")] = Path("pipelines/monitoring.yaml"),
+    experiment: Annotated[str, typer.Option(help="KFP experiment to file the runs under.")] = "veracity-monitoring",
+    name: Annotated[str, typer.Option(help="The recurring run's name.")] = "veracity-drift",
+) -> None:
+    """File the monitoring pipeline as a recurring run on a Kubeflow Pipelines host (hourly by default)."""
+    from pipelines.run import schedule
+
+    job = schedule(package, host, log_uri=log_uri, bundle_uri=bundle_uri, mlflow_uri=mlflow_uri,
+                   pipeline_root=pipeline_root, cron=cron, experiment=experiment, job_name=name)
+    typer.echo(f"recurring run {name} ({job}) on {host}: {cron}")
 
 
 @app.command()
