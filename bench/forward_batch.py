@@ -10,9 +10,9 @@ The windows are the real ones of a clip from the load benchmark's corpus
 them for a request, then repeated to each batch size. For each batch size and member it
 times :meth:`veracity.bundle.Bundle.forward` (median of ``--repeats`` after a warm-up) and
 reports milliseconds per window; on CUDA also under bf16 autocast. The ratio of the cost
-per window at one request's batch (``request_windows``) to the cost at the largest batch
-is the most that joining concurrent requests' windows into one pass can gain, however
-well the micro-batcher waits.
+per window at one request's batch (``request_windows``) to the lowest cost at any larger
+batch is the most that joining concurrent requests' windows into one pass can gain,
+however well the micro-batcher waits.
 """
 
 from __future__ import annotations
@@ -104,9 +104,10 @@ def main() -> None:
             total = sum(table[precision][m][str(n)] for m in analyzer.bundle.names)
             table[precision].setdefault("all members", {})[str(n)] = round(total, 3)
             print(f"{precision} {n:4d} windows: {total:8.3f} ms per window (all members)", flush=True)
-    largest = str(sizes[-1])
     at_request = str(max([n for n in sizes if n <= per_request] or sizes[:1]))
-    gain = {p: round(t["all members"][at_request] / t["all members"][largest], 3) for p, t in table.items()}
+    bigger = [str(n) for n in sizes if n >= int(at_request)]
+    gain = {p: round(t["all members"][at_request] / min(t["all members"][n] for n in bigger), 3)
+            for p, t in table.items()}
     out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                        "device": str(analyzer.bundle.device),
                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -114,7 +115,7 @@ def main() -> None:
            "bundle": str(args.bundle), "request_windows": per_request, "repeats": args.repeats,
            "ms_per_window": table,
            # The most batching can gain on the forward passes: cost per window at one
-           # request's batch over the cost at the largest batch.
+           # request's batch over the lowest cost at any larger batch.
            "max_forward_gain": gain}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
