@@ -67,7 +67,7 @@ test-all: PYTEST_ARGS =
 test-all: test
 
 lint: setup
-	$(BIN)/ruff check veracity serving components pipelines tests bench
+	$(BIN)/ruff check veracity serving monitoring components pipelines tests bench
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache
