@@ -14,12 +14,12 @@ from pathlib import Path
 from kfp import compiler, dsl
 
 from components import stages as c
-from pipelines.training import Place, sections
+from pipelines.training import Place, _place, sections
 from veracity.config import Params
 
 NAME = "veracity-monitoring"
 COMPILED = Path(__file__).with_name("monitoring.yaml")
-PLACE = Place("2", "8G", retries=2)  # reads a bucket and the registry: transient failures
+PLACE = Place("2", "8G", retries=2, cache=False)  # reads a bucket and the registry; a log grows, never cache
 
 
 def build(params: Params, image: str = c.IMAGE):
@@ -31,10 +31,7 @@ def build(params: Params, image: str = c.IMAGE):
                    since: str = "", last: int = 0, monitor: str = default) -> bool:
         task = c.monitor_log(log_uri=log_uri, bundle_uri=bundle_uri, mlflow_uri=mlflow_uri, monitor=monitor,
                              since=since, last=last)
-        task.set_cpu_limit(PLACE.cpu).set_memory_limit(PLACE.memory).set_caching_options(False)
-        task.set_retry(PLACE.retries, backoff_duration="30s", backoff_factor=2.0).set_display_name("monitor")
-        if image != c.IMAGE:
-            task.set_container_image(image)
+        _place(task, "monitor", image, PLACE)
         return task.outputs["Output"]
 
     return monitoring

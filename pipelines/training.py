@@ -101,8 +101,9 @@ def sections(params: Params) -> dict[str, str]:
     return {name: json.dumps(to_plain(section(params, name)), sort_keys=True) for name in SECTIONS}
 
 
-def _place(task: dsl.PipelineTask, name: str, image: str) -> dsl.PipelineTask:
-    p = RESOURCES[name]
+def _place(task: dsl.PipelineTask, name: str, image: str, p: Place | None = None) -> dsl.PipelineTask:
+    """Limits, GPU, retries, caching and image of a task (``p``, default :data:`RESOURCES` by name)."""
+    p = p or RESOURCES[name]
     task.set_cpu_limit(p.cpu).set_memory_limit(p.memory).set_caching_options(p.cache)
     if p.gpu:
         task.set_accelerator_type(GPU).set_accelerator_limit(1)
