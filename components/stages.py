@@ -195,9 +195,10 @@ def attack(dataset: Input[Dataset], features: Input[Dataset], members: Input[lis
 @component
 def ensemble(features: Input[Dataset], members: Input[list[Model]], warm_members: Input[list[Model]],
              calibration: Input[Model], calibrate_report: Input[Dataset], robustness: Input[Dataset],
-             ensemble: str, gate: str, metrics: str, extract: str, bundle: Output[Model],
-             report: Output[Dataset], summary: Output[Metrics]):
-    """Assemble, score, export, save and verify the bundle (stage ``ensemble``)."""
+             ensemble: str, gate: str, metrics: str, extract: str, generate: str, analyze: str,
+             bundle: Output[Model], report: Output[Dataset], summary: Output[Metrics]):
+    """Assemble the bundle, set its FAKE cuts on new people's reals, score, export, save and
+    verify it (stage ``ensemble``)."""
     import json
     from pathlib import Path
 
@@ -205,11 +206,13 @@ def ensemble(features: Input[Dataset], members: Input[list[Model]], warm_members
     from veracity.stages.calibrate import CALIBRATION_JSON
     from veracity.stages.ensemble import ensemble as run
 
-    cfg, out = a.params(ensemble=ensemble, gate=gate, metrics=metrics, extract=extract), Path(bundle.path)
+    cfg = a.params(ensemble=ensemble, gate=gate, metrics=metrics, extract=extract, generate=generate, analyze=analyze)
+    out = Path(bundle.path)
     res = run(cfg.ensemble, cfg.gate, cfg.extract, a.members_dir(members, warm_members),
               Path(calibration.path) / CALIBRATION_JSON, Path(features.path), out, Path(report.path),
               ece_bins=cfg.metrics.ece_bins, root=a.scratch(), robustness=Path(robustness.path) / "summary.json",
-              calibrate_report=Path(calibrate_report.path) / "metrics.json")
+              calibrate_report=Path(calibrate_report.path) / "metrics.json", generate_cfg=cfg.generate,
+              analyze=cfg.analyze, reals_work=Path(a.scratch()) / "reals")
     a.log_figures(summary, res["ensemble"], keep=["test"])
     spec = json.loads((out / "bundle.json").read_text())
     a.describe(bundle, sha256=a.file_digest(out / "bundle.json"), bundle_format=spec["format"],

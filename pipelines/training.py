@@ -176,7 +176,8 @@ def build(params: Params, *, shards: int = SHARDS, image: str = c.IMAGE) -> Any:
                       attack=attack, extract=extract, **trained())
         bundle = task(c.ensemble, features=features, calibration=cal.outputs["calibration"],
                       calibrate_report=cal.outputs["report"], robustness=robust.outputs["report"], ensemble=ensemble,
-                      gate=gate, metrics=metrics, extract=extract, **trained()).outputs["bundle"]
+                      gate=gate, metrics=metrics, extract=extract, generate=generate, analyze=analyze,
+                      **trained()).outputs["bundle"]
         people = task(c.benchmark_corpus, generate=generate, benchmark=benchmark).outputs["dataset"]
         report = task(c.benchmark, bundle=bundle, dataset=people, benchmark=benchmark, analyze=analyze,
                       metrics=metrics).outputs["report"]

@@ -37,6 +37,8 @@ def tiny_params(tiny_config: GenerateConfig) -> dict:
     params["generate"].update(to_plain(tiny_config))
     # One analysis process: a spawned pool costs a torch import each (tested in test_analyzer.py).
     params["benchmark"].update(n_identities=6, reencode_identities=1, bootstrap=100, workers=1)
+    # The FAKE cuts: set on the reals of 3 new people of the tiny generator (3 clips), in this process.
+    params["ensemble"]["reals"].update(n_identities=3, workers=1)
     # The monitored stream: 6 new people of the tiny generator (42 requests), judged from 20 rows.
     params["monitor"].update(sim_people=6, min_rows=20, min_column_rows=10)
     return params

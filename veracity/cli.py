@@ -292,17 +292,27 @@ def ensemble(
     out: Annotated[Path, typer.Option(help="Bundle directory to write.")] = Path("models/bundle"),
     reports: Annotated[Path, typer.Option(help="Directory for metrics.json and scores.csv.")] = Path(
         "reports/ensemble"),
+    reals_work: Annotated[Path, typer.Option(help="Where the synthetic reals (ensemble.reals) are generated.")] = Path(
+        "var/ensemble/reals"),
     root: RootOpt = Path("."),
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """Assemble the bundle, score the test split through it, export ONNX, save and verify."""
+    """Assemble the bundle, set its FAKE cuts on new people's reals, score the test split through
+    it, export ONNX, save and verify."""
     from veracity.stages.ensemble import ensemble as run
 
     _log_to_terminal(logging.WARNING)
     loaded = load_params(params, set_ or (), "ensemble")
     res = run(loaded.ensemble, loaded.gate, loaded.extract, models, calibration, features, out, reports,
-              ece_bins=loaded.metrics.ece_bins, root=root, robustness=robustness, calibrate_report=calibrate_report)
+              ece_bins=loaded.metrics.ece_bins, root=root, robustness=robustness, calibrate_report=calibrate_report,
+              generate_cfg=loaded.generate, analyze=loaded.analyze, reals_work=reals_work)
+    reals = res.get("reals")
+    if reals:
+        fused = reals["rules"]["fused"]
+        typer.echo(f"FAKE cuts set on {reals['n_judged']} of {reals['n']} authentic clips of new people "
+                   f"({reals['source']}): fused {fused['fake_at_val']:.4f} on validation -> {fused['fake_at']:.4f} "
+                   f"(those reals at or above validation's cut: {fused['reals_fpr_at_val_cut']:.3f})")
     ens = res["ensemble"]["test"]
     typer.echo(f"bundle written to {out}: test AUC {ens['auc']:.4f}, ECE {ens['ece']:.4f}, FPR {ens['fpr']:.4f}, "
                f"uncertain {ens['uncertain_rate']:.4f} ({ens['n']} clips)")

@@ -496,11 +496,16 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
         if per_epoch:
             scheduler.step(val_auc if not np.isnan(val_auc) else 0.0)
         improved = not np.isnan(val_auc) and val_auc > best_auc
+        # Patience counts epochs without a better AUC; the weights kept are the latest ones
+        # within member.select_tolerance of the best (a tie on this many clips).
+        tied = not np.isnan(val_auc) and val_auc >= max(best_auc, val_auc) - member.select_tolerance
         if improved or best_epoch < 0:
-            best_auc, best_epoch, bad = (val_auc if not np.isnan(val_auc) else best_auc), epoch, 0
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / MODEL_WEIGHTS)
+            best_auc, bad = (val_auc if not np.isnan(val_auc) else best_auc), 0
         else:
             bad += 1
+        if improved or tied or best_epoch < 0:
+            best_epoch = epoch
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / MODEL_WEIGHTS)
         tensors, opt_meta = _flatten_optimizer(opt)
         tensors.update({f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
         save_file({k: v.cpu() for k, v in tensors.items()}, out / LAST_WEIGHTS)

@@ -574,8 +574,12 @@ ALLOWED_UNTRACKED = [
      "BenchmarkConfig.corpus() replaces it with None: every method for every person"),
     ("benchmark_corpus", "benchmark.confidence", None, "as above"),
     ("benchmark", "benchmark.seed", None,
-     "the scoring reads the corpus it is given (a dep), never the seed that made it"),
+     "the scoring reads the corpus it is given (a dep); the seed only to refuse a bundle whose cuts were "
+     "set on the same people, and a new seed is a new corpus, so the stage reruns anyway"),
     ("benchmark", "benchmark.n_identities", None, "as for benchmark.seed"),
+    ("ensemble", "generate.n_identities", None, "RealsConfig.corpus() replaces it with ensemble.reals.n_identities"),
+    ("ensemble", "generate.fakes_per_method", None, "RealsConfig.corpus() replaces it with 0: reals only"),
+    ("ensemble", "generate.methods_per_identity", None, "RealsConfig.corpus() replaces it with None (no fakes)"),
     ("monitor", "generate.n_identities", None,
      "monitoring.simulate.stream_corpus replaces it with monitor.sim_people"),
 ]

@@ -95,6 +95,18 @@ def test_thresholds_never_exceed_the_fpr_target():
     assert th.real_below == th.fake_at  # no uncertain band asked for
 
 
+def test_given_reals_the_fake_cut_comes_from_them_and_the_band_from_validation():
+    rng = np.random.default_rng(3)
+    p = np.r_[rng.uniform(0.0, 0.3, 40), rng.uniform(0.5, 1.0, 60)]
+    y = np.r_[np.zeros(40), np.ones(60)]
+    reals = rng.uniform(0.0, 0.6, 599)  # other people's reals score higher than validation's
+    th = fit_thresholds(p, y, 0.05, 0.10, reals=reals)
+    assert th.fake_at > 0.3  # above every validation real: set on the reals
+    assert np.mean(reals >= th.fake_at) == pytest.approx(0.05, abs=1 / 599)
+    assert np.mean((p >= th.real_below) & (p < th.fake_at)) == pytest.approx(0.10, abs=0.011)
+    assert th.fake_at != fit_thresholds(p, y, 0.05, 0.10).fake_at
+
+
 def test_thresholds_round_trip_and_validate():
     th = Thresholds(0.2, 0.7, 0.05, 0.1, val={"fpr": 0.05})
     assert Thresholds.from_dict(th.to_dict()) == th

@@ -121,12 +121,15 @@ def _score(task: tuple[str, str, int | None, str]) -> dict[str, Any]:
     return row
 
 
-def _run(tasks: list[tuple[str, str, int | None, str]], bundle: Path, cfg: BenchmarkConfig,
-         analyze: AnalyzeConfig, progress: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
-    workers = min(cfg.workers, len(tasks)) or 1
+def analyse_clips(tasks: list[tuple[str, str, int | None, str]], bundle: Path, *, workers: int, device: str,
+                  analyze: AnalyzeConfig, progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    """One row per task ``(video_id, path, crf or None, scratch dir)``: the bundle's verdict,
+    probability, reason and each member's probability (``p_<member>``), in ``workers``
+    spawned processes with one Analyzer each; a clip that fails is an ABSTAIN row."""
+    workers = min(workers, len(tasks)) or 1
     # Threads per process: the cores shared out, so that two processes do not fight for one.
     threads = max(1, (os.cpu_count() or 1) // workers)
-    init = (str(bundle), cfg.device, analyze.model_dump(), threads)
+    init = (str(bundle), device, analyze.model_dump(), threads)
     rows = []
     if workers == 1:
         _init_worker(*init)
@@ -384,6 +387,10 @@ def benchmark(cfg: BenchmarkConfig, analyze: AnalyzeConfig, bundle: Path, corpus
     if not spec_path.is_file():
         raise BenchmarkError(f"{bundle} holds no bundle.json: run `veracity ensemble` first")
     spec = json.loads(spec_path.read_text())
+    reals = (spec.get("metrics") or {}).get("reals") or {}
+    if reals.get("source") == "synthetic" and reals.get("seed") == cfg.seed:
+        raise BenchmarkError(f"benchmark.seed ({cfg.seed}) equals ensemble.reals.seed: the bundle's FAKE cuts were set "
+                             "on the benchmark's people; choose another seed")
     names = [m["name"] for m in spec["members"]]
     manifest = pd.read_csv(manifest_path)
     if set(manifest["label"]) != {0, 1}:
@@ -394,7 +401,8 @@ def benchmark(cfg: BenchmarkConfig, analyze: AnalyzeConfig, bundle: Path, corpus
         tasks = [(r.video_id, str((corpus / r.path).resolve()), None, tmp) for r in manifest.itertuples()]
         tasks += [(r.video_id, str((corpus / r.path).resolve()), cfg.reencode_crf, tmp)
                   for r in manifest.itertuples() if r.identity in people]
-        rows = _run(tasks, bundle, cfg, analyze, progress)
+        rows = analyse_clips(tasks, bundle, workers=cfg.workers, device=cfg.device, analyze=analyze,
+                             progress=progress)
     seconds = time.perf_counter() - t0
     keep = ["video_id", "identity", "method", "label", "video_label", "audio_label"]
     table = pd.DataFrame(rows).merge(manifest[keep], on="video_id")

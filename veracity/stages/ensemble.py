@@ -11,6 +11,11 @@ bundle is not the model that was evaluated:
 - each member's ONNX export against PyTorch (``ensemble.onnx_tolerance``; a member whose
   export misses it at export time ships without ONNX, and the stage says so).
 
+Before it ships, every FAKE cut is set again on authentic clips of people no split has
+seen (``ensemble.reals``: by default 300 generated clips of 150 new people), analysed
+through the bundle's own Analyzer (:func:`fit_on_reals`): validation's 40 reals from 20
+people leave the false-positive rate on new people to chance.
+
 The quality bars (``gate``) are measured on the test split and printed with PASS/FAIL,
 for information; ``register`` enforces them on the benchmark's intervals.
 """
@@ -28,14 +33,26 @@ import pandas as pd
 
 from veracity import metrics
 from veracity.bundle import Bundle, BundleError, Evidence, first_windows, window_table
-from veracity.config import EnsembleConfig, ExtractConfig, GateConfig, to_plain, write_resolved
+from veracity.calibration import target_mask
+from veracity.config import (
+    AnalyzeConfig,
+    EnsembleConfig,
+    ExtractConfig,
+    GateConfig,
+    GenerateConfig,
+    RealsConfig,
+    to_plain,
+    write_resolved,
+)
 from veracity.data import collate, load_clips
+from veracity.decision import Fallback, Thresholds, fit_thresholds
 from veracity.lineage import data_hash, json_default, member_hashes
 from veracity.metrics import QualityCheck
 from veracity.models.checkpoint import WINDOW_PREDICTIONS
-from veracity.stages import BoundError
+from veracity.stages import BoundError, StageError
 
 EXAMPLE_WINDOWS = 4  # windows in the export example (and the reload / ONNX comparisons)
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 
 
 def _method_aucs(table: pd.DataFrame, col: str) -> dict[str, dict[str, float]]:
@@ -61,6 +78,104 @@ def _consistency(windows: pd.DataFrame, models: Path, names: list[str]) -> dict[
     return out
 
 
+def reals_clips(cfg: RealsConfig, generate_cfg: GenerateConfig, work: Path) -> list[tuple[str, Path]]:
+    """``(id, path)`` of the authentic clips the FAKE cuts are set on: generated into ``work``
+    (left alone when up to date), or every video under ``cfg.folder``.
+
+    Raises:
+        StageError: the synthetic reals would be the training people (same seed as
+            ``generate``), or the folder holds no video.
+    """
+    if cfg.source == "synthetic":
+        if cfg.seed == generate_cfg.seed:
+            raise StageError(f"ensemble.reals.seed ({cfg.seed}) equals generate.seed: the cuts would be set on "
+                             "the training people; choose another seed")
+        from veracity.stages.generate import generate
+
+        generate(cfg.corpus(generate_cfg), work)
+        manifest = pd.read_csv(work / "manifest.csv")
+        return [(str(r.video_id), work / str(r.path)) for r in manifest.itertuples()]
+    folder = Path(str(cfg.folder))
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES) \
+        if folder.is_dir() else []
+    if not files:
+        raise StageError(f"ensemble.reals.folder {folder} holds no video ({', '.join(VIDEO_SUFFIXES)})")
+    return [(str(f.relative_to(folder)), f) for f in files]
+
+
+def _modality_view(bundle: Bundle, mod: str, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(probability, label, keep)`` of each row judged on ``mod`` alone: the highest
+    calibrated probability of its members, against the target of the member that gave it
+    (the rule of ``calibrate``'s ``modality_thresholds``)."""
+    members = [m for m in bundle.members if m.modality == mod]
+    p = table[[f"p_{m.name}" for m in members]].to_numpy(np.float64)
+    best = np.nan_to_num(p, nan=-1.0).argmax(axis=1)
+    rows = np.arange(len(table))
+    labels = np.stack([table[m.target].to_numpy(np.float64) if m.target in table else np.full(len(table), np.nan)
+                       for m in members], axis=1)
+    keep = np.zeros(len(table), bool)
+    for j, m in enumerate(members):
+        keep |= (best == j) & target_mask(table["method"].to_numpy(), m.target_methods) \
+            if "method" in table else (best == j)
+    y = labels[rows, best]
+    return p[rows, best], y, keep & ~np.isnan(y) & ~np.isnan(p[rows, best])
+
+
+def fit_on_reals(bundle: Bundle, val: pd.DataFrame, reals: pd.DataFrame) -> dict[str, Any]:
+    """Set every FAKE cut of ``bundle`` on the authentic clips it judged, in place.
+
+    The fused cut, each modality's cut alone (``modality_thresholds``) and each fallback's
+    cut are set at their target false-positive rate on ``reals`` (rows of the bundle's
+    Analyzer: ``verdict`` and ``p_<member>``; the clips it abstained on are left out, as they
+    would be in service). Each UNCERTAIN band is then the same share of validation clips
+    (``val``: calibrate's scores, ``p_<member>``, ``label``, ``method``) just below the new
+    cut.
+
+    Returns:
+        What was done, per rule: the validation cut and the new one, and the share of the
+        reals at or above each.
+
+    Raises:
+        StageError: no real clip was judged with every member.
+    """
+    names = bundle.names
+    pcols = [f"p_{n}" for n in names]
+    for c in pcols:  # an ABSTAIN row has no member probabilities
+        reals[c] = reals.get(c, np.nan)
+    judged = reals[(reals["verdict"] != "ABSTAIN") & reals[pcols].notna().all(axis=1)].reset_index(drop=True)
+    if judged.empty:
+        raise StageError(f"none of the {len(reals)} authentic clips (ensemble.reals) was judged by every member: "
+                         f"abstain reasons {reals['reason'].value_counts().to_dict()}")
+    val = val.reset_index(drop=True)
+    y_val = val["label"].to_numpy(np.float64)
+    report: dict[str, Any] = {
+        "n": len(reals), "n_judged": len(judged),
+        "abstain_reasons": {str(k): int(v) for k, v in reals.loc[reals["verdict"] == "ABSTAIN", "reason"]
+                            .value_counts().items()},
+        "rules": {}}
+
+    def refit(key: str, th: Thresholds, p_val: np.ndarray, y: np.ndarray, p_reals: np.ndarray) -> Thresholds:
+        new = fit_thresholds(p_val, y, th.target_fpr, th.target_uncertain, reals=p_reals)
+        report["rules"][key] = {"n_reals": int(p_reals.size), "fake_at_val": th.fake_at, "fake_at": new.fake_at,
+                                "real_below": new.real_below,
+                                "reals_fpr_at_val_cut": float(np.mean(p_reals >= th.fake_at)),
+                                "reals_fpr": float(np.mean(p_reals >= new.fake_at))}
+        return new
+
+    bundle.thresholds = refit("fused", bundle.thresholds, bundle.fusion.prob(val[pcols].to_numpy()), y_val,
+                              bundle.fusion.prob(judged[pcols].to_numpy()))
+    for mod, th in list(bundle.modality_thresholds.items()):
+        p_val, y_mod, keep = _modality_view(bundle, mod, val)
+        p_reals, _, _ = _modality_view(bundle, mod, judged.assign(method="real"))
+        bundle.modality_thresholds[mod] = refit(f"alone.{mod}", th, p_val[keep], y_mod[keep], p_reals)
+    for key, fb in list(bundle.fallbacks.items()):
+        cols = [f"p_{n}" for n in fb.members]
+        th = refit("+".join(fb.members), fb.thresholds, fb.fusion.prob(val[cols].to_numpy()), y_val,
+                   fb.fusion.prob(judged[cols].to_numpy()))
+        bundle.fallbacks[key] = Fallback(fb.fusion, th)
+    return report
+
+
 def quality_checks(ens: dict[str, Any], member_auc: dict[str, float], gate_row: dict[str, Any],
                    gate: GateConfig) -> list[QualityCheck]:
     """The bundle's quality bars (``gate``) on the test split, for information: the
@@ -80,7 +195,9 @@ def quality_checks(ens: dict[str, Any], member_auc: dict[str, float], gate_row: 
 
 def ensemble(cfg: EnsembleConfig, gate: GateConfig, extract_cfg: ExtractConfig, models: Path, calibration: Path,
              features: Path, out: Path, reports: Path, *, ece_bins: int, root: Path,
-             robustness: Path | None = None, calibrate_report: Path | None = None) -> dict[str, Any]:
+             robustness: Path | None = None, calibrate_report: Path | None = None,
+             generate_cfg: GenerateConfig | None = None, analyze: AnalyzeConfig | None = None,
+             reals_work: Path | None = None) -> dict[str, Any]:
     """Assemble, evaluate on the test split, export, save and verify the bundle.
 
     Args:
@@ -96,7 +213,12 @@ def ensemble(cfg: EnsembleConfig, gate: GateConfig, extract_cfg: ExtractConfig, 
         ece_bins: bins of the ECE (``metrics.ece_bins``).
         root: repository root, whose ``data.dvc`` and ``dvc.lock`` give the bundle's lineage.
         robustness: ``summary.json`` of the attack stage (stored, and the gate's drop).
-        calibrate_report: ``metrics.json`` of the calibrate stage (per-member figures).
+        calibrate_report: ``metrics.json`` of the calibrate stage (per-member figures); its
+            ``scores.csv`` beside it gives the validation clips the UNCERTAIN bands keep.
+        generate_cfg: the ``generate`` section (the synthetic reals are made with it).
+        analyze: the ``analyze`` section (how the Analyzer reads the reals).
+        reals_work: where the synthetic reals are generated (kept: regenerated only when
+            out of date).
 
     Returns:
         The metrics written to ``reports/metrics.json``; ``checks`` holds the quality bars.
@@ -104,6 +226,7 @@ def ensemble(cfg: EnsembleConfig, gate: GateConfig, extract_cfg: ExtractConfig, 
     Raises:
         BundleError: the members and the calibration do not fit together, or no test clips.
         BoundError: a consistency, reload or ONNX difference is past its tolerance.
+        StageError: ``ensemble.reals`` cannot be made or judged.
     """
     models, out, reports, root = Path(models), Path(out), Path(reports), Path(root)
     for path in (calibration, robustness, calibrate_report):
@@ -114,6 +237,23 @@ def ensemble(cfg: EnsembleConfig, gate: GateConfig, extract_cfg: ExtractConfig, 
     clips = load_clips(features, ["test"], extract_cfg.usable_statuses)
     if not clips:
         raise BundleError(f"no usable test clips under {features}")
+    extra_extract = to_plain(extract_cfg, exclude=extract_cfg.EXECUTION_ONLY)
+    profile_summary = None
+    if cfg.profile.enabled:
+        from veracity.profile import fit_profile
+
+        # Fitted on the people the members learnt from, its threshold on held-out people of
+        # the corpus (ensemble.profile.threshold_splits): never on the benchmark or anything
+        # it will be checked against.
+        bundle.profile = fit_profile(bundle, features, threshold_split=cfg.profile.threshold_splits,
+                                     target_rate=cfg.profile.target_rate,
+                                     method=cfg.profile.method, margin=cfg.profile.margin,
+                                     usable_statuses=extract_cfg.usable_statuses)
+        profile_summary = bundle.profile.summary()
+    reals_report = None
+    if cfg.reals.source != "none":
+        reals_report = _set_cuts_on_reals(bundle, cfg.reals, extra_extract, generate_cfg, analyze, reals_work,
+                                          calibrate_report)
     windows = window_table(bundle, clips)
     consistency = _consistency(windows, models, bundle.names)
     table = bundle.score_table(windows)
@@ -143,20 +283,13 @@ def ensemble(cfg: EnsembleConfig, gate: GateConfig, extract_cfg: ExtractConfig, 
     lineage = {"data_dvc_md5": data_hash(root), "dvc_lock": member_hashes(root, bundle.names)}
     splits = pd.read_csv(Path(features) / "index.csv")
     data = {"clips_by_split": {str(k): int(v) for k, v in splits["split"].value_counts().sort_index().items()}}
-    if cfg.profile.enabled:
-        from veracity.profile import fit_profile
-
-        # Fitted on the people the members learnt from, its threshold on held-out people of
-        # the corpus (ensemble.profile.threshold_splits): never on the benchmark or anything
-        # it will be checked against.
-        bundle.profile = fit_profile(bundle, features, threshold_split=cfg.profile.threshold_splits,
-                                     target_rate=cfg.profile.target_rate,
-                                     method=cfg.profile.method, margin=cfg.profile.margin,
-                                     usable_statuses=extract_cfg.usable_statuses)
-        result["profile"] = bundle.profile.summary()
+    if profile_summary is not None:
+        result["profile"] = profile_summary
+    if reals_report is not None:
+        result["reals"] = reals_report
     first = first_windows(clips, bundle.contract, EXAMPLE_WINDOWS)
     example, _ = collate([first[i] for i in range(EXAMPLE_WINDOWS)])
-    bundle.save(out, extra={"extract": to_plain(extract_cfg, exclude=extract_cfg.EXECUTION_ONLY), "metrics": result,
+    bundle.save(out, extra={"extract": extra_extract, "metrics": result,
                             "robustness": rob, "lineage": lineage, "data": data},
                 onnx=cfg.onnx, onnx_tolerance=cfg.onnx_tolerance, example=example)
     reloaded = Bundle.load(out)  # checksums verified on the written files
@@ -174,6 +307,31 @@ def ensemble(cfg: EnsembleConfig, gate: GateConfig, extract_cfg: ExtractConfig, 
     _enforce_bounds(result, cfg)
     result["checks"] = checks
     return result
+
+
+def _set_cuts_on_reals(bundle: Bundle, cfg: RealsConfig, extract: dict[str, Any], generate_cfg: GenerateConfig | None,
+                       analyze: AnalyzeConfig | None, work: Path | None, calibrate_report: Path | None) -> dict[str, Any]:
+    """Analyse the reals with ``bundle`` (written to a scratch folder for the analysis
+    processes) and set its FAKE cuts on them (:func:`fit_on_reals`); the report."""
+    import tempfile
+
+    from veracity.stages.benchmark import analyse_clips
+
+    if cfg.source == "synthetic" and (generate_cfg is None or work is None):
+        raise StageError("ensemble.reals.source is synthetic: the generate section and a work folder are needed")
+    scores = Path(calibrate_report).parent / "scores.csv" if calibrate_report is not None else None
+    if scores is None or not scores.is_file():
+        raise StageError(f"ensemble.reals needs calibrate's validation scores ({scores}); run calibrate first")
+    val = pd.read_csv(scores)
+    val = val[val["split"] == "val"]
+    clips = reals_clips(cfg, generate_cfg or GenerateConfig(), Path(work or "."))
+    with tempfile.TemporaryDirectory(prefix="veracity-reals-") as tmp:
+        bundle.save(Path(tmp) / "bundle", extra={"extract": extract})
+        rows = analyse_clips([(vid, str(Path(path).resolve()), None, tmp) for vid, path in clips], Path(tmp) / "bundle",
+                             workers=cfg.workers, device="cpu", analyze=analyze or AnalyzeConfig())
+    report = fit_on_reals(bundle, val, pd.DataFrame(rows))
+    where = {"seed": cfg.seed, "n_identities": cfg.n_identities} if cfg.source == "synthetic" else {"folder": cfg.folder}
+    return {"source": cfg.source, **where, **report}
 
 
 def _enforce_bounds(result: dict[str, Any], cfg: EnsembleConfig) -> None:

@@ -62,3 +62,27 @@ def test_an_empty_merge_is_an_error_not_nan(tmp_path: Path) -> None:
     _train_predictions(tmp_path, ["other1", "other2"], 0.5)
     with pytest.raises(BoundError, match="none of the bundle's test windows"):
         _consistency(_windows(["c1", "c2"]), tmp_path, ["v"])
+
+
+def test_synthetic_reals_of_the_training_people_are_refused(tmp_path: Path) -> None:
+    from veracity.config import GenerateConfig, RealsConfig
+    from veracity.stages import StageError
+    from veracity.stages.ensemble import reals_clips
+
+    with pytest.raises(StageError, match="equals generate.seed"):
+        reals_clips(RealsConfig(seed=5), GenerateConfig(seed=5), tmp_path / "reals")
+    assert not (tmp_path / "reals").exists()
+
+
+def test_a_reals_folder_without_video_is_refused_and_one_with_videos_lists_them(tmp_path: Path) -> None:
+    from veracity.config import GenerateConfig, RealsConfig
+    from veracity.stages import StageError
+    from veracity.stages.ensemble import reals_clips
+
+    (tmp_path / "notes.txt").write_text("not a video")
+    cfg = RealsConfig(source="folder", folder=str(tmp_path))
+    with pytest.raises(StageError, match="holds no video"):
+        reals_clips(cfg, GenerateConfig(), tmp_path / "work")
+    (tmp_path / "cam").mkdir()
+    (tmp_path / "cam" / "a.MP4").write_bytes(b"x")
+    assert reals_clips(cfg, GenerateConfig(), tmp_path / "work") == [("cam/a.MP4", tmp_path / "cam" / "a.MP4")]
