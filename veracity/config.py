@@ -229,7 +229,7 @@ class MemberConfig(_Section):
     # best: on ~100 validation clips, AUCs that close are a tie, and the later epoch (lower
     # learning rate, more data seen) generalises better. Corpus seed 1's video member kept
     # epoch 3 (val 0.9845) over epoch 6 (0.9840); on 1000 clips of new people the two score
-    # AUC 0.976 / 0.986, re-enactment 0.953 / 0.986. 0: the best epoch, first on ties.
+    # AUC 0.976 / 0.986, re-enactment 0.953 / 0.986. 0: the latest epoch with the best AUC.
     select_tolerance: float = Field(0.005, ge=0, lt=1)
     windows_per_clip: int = Field(2, ge=1)
     # Weight of the penalty on frame-to-frame jumps of per-frame scores (0 = off).

@@ -107,6 +107,12 @@ def pipeline_summary(root: Path | str, gate: GateConfig) -> str:
     if ens:
         lines.append(f"test split   ensemble AUC {ens['auc']:.4f}, ECE {ens['ece']:.3f} on {ens['n']} clips "
                      "(held-out people of the training corpus; the gate reads the benchmark)")
+    reals = (r["ensemble"] or {}).get("reals")
+    if reals:
+        fused = reals["rules"]["fused"]
+        lines.append(f"thresholds   FAKE at {fused['fake_at']:.3f}, set on {reals['n_judged']} authentic clips of new "
+                     f"people ({reals['source']}); validation's cut {fused['fake_at_val']:.3f} left "
+                     f"{fused['reals_fpr_at_val_cut']:.3f} of them above it")
     if r["benchmark"]:
         lines += benchmark_lines(r["benchmark"], gate)
     else:

@@ -96,6 +96,24 @@ def test_a_member_seed_overrides_the_train_seed(features: Path, tmp_path: Path) 
     assert any(not torch.equal(own[k], other[k]) for k in own)
 
 
+def test_the_weights_kept_are_the_latest_epoch_tied_with_the_best(features: Path, tmp_path: Path) -> None:
+    base = dict(detector="tiny_audio", target="audio_label", **{**FAST, "epochs": 3, "patience": 5})
+
+    def kept(tolerance: float, out: str) -> tuple[int, list[float], bool]:
+        res = train("a", MemberConfig(**base, select_tolerance=tolerance), TrainConfig(seed=3), features,
+                    tmp_path / out, ece_bins=10)
+        model = load_file(tmp_path / out / MODEL_WEIGHTS)
+        last = {k[6:]: v for k, v in load_file(tmp_path / out / "last.safetensors").items() if k.startswith("model.")}
+        return res.best_epoch, [h["val_auc"] for h in res.history], all(torch.equal(model[k], last[k]) for k in model)
+
+    # Within 0.99 of the best, every epoch ties: the last one is kept, whatever its AUC.
+    epoch, aucs, is_last = kept(0.99, "loose")
+    assert epoch == 2 and is_last
+    # No tolerance: the latest epoch with the best AUC.
+    epoch, aucs, is_last = kept(0.0, "strict")
+    assert epoch == max(i for i, a in enumerate(aucs) if a == max(aucs)) and is_last == (epoch == 2)
+
+
 def test_resume_continues_from_the_last_epoch(features: Path, tmp_path: Path) -> None:
     short = MemberConfig(detector="tiny_video", target="video_label", **{**FAST, "epochs": 1, "patience": 5})
     train("v", short, TrainConfig(), features, tmp_path / "v", ece_bins=10)

@@ -27,7 +27,9 @@ def full_run(root: Path) -> None:
     write(root, REPORTS["validate"], {"passed": 27, "evaluated": 27})
     write(root, REPORTS["extract"], {"usable": 4, "clips": 4, "status": {"ok": 4}, "face_found_ratio": 0.999})
     write(root, "reports/train/video_specialist.json", {"best_val_auc": 0.998})
-    write(root, REPORTS["ensemble"], {"ensemble": {"test": {"auc": 1.0, "ece": 0.026, "n": 100}}})
+    write(root, REPORTS["ensemble"], {"ensemble": {"test": {"auc": 1.0, "ece": 0.026, "n": 100}},
+                                      "reals": {"source": "synthetic", "n": 300, "n_judged": 298, "rules": {"fused": {
+                                          "fake_at": 0.382, "fake_at_val": 0.729, "reals_fpr_at_val_cut": 0.017}}}})
     write(root, REPORTS["benchmark"], {
         "n": 1000, "n_people": 125, "n_real": 250, "n_abstain": 1, "confidence": 0.95,
         "ensemble": {"auc": iv(0.9912, 0.9851, 0.9959), "ap": iv(0.997, 0.995, 0.999), "brier": iv(0.026, 0.018, 0.036),
@@ -50,6 +52,8 @@ def test_summary_of_a_full_run_is_a_dozen_readable_lines(tmp_path: Path) -> None
     assert "FPR 0.048 [0.020, 0.076] at target 0.05" in text and "0.024-0.080 on 250 reals" in text
     assert "lowest reenact 0.984 [0.972, 0.993] (bar 0.97)" in text
     assert "AUC drop 0.054 [0.026, 0.084] (bar 0.05)" in text
+    assert ("thresholds   FAKE at 0.382, set on 298 authentic clips of new people (synthetic); validation's cut "
+            "0.729 left 0.017 of them above it") in text
     assert "gate         PASS: all 2 bars" in text
     assert "champion     veracity-detector version 1 (this run's bundle)" in text
 
