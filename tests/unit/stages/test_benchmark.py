@@ -169,3 +169,18 @@ def test_benchmark_names_what_is_missing(tmp_path: Path) -> None:
     with pytest.raises(BenchmarkError, match="holds no bundle.json"):
         benchmark(cfg, analyze, tmp_path / "bundle", tmp_path / "corpus", tmp_path / "out", ece_bins=10)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bundle_whose_cuts_were_set_on_the_benchmark_people_is_refused(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "corpus").mkdir()
+    pd.DataFrame({"video_id": ["x"], "path": ["x.mp4"], "label": [0], "identity": ["p"], "method": ["real"]}).to_csv(
+        tmp_path / "corpus" / "manifest.csv", index=False)
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "bundle.json").write_text(json.dumps(
+        {"members": [], "metrics": {"reals": {"source": "synthetic", "seed": 2027}}}))
+    with pytest.raises(BenchmarkError, match="equals ensemble.reals.seed"):
+        benchmark(BenchmarkConfig(seed=2027), AnalyzeConfig(), tmp_path / "bundle", tmp_path / "corpus",
+                  tmp_path / "out", ece_bins=10)
+    assert not (tmp_path / "out").exists()
