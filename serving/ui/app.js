@@ -226,7 +226,7 @@ function render(report, local) {
   const th = r.thresholds || {};
   $("thresholds").textContent = th.fake_at === undefined ? "" :
     `Called FAKE at or above ${fmt(th.fake_at)}, REAL below ${fmt(th.real_below)}, UNCERTAIN in between` +
-    ` (fitted on validation clips${(r.judged || []).length ? `; judged on ${r.judged.join(", ")}` : ""}).`;
+    ` (the FAKE cut set on authentic clips of new people, the band on validation clips${(r.judged || []).length ? `; judged on ${r.judged.join(", ")}` : ""}).`;
   const reasons = $("reasons");
   reasons.replaceChildren();
   const items = [];
