@@ -61,22 +61,30 @@ def _err(msg: str) -> None:
 
 def _user_errors(func: F) -> F:
     """Turn the library's expected errors into a message and exit code 2 (1 for a failed check)."""
-    from veracity.bundle import BundleError
-    from veracity.corpus.adapters import AdapterError
-    from veracity.corpus.manifest import ManifestError
-    from veracity.extract import ExtractError
-    from veracity.validation import ValidationFailed
 
     @wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except ValidationFailed as exc:
-            _err(str(exc))
-            raise typer.Exit(1) from None
-        except (ConfigError, AdapterError, ManifestError, StageError, ExtractError, BundleError) as exc:
+        except (ConfigError, StageError) as exc:
             _err(f"error: {exc}")
             raise typer.Exit(2) from None
+        except Exception as exc:
+            # Imported here, not with this module: veracity.bundle brings torch, and every
+            # verb (each a DVC stage) would pay seconds of imports it may not need.
+            from veracity.bundle import BundleError
+            from veracity.corpus.adapters import AdapterError
+            from veracity.corpus.manifest import ManifestError
+            from veracity.extract import ExtractError
+            from veracity.validation import ValidationFailed
+
+            if isinstance(exc, ValidationFailed):
+                _err(str(exc))
+                raise typer.Exit(1) from None
+            if isinstance(exc, AdapterError | ManifestError | ExtractError | BundleError):
+                _err(f"error: {exc}")
+                raise typer.Exit(2) from None
+            raise
 
     return wrapper  # type: ignore[return-value]
 
@@ -863,9 +871,9 @@ def monitor(
 def monitor_stream(
     bundle: Annotated[Path, typer.Option(help="Bundle that analyses the stream and whose reference it is "
                                               "compared with.")] = Path("models/bundle"),
-    out: Annotated[Path, typer.Option(help="Folder for the stream's request log and the reports.")] = Path(
-        "reports/monitor"),
-    work: Annotated[Path, typer.Option(help="Where the stream's clips are generated.")] = Path("var/monitor"),
+    out: Annotated[Path, typer.Option(help="Folder for the reports.")] = Path("reports/monitor"),
+    work: Annotated[Path, typer.Option(help="Where the stream's clips are generated and its request log "
+                                            "(requests/) is written.")] = Path("var/monitor"),
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
