@@ -16,6 +16,7 @@ This module owns three things:
    the ``m`` tests run), so an unshifted window is flagged at most ``alpha`` of the time
    whatever the number of columns; a window under ``min_rows`` rows is not judged, a
    column with under ``min_column_rows`` values in it is left untested (and says so).
+   The chi-square is :data:`CHISQUARE`, Evidently's own with the categories in sorted order.
    Probabilities are clipped as the reference's are, so both sides are on one scale.
    Member and fused probabilities and verdicts are compared only on rows judged by every
    modality (the reference's clips have both; a file judged on video alone is scored by
@@ -30,6 +31,7 @@ The Evidently report (HTML and JSON) holds the same tests with their plots.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -193,6 +195,33 @@ class CheckResult:
                 "columns": self.columns, "rates": self.rates, "untested": self.untested}
 
 
+CHISQUARE = "chisquare_sorted"  # the name Evidently knows :func:`_chisquare_sorted` by
+
+
+def _chisquare_sorted(reference: pd.Series, current: pd.Series, feature_type: Any,
+                      threshold: float) -> tuple[float, bool]:
+    """Evidently's chi-square test, with the categories in sorted order.
+
+    Evidently's own takes them from a Python set, whose order of strings changes with each
+    process's hash seed; the sums then change in their last bit, and so do the p-value and
+    every report that prints it: a stage run twice would not write the same bytes.
+    """
+    keys = sorted(set(reference.dropna().unique()) | set(current.dropna().unique()), key=str)
+    ref, cur = reference.value_counts(), current.value_counts()
+    scale = current.shape[0] / reference.shape[0]
+    p = float(stats.chisquare([int(cur.get(k, 0)) for k in keys], [ref.get(k, 0) * scale for k in keys])[1])
+    return p, p < threshold
+
+
+@functools.cache  # once per process
+def _register_chisquare() -> None:
+    from evidently.legacy.calculations.stattests.registry import StatTest, register_stattest
+    from evidently.legacy.core import ColumnType
+
+    register_stattest(StatTest(name=CHISQUARE, display_name="chi-square p_value",
+                               allowed_feature_types=[ColumnType.Categorical]), default_impl=_chisquare_sorted)
+
+
 def _binomial(k: int, n: int, p0: float, alpha: float) -> tuple[float, float]:
     """One-sided p-value of ``k`` of ``n`` at rate ``p0``, and the largest share not rejected at ``alpha``."""
     p = float(stats.binom.sf(k - 1, n, p0)) if k > 0 else 1.0
@@ -214,6 +243,7 @@ def check(rows: pd.DataFrame, ref: Reference, cfg: Any, bundle_only: bool = True
     from evidently.metrics import CategoryCount, ValueDrift
     from evidently.tests import lte
 
+    _register_chisquare()
     n_all = len(rows)
     if bundle_only and n_all:
         rows = rows[rows["bundle_sha256"].isna() | (rows["bundle_sha256"] == ref.bundle_sha256)]
@@ -241,7 +271,7 @@ def check(rows: pd.DataFrame, ref: Reference, cfg: Any, bundle_only: bool = True
         k = int((cur[col] == "yes").sum())
         p, bound = _binomial(k, n, p0, each)
         rates[key] = {"share": k / n, "count": k, "expected": p0, "bound": bound, "p_value": p, "drift": p < each}
-    metrics: list[Any] = [ValueDrift(column=c, method="chisquare" if c == VERDICT else "ks", threshold=each)
+    metrics: list[Any] = [ValueDrift(column=c, method=CHISQUARE if c == VERDICT else "ks", threshold=each)
                           for c in tested]
     metrics += [CategoryCount(column=ABSTAINED, category="yes", share_tests=[lte(rates["abstain"]["bound"])]),
                 CategoryCount(column=OUT_OF_PROFILE, category="yes", share_tests=[lte(rates["ood"]["bound"])])]

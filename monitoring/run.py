@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,29 @@ REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
 SUMMARY_JSON = "summary.json"
 VALIDATION_DIR = "validation"
+
+
+_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b|(?<=metric_)[0-9a-f]{32}\b")
+
+
+def stable_ids(text: str) -> str:
+    """``text`` with each distinct UUID replaced by one derived from its order of appearance.
+
+    Evidently names its widgets and script variables with random and time-based UUIDs, so
+    the same report renders to different bytes every run. The replacement keeps the form
+    (dashed or 32 hex digits), and a one-to-one map keeps every reference pointing at its
+    widget.
+    """
+    seen: dict[str, str] = {}
+
+    def one(m: re.Match[str]) -> str:
+        old = m.group(0)
+        if old not in seen:
+            new = uuid.uuid5(uuid.NAMESPACE_URL, f"veracity-report/{len(seen)}")
+            seen[old] = str(new) if "-" in old else new.hex
+        return seen[old]
+
+    return _ID.sub(one, text)
 
 
 def _write(path: Path, text: str) -> None:
@@ -79,6 +104,8 @@ def monitor(cfg: Any, bundle: Path | str, log: Path | str, out: Path | str, *, s
             fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
             os.close(fd)
             save(tmp)  # Evidently 0.7 wants a str path
+            text = Path(tmp).read_text(encoding="utf-8")
+            Path(tmp).write_text(stable_ids(text), encoding="utf-8")
             _publish(tmp, out / name)
     else:
         _write(out / REPORT_HTML, f"<!doctype html><meta charset='utf-8'><title>Drift report</title>"
@@ -92,12 +119,16 @@ def monitor_stream(cfg: Any, generate: Any, bundle: Path | str, out: Path | str,
                    avoid: tuple[int, ...] = ()) -> dict[str, Any]:
     """The ``monitor`` stage: simulate the stream of ``cfg.sim_*`` and monitor all of it.
 
-    The stream's clips are generated under ``work`` (reused while up to date), its request
-    log is ``out/requests``, the reports go to ``out`` (see :func:`monitor`).
+    The stream's clips are generated under ``work`` (reused while up to date) and its
+    request log is ``work/requests``; the reports go to ``out`` (see :func:`monitor`). The
+    log stays out of ``out``: it is the SQLite store a service writes (lock files, a WAL
+    beside it), the reports' input rather than a report. The reports are the same bytes
+    on every run (:func:`stable_ids`, no clock readings in the stream), so running the
+    stage again changes nothing DVC tracks.
     """
     from monitoring.simulate import analyse_stream, shifted_corpus
 
     corpus = shifted_corpus(cfg.sim_shift, generate, cfg.sim_seed, cfg.sim_people, work, avoid)
-    log = Path(out) / "requests"
-    analyse_stream(bundle, corpus, log, order_seed=cfg.sim_seed)
+    log = Path(work) / "requests"
+    analyse_stream(bundle, corpus, log, order_seed=cfg.sim_seed, workers=cfg.sim_workers)
     return monitor(cfg, bundle, log, out)

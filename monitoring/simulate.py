@@ -114,10 +114,10 @@ def _rows(task: tuple[str, str, str]) -> list[dict[str, Any]]:
     from veracity.requestlog import rows_from_report
 
     path, request_id, at = task
-    t = datetime.now(UTC)
     report = worker_analyzer().analyze(Path(path))
-    latency = (datetime.now(UTC) - t).total_seconds()
-    return rows_from_report(report, request_id=request_id, endpoint="simulate", latency_s=latency,
+    # No latency: a batch in worker processes says nothing of a service's, and a clock
+    # reading would make the stage's log (and every report on it) differ run to run.
+    return rows_from_report(report, request_id=request_id, endpoint="simulate", latency_s=None,
                             at=datetime.fromisoformat(at))
 
 

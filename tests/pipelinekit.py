@@ -44,9 +44,9 @@ def tiny_params(tiny_config: GenerateConfig) -> dict:
     return params
 
 
-def run_tool(args: list[str], cwd: Path) -> str:
+def run_tool(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> str:
     """Run a command with this venv's tools first on PATH; its output (fails the test on a non-zero exit)."""
-    env = dict(os.environ)
+    env = {**os.environ, **(extra_env or {})}
     # dvc runs stage commands through the shell: make this venv's `veracity` the one found.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["DVC_NO_ANALYTICS"] = "1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import monitorkit as kit
@@ -58,3 +59,24 @@ def test_a_missing_empty_or_unreadable_log_exits_2_with_a_message_and_no_traceba
     assert "Not judged" in (tmp_path / "r2" / "report.html").read_text()
     bound = _monitor(kit.write_log(tmp_path / "few", kit.rows(n=5, seed=1)), tmp_path / "r3", "--since", "soon")
     assert bound.exit_code == 2 and "error:" in bound.output
+
+
+def test_the_reports_are_the_same_bytes_twice_with_every_widget_still_named_once(tmp_path: Path) -> None:
+    from monitoring.run import stable_ids
+
+    (tmp_path / "none.yaml").write_text("{}\n")
+    log = kit.write_log(tmp_path / "log", kit.rows(n=70, seed=5))
+    for out in ("a", "b"):
+        assert _monitor(log, tmp_path / out).exit_code in (0, 1)
+    for name in ("report.html", "report.json", "summary.json", "validation/request_log.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    # One-to-one: as many distinct ids as Evidently wrote, and each reference follows its id.
+    text = "var metric_0123456789abcdef0123456789abcdef = {'id': '11111111-2222-7333-8444-555555555555'}; " \
+           "render(metric_0123456789abcdef0123456789abcdef, '11111111-2222-7333-8444-555555555555', " \
+           "'99999999-2222-4333-8444-555555555555')"
+    out = stable_ids(text)
+    ids = re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", out)
+    names = re.findall(r"metric_([0-9a-f]{32})", out)
+    assert len(ids) == 3 and ids[0] == ids[1] != ids[2] and len(set(names)) == 1 and len(names[0]) == 32
+    assert "11111111" not in out and "0123456789abcdef" not in out
+    assert stable_ids(text) == out
