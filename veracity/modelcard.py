@@ -152,6 +152,19 @@ def _scope(bundle: dict) -> str:
             f"{prof.get('threshold_split')} people.")
 
 
+def _cuts_on(metrics: Any) -> str:
+    """Where the FAKE cuts and the UNCERTAIN band were set, in a sentence."""
+    reals = _get(metrics, "reals", default=None)
+    fused = _get(reals, "rules", "fused", default=None)
+    if not isinstance(fused, dict):
+        return "thresholds are chosen on the validation split."
+    who = ("authentic clips of people no split has seen" if _get(reals, "source") == "synthetic"
+           else f"authentic clips of `{_get(reals, 'folder')}`")
+    return (f"each FAKE cut is set on {_fmt(_get(reals, 'n_judged'))} {who}, at the target false-positive "
+            f"rate ({_fmt(fused.get('reals_fpr'), 3)} of them at or above the fused cut), and the UNCERTAIN "
+            "band on validation.")
+
+
 def model_card(bundle: dict, extra: dict | None = None) -> str:
     """Render the model card of a bundle.
 
@@ -206,11 +219,11 @@ def model_card(bundle: dict, extra: dict | None = None) -> str:
             "reenactment, lip-sync, cloned and vocoded voices). Figures below describe that corpus; "
             "accuracy on real footage is unknown until the model is evaluated on a real dataset."
         ),
-        "- Probabilities are calibrated, and thresholds chosen, on the validation split; the figures "
-        "are measured on the held-out test split, whose identities appear in no other split.",
+        "- Probabilities are calibrated on the validation split; " + _cuts_on(metrics)
+        + " The figures are measured on the held-out test split, whose identities appear in no other split.",
         ("- A file without enough face evidence is ABSTAIN (with a reason), never REAL. "
-         + ("A file without usable audio is judged on video alone, against video-only thresholds fitted "
-            "on validation; the report says which modalities were judged."
+         + ("A file without usable audio is judged on video alone, against video-only thresholds set "
+            "the same way; the report says which modalities were judged."
             if not _get(bundle, "evidence", "require_audio", default=True) and "video" in (
                 _get(bundle, "modality_thresholds", default={}) or {})
             else "A file without usable audio is ABSTAIN.")),
@@ -271,7 +284,7 @@ def model_card(bundle: dict, extra: dict | None = None) -> str:
     fallbacks = _get(bundle, "fallbacks", default=None)
     if isinstance(fallbacks, list) and fallbacks:
         out.append(f"- A member that times out or fails leaves the call to the others: {len(fallbacks)} smaller "
-                   "member sets have a fusion and thresholds of their own, fitted on validation with the same "
+                   "member sets have a fusion and thresholds of their own, set the same way with the same "
                    "targets; a report names the members that gave no answer.")
     out.append("")
     out += _table(

@@ -498,12 +498,13 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
         improved = not np.isnan(val_auc) and val_auc > best_auc
         # Patience counts epochs without a better AUC; the weights kept are the latest ones
         # within member.select_tolerance of the best (a tie on this many clips).
+        # (An improvement is a tie too: max(best, val) is then val.)
         tied = not np.isnan(val_auc) and val_auc >= max(best_auc, val_auc) - member.select_tolerance
         if improved or best_epoch < 0:
             best_auc, bad = (val_auc if not np.isnan(val_auc) else best_auc), 0
         else:
             bad += 1
-        if improved or tied or best_epoch < 0:
+        if tied or best_epoch < 0:
             best_epoch = epoch
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / MODEL_WEIGHTS)
         tensors, opt_meta = _flatten_optimizer(opt)
@@ -549,8 +550,9 @@ def train(name: str, member: MemberConfig, cfg: TrainConfig, features: Path, out
         "member_config": to_plain(member),
         "train_config": to_plain(cfg, exclude={"members"}),
         "init_from": lineage,
-        "best_epoch": best_epoch,
-        "best_val_auc": best_auc,
+        "best_epoch": best_epoch,  # the epoch whose weights are kept (see select_tolerance)
+        "best_val_auc": best_auc,  # the highest validation AUC of any epoch
+        "kept_val_auc": next((h["val_auc"] for h in history if h.get("epoch") == best_epoch), None),
         "test": result.test,
         # Loss and AUC per epoch; wall times stay in the logs and MLflow so that the same
         # data and seed give the same bytes here.

@@ -109,6 +109,8 @@ def test_the_weights_kept_are_the_latest_epoch_tied_with_the_best(features: Path
     # Within 0.99 of the best, every epoch ties: the last one is kept, whatever its AUC.
     epoch, aucs, is_last = kept(0.99, "loose")
     assert epoch == 2 and is_last
+    meta = json.loads((tmp_path / "loose" / MODEL_META).read_text())
+    assert meta["best_epoch"] == 2 and meta["kept_val_auc"] == aucs[2] and meta["best_val_auc"] == max(aucs)
     # No tolerance: the latest epoch with the best AUC.
     epoch, aucs, is_last = kept(0.0, "strict")
     assert epoch == max(i for i, a in enumerate(aucs) if a == max(aucs)) and is_last == (epoch == 2)

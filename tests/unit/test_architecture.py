@@ -579,6 +579,8 @@ ALLOWED_UNTRACKED = [
     ("benchmark", "benchmark.n_identities", None, "as for benchmark.seed"),
     ("ensemble", "generate.n_identities", None, "RealsConfig.corpus() replaces it with ensemble.reals.n_identities"),
     ("ensemble", "generate.fakes_per_method", None, "RealsConfig.corpus() replaces it with 0: reals only"),
+    ("ensemble", "generate.real_per_identity", None,
+     "RealsConfig.corpus() replaces it with ensemble.reals.per_identity"),
     ("ensemble", "generate.methods_per_identity", None, "RealsConfig.corpus() replaces it with None (no fakes)"),
     ("monitor", "generate.n_identities", None,
      "monitoring.simulate.stream_corpus replaces it with monitor.sim_people"),

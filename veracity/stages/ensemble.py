@@ -140,6 +140,7 @@ def fit_on_reals(bundle: Bundle, val: pd.DataFrame, reals: pd.DataFrame) -> dict
     """
     names = bundle.names
     pcols = [f"p_{n}" for n in names]
+    reals = reals.copy()  # the caller's rows stay as they were
     for c in pcols:  # an ABSTAIN row has no member probabilities
         reals[c] = reals.get(c, np.nan)
     judged = reals[(reals["verdict"] != "ABSTAIN") & reals[pcols].notna().all(axis=1)].reset_index(drop=True)

@@ -86,3 +86,15 @@ def test_a_reals_folder_without_video_is_refused_and_one_with_videos_lists_them(
     (tmp_path / "cam").mkdir()
     (tmp_path / "cam" / "a.MP4").write_bytes(b"x")
     assert reals_clips(cfg, GenerateConfig(), tmp_path / "work") == [("cam/a.MP4", tmp_path / "cam" / "a.MP4")]
+
+
+def test_the_synthetic_reals_are_many_people_with_a_clip_each_and_no_fakes() -> None:
+    from veracity.config import GenerateConfig, RealsConfig
+    from veracity.corpus.synth.generate import plan_corpus
+
+    gen = GenerateConfig(seed=1, n_identities=40, real_per_identity=2, methods_per_identity=3)
+    specs, _, _ = plan_corpus(RealsConfig(seed=7, n_identities=12, per_identity=1).corpus(gen))
+    assert len(specs) == 12 and {s.method for s in specs} == {"real"}
+    assert len({s.identity.name for s in specs}) == 12
+    specs, _, _ = plan_corpus(RealsConfig(seed=7, n_identities=12, per_identity=2).corpus(gen))
+    assert len(specs) == 24 and len({s.identity.name for s in specs}) == 12

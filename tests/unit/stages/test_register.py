@@ -406,10 +406,20 @@ def test_model_card_states_the_profiles_scope_or_its_absence() -> None:
 def test_model_card_states_how_files_without_audio_and_split_members_are_judged() -> None:
     judged = model_card({"evidence": {"require_audio": False}, "modality_thresholds": {"video": {}},
                          "disagreement": {"k": 3, "bound": 2.51, "rate": 0.02}})
-    assert "judged on video alone, against video-only thresholds fitted on validation" in judged
+    assert "judged on video alone, against video-only thresholds set the same way" in judged
+    assert "thresholds are chosen on the validation split" in judged  # no reals in this bundle
     assert "Member disagreement: UNCERTAIN when the members split" in judged and "2.51" in judged
     strict = model_card({"evidence": {"require_audio": True}, "modality_thresholds": {"video": {}}})
     assert "A file without usable audio is ABSTAIN." in strict and "Member disagreement" not in strict
+
+
+def test_model_card_says_the_fake_cuts_were_set_on_new_peoples_reals() -> None:
+    reals = {"source": "synthetic", "n": 300, "n_judged": 296,
+             "rules": {"fused": {"fake_at_val": 0.66, "fake_at": 0.40, "reals_fpr": 0.0473}}}
+    card = model_card({"metrics": {"reals": reals}})
+    assert "each FAKE cut is set on 296 authentic clips of people no split has seen" in card
+    assert "0.0473 of them at or above the fused cut" in card and "UNCERTAIN band on validation" in card
+    assert "thresholds are chosen on the validation split" not in card
 
 
 def test_model_card_shows_the_benchmark_per_modality_alone_and_without_the_profile() -> None:
