@@ -13,9 +13,11 @@ every other file; :meth:`Bundle.load` refuses a bundle whose files do not match.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -128,6 +130,76 @@ def verify_bundle(path: Path | str) -> dict[str, Any]:
     return spec
 
 
+
+class SharedPart(torch.nn.Module):
+    """One part (a branch, a sync head) that several members hold the same weights of,
+    computed once per batch and handed to each of them.
+
+    A warm-started member keeps the parts it started from frozen (the audio-visual fusion
+    member holds the video specialist's video branch and the lip-sync member's sync head,
+    bit for bit), so the same tensors went through the same weights twice per window. The
+    answer is kept for the arguments it was computed on (the same tensor objects) until
+    :meth:`forget`, which :meth:`Bundle.forward` calls after every batch.
+    """
+
+    def __init__(self, part: torch.nn.Module):
+        super().__init__()
+        self.part = part
+        self._lock = threading.Lock()
+        self._args: tuple[Any, ...] | None = None
+        self._out: Any = None
+
+    def forward(self, *args: Any) -> Any:  # noqa: D102 - the part's own forward
+        if torch.is_grad_enabled():  # a gradient pass (Grad-CAM, attacks) gets a graph of its own
+            return self.part(*args)
+        with self._lock:
+            if self._args is None or len(args) != len(self._args) or any(a is not b for a, b in zip(args, self._args,
+                                                                                                     strict=True)):
+                self._out, self._args = self.part(*args), args
+            return self._out
+
+    def forget(self) -> None:
+        """Drop the kept answer (and the batch it holds on to)."""
+        with self._lock:
+            self._args, self._out = None, None
+
+
+def _weights_key(module: torch.nn.Module) -> tuple[Any, ...]:
+    """What makes two parts compute the same: their class, config and every tensor's bytes."""
+    digest = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str((t.dtype, tuple(t.shape))).encode())
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return type(module), repr(module), digest.hexdigest()
+
+
+def share_parts(models: Sequence[torch.nn.Module]) -> list[SharedPart]:
+    """Make the members' parts with identical weights one :class:`SharedPart`, in place.
+
+    Only for inference (the models in eval mode): the shared answer is computed once per
+    batch. A part is what a detector's ``parts()`` names; two are shared when class,
+    configuration and every parameter and buffer are equal. Returns the shared parts.
+    """
+    groups: dict[tuple[Any, ...], list[tuple[torch.nn.Module, str]]] = {}
+    for model in models:
+        if not hasattr(model, "parts"):
+            continue
+        for part in model.parts().values():
+            attr = next((n for n, child in model.named_children() if child is part), None)
+            if attr is not None:  # a part nested deeper stays unshared
+                groups.setdefault(_weights_key(part), []).append((model, attr))
+    shared = []
+    for holders in groups.values():
+        if len({id(model) for model, _ in holders}) < 2:
+            continue
+        one = SharedPart(getattr(*holders[0]))
+        for model, attr in holders:
+            setattr(model, attr, one)
+        shared.append(one)
+    return shared
+
+
 @dataclass
 class BundleMember:
     """One member of a bundle: how it is rebuilt, pooled and calibrated."""
@@ -224,6 +296,7 @@ class Bundle:
         self.root = root
         self.device = torch.device(device)
         self._pool: Any = None  # threads for members under a time limit (forward's timeout_s)
+        self._shared: list[SharedPart] = []  # parts computed once per forward (see share_parts)
 
     @property
     def names(self) -> list[str]:
@@ -405,12 +478,14 @@ class Bundle:
                     bm.onnx_session = ort_session(root / m["onnx"])
                 members.append(bm)
             ev = spec.get("evidence", {})
-            return cls(contract, members, Fusion.from_dict(spec["fusion"]), Thresholds.from_dict(spec["thresholds"]),
-                       Evidence(**ev), spec=spec, root=root, device=device,
-                       modality_thresholds=_modality_thresholds(spec), profile=_load_profile(root, spec),
-                       disagreement=_disagreement(spec), fallbacks=_fallbacks(spec))
+            bundle = cls(contract, members, Fusion.from_dict(spec["fusion"]), Thresholds.from_dict(spec["thresholds"]),
+                         Evidence(**ev), spec=spec, root=root, device=device,
+                         modality_thresholds=_modality_thresholds(spec), profile=_load_profile(root, spec),
+                         disagreement=_disagreement(spec), fallbacks=_fallbacks(spec))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise BundleError(f"bundle {root} cannot be rebuilt: {type(exc).__name__}: {exc}") from None
+        bundle._shared = share_parts([m.model for m in members if m.model is not None and m.onnx_session is None])
+        return bundle
 
     # --------------------------------------------------------------- scoring
 
@@ -448,6 +523,14 @@ class Bundle:
                 raise BundleError(f"no member(s) {unknown} in this bundle; it has {self.names}")
         chosen = self.members if members is None else [m for m in self.members if m.name in set(members)]
         gpu_batch = batch.to(self.device) if any(m.onnx_session is None for m in chosen) else batch
+        try:
+            return self._forward(chosen, batch, gpu_batch, timeout_s)
+        finally:
+            for part in self._shared:  # what a shared part computed is this batch's only
+                part.forget()
+
+    def _forward(self, chosen: list[BundleMember], batch: Batch, gpu_batch: Batch,
+                 timeout_s: float | None) -> dict[str, MemberOutput | MemberFailure]:
         if timeout_s is None:
             return {m.name: self._member_forward(m, batch, gpu_batch) for m in chosen}
         if self._pool is None:
