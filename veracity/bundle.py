@@ -484,8 +484,17 @@ class Bundle:
                          disagreement=_disagreement(spec), fallbacks=_fallbacks(spec))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise BundleError(f"bundle {root} cannot be rebuilt: {type(exc).__name__}: {exc}") from None
-        bundle._shared = share_parts([m.model for m in members if m.model is not None and m.onnx_session is None])
+        bundle.share_parts()
         return bundle
+
+    def share_parts(self) -> None:
+        """Compute the members' identical parts once per batch (:func:`share_parts`).
+
+        For a bundle that only scores: its members' ``state_dict`` then names the shared
+        parts' weights differently, so :meth:`save` is for a bundle that never shared.
+        """
+        self._shared += share_parts([m.model for m in self.members
+                                     if m.model is not None and m.onnx_session is None])
 
     # --------------------------------------------------------------- scoring
 

@@ -475,6 +475,7 @@ def attack(cfg: AttackConfig, extract_cfg: ExtractConfig, models: Path, calibrat
     for m in bundle.members:
         assert m.model is not None
         m.model.eval().requires_grad_(False)
+    bundle.share_parts()  # only scored here, never saved
     clips = load_clips(features, [cfg.split], extract_cfg.usable_statuses)
     if not clips:
         raise AttackError(f"no usable clips of split {cfg.split!r} in {features / 'index.csv'}")
