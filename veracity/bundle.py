@@ -130,7 +130,6 @@ def verify_bundle(path: Path | str) -> dict[str, Any]:
     return spec
 
 
-
 class SharedPart(torch.nn.Module):
     """One part (a branch, a sync head) that several members hold the same weights of,
     computed once per batch and handed to each of them.
@@ -153,8 +152,9 @@ class SharedPart(torch.nn.Module):
         if torch.is_grad_enabled():  # a gradient pass (Grad-CAM, attacks) gets a graph of its own
             return self.part(*args)
         with self._lock:
-            if self._args is None or len(args) != len(self._args) or any(a is not b for a, b in zip(args, self._args,
-                                                                                                     strict=True)):
+            same = self._args is not None and len(args) == len(self._args) and all(
+                a is b for a, b in zip(args, self._args, strict=True))
+            if not same:
                 self._out, self._args = self.part(*args), args
             return self._out
 
@@ -164,14 +164,14 @@ class SharedPart(torch.nn.Module):
             self._args, self._out = None, None
 
 
-def _weights_key(module: torch.nn.Module) -> tuple[Any, ...]:
-    """What makes two parts compute the same: their class, config and every tensor's bytes."""
+def _weights_digest(module: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer of ``module`` (names, types, shapes, bytes)."""
     digest = hashlib.sha256()
     for name, t in module.state_dict().items():
         digest.update(name.encode())
         digest.update(str((t.dtype, tuple(t.shape))).encode())
         digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return type(module), repr(module), digest.hexdigest()
+    return digest.hexdigest()
 
 
 def share_parts(models: Sequence[torch.nn.Module]) -> list[SharedPart]:
@@ -181,14 +181,20 @@ def share_parts(models: Sequence[torch.nn.Module]) -> list[SharedPart]:
     batch. A part is what a detector's ``parts()`` names; two are shared when class,
     configuration and every parameter and buffer are equal. Returns the shared parts.
     """
-    groups: dict[tuple[Any, ...], list[tuple[torch.nn.Module, str]]] = {}
+    # By class and configuration first: only parts that may be equal get their weights hashed.
+    alike: dict[tuple[Any, ...], list[tuple[torch.nn.Module, str]]] = {}
     for model in models:
         if not hasattr(model, "parts"):
             continue
         for part in model.parts().values():
             attr = next((n for n, child in model.named_children() if child is part), None)
             if attr is not None:  # a part nested deeper stays unshared
-                groups.setdefault(_weights_key(part), []).append((model, attr))
+                alike.setdefault((type(part), repr(part)), []).append((model, attr))
+    groups: dict[str, list[tuple[torch.nn.Module, str]]] = {}
+    for holders in alike.values():
+        if len(holders) > 1:
+            for model, attr in holders:
+                groups.setdefault(_weights_digest(getattr(model, attr)), []).append((model, attr))
     shared = []
     for holders in groups.values():
         if len({id(model) for model, _ in holders}) < 2:
