@@ -232,7 +232,39 @@ def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
     }
 
 
+class _Background:
+    """Run one call on its own thread; :meth:`result` joins it and returns or re-raises."""
+
+    def __init__(self, fn: Callable[..., T], *args: Any, name: str = "background"):
+        self._out: list[Any] = []
+        self._err: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self._out.append(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller in result()
+                self._err.append(exc)
+
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._err:
+            raise self._err[0]
+        return self._out[0]
+
+    def wait(self) -> None:
+        """Join, dropping the result or the error (the caller is failing anyway)."""
+        self._thread.join()
+
+
 def _audio_part(path: Path, w: RecordWriter, cfg: ExtractConfig, contract: DataContract) -> dict[str, Any]:
+    """Audio -> 16 kHz waveform (loudness-normalised) and voice activity written into ``w``.
+
+    Runs on its own thread beside :func:`_video_part` (see :func:`extract_clip`): it only
+    touches its own arrays of the record.
+    """
     vad = maudio.EnergyVAD(sample_rate=contract.sample_rate, margin_db=cfg.vad_margin_db)
     out = w.appender("audio", (), np.float32)
     sq = 0.0
@@ -242,7 +274,7 @@ def _audio_part(path: Path, w: RecordWriter, cfg: ExtractConfig, contract: DataC
         vad.feed(chunk)
         sq += float(np.dot(chunk.astype(np.float64), chunk))
         peak = max(peak, float(np.abs(chunk).max(initial=0.0)))
-    w.close_arrays()
+    out.close()
     n = out.rows
     rms_db = 10 * np.log10(sq / n + 1e-20) if n else -200.0
     gain = maudio.loudness_gain_db(rms_db, cfg.loudness_target_dbfs, peak=peak) if rms_db > _SILENT_DBFS else 0.0
@@ -307,7 +339,15 @@ def extract_clip(row: dict[str, Any], root: Path, out: Path, cfg: ExtractConfig,
         elif info.duration_s is not None and info.duration_s > cfg.max_duration_s:
             problems["too_long"] = f"duration {info.duration_s:.0f} s exceeds extract.max_duration_s={cfg.max_duration_s:.0f}"
         else:
-            facts.update(_video_part(reader, w, cfg, contract))
+            # The audio is decoded on a second thread while the frames are: FFmpeg and the
+            # VAD's numpy release the GIL, and the two parts write separate arrays.
+            audio = _Background(_audio_part, path, w, cfg, contract, name="extract-audio") if info.has_audio else None
+            try:
+                facts.update(_video_part(reader, w, cfg, contract))
+            except BaseException:
+                if audio is not None:
+                    audio.wait()  # never commit or abort the record under a running writer
+                raise
             dur = facts["n_frames"] / contract.fps
             if facts["n_frames"] == 0:
                 problems["corrupt"] = "no decodable video frame" + (
@@ -317,8 +357,8 @@ def extract_clip(row: dict[str, Any], root: Path, out: Path, cfg: ExtractConfig,
             elif facts["face_ratio"] < cfg.min_face_ratio:
                 problems["no_face"] = (f"a face was found in {facts['face_ratio']:.0%} of sampled frames "
                                        f"(< {cfg.min_face_ratio:.0%}); centre crops stored and flagged")
-            if info.has_audio:
-                facts.update(_audio_part(path, w, cfg, contract))
+            if audio is not None:
+                facts.update(audio.result())
                 if facts["rms_dbfs"] <= _SILENT_DBFS or facts["speech_ratio"] == 0.0:
                     problems["silent"] = f"audio is silent (RMS {facts['rms_dbfs']:.1f} dBFS, no voice activity)"
             else:

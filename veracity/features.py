@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,12 +121,15 @@ class RecordWriter:
         self.tmp.mkdir(parents=True)
         self._open: dict[str, NpyAppender] = {}
         self._attrs: dict[str, dict[str, Any]] = {}
+        # Extraction writes the video arrays and the audio arrays from two threads.
+        self._lock = threading.Lock()
 
     def appender(self, name: str, row_shape: tuple[int, ...], dtype: np.dtype | type) -> NpyAppender:
         """An appender for ``<name>.npy`` (created on first use, reused after)."""
-        if name not in self._open:
-            self._open[name] = NpyAppender(self.tmp / f"{name}.npy", row_shape, dtype)
-        return self._open[name]
+        with self._lock:
+            if name not in self._open:
+                self._open[name] = NpyAppender(self.tmp / f"{name}.npy", row_shape, dtype)
+            return self._open[name]
 
     def save(self, name: str, array: np.ndarray, **attrs: Any) -> None:
         """Write a whole small array as ``<name>.npy``.
@@ -138,7 +142,8 @@ class RecordWriter:
         """
         np.save(self.tmp / f"{name}.npy", array)
         if attrs:
-            self._attrs[name] = dict(attrs)
+            with self._lock:
+                self._attrs[name] = dict(attrs)
 
     def path(self, name: str) -> Path:
         """Path of ``<name>.npy`` inside the record being written."""

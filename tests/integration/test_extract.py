@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -216,6 +217,50 @@ def test_failure_bound_fails_the_stage(bad_batch, tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "f" / "summary.json").read_text())
     assert summary["status"]["corrupt"] == 3
 
+
+
+def test_audio_is_decoded_beside_the_frames_and_a_failing_video_part_waits_for_it(
+        tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from veracity import extract as ex
+
+    row = mf.read(tiny_corpus / "manifest.csv").iloc[0].to_dict()
+    seq = ex.extract_clip(row, tiny_corpus, tmp_path / "before", CFG, CONTRACT, "fp")
+    spans: dict[str, tuple[float, float, str]] = {}
+    real_audio, real_video = ex._audio_part, ex._video_part
+
+    def timed(name: str, fn, delay: float = 0.0, fail: bool = False):
+        def run(*args):
+            t = time.perf_counter()
+            time.sleep(delay)
+            if fail:
+                spans[name] = (t, time.perf_counter(), threading.current_thread().name)
+                raise ValueError("simulated bug in the video part")
+            out = fn(*args)
+            spans[name] = (t, time.perf_counter(), threading.current_thread().name)
+            return out
+        return run
+
+    monkeypatch.setattr(ex, "_audio_part", timed("audio", real_audio))
+    monkeypatch.setattr(ex, "_video_part", timed("video", real_video, delay=0.2))
+    res = ex.extract_clip(row, tiny_corpus, tmp_path / "after", CFG, CONTRACT, "fp")
+    assert spans["audio"][2] != spans["video"][2]
+    assert spans["audio"][0] < spans["video"][1]  # the audio started before the frames ended
+    # The same record, facts and order of facts as one after the other.
+    assert list(res) == list(seq) and res == {**seq, "reused": False}
+    a, b = ClipRecord(record_dir(tmp_path / "before", str(row["video_id"]))), \
+        ClipRecord(record_dir(tmp_path / "after", str(row["video_id"])))
+    for name in ("faces", "flow", "times", "audio", "vad"):
+        np.testing.assert_array_equal(a.array(name), b.array(name))
+
+    # A video part that fails still lets the (slower) audio part finish before the record is
+    # written: the clip is "error", and no writer runs on after it.
+    spans.clear()
+    monkeypatch.setattr(ex, "_audio_part", timed("audio", real_audio, delay=0.3))
+    monkeypatch.setattr(ex, "_video_part", timed("video", None, fail=True))
+    res = ex.extract_clip(row, tiny_corpus, tmp_path / "failed", CFG, CONTRACT, "fp")
+    assert res["status"] == "error" and "simulated bug in the video part" in res["message"]
+    assert "audio" in spans  # joined before extract_clip returned
+    assert not list((tmp_path / "failed" / "records").glob("*/*.partial"))
 
 
 def test_a_bug_is_status_error_logged_and_fails_the_stage(tiny_corpus: Path, tmp_path: Path,
