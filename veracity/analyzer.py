@@ -65,6 +65,7 @@ from veracity.features import ClipRecord, record_dir
 from veracity.frames import FrameBatchReport, score_frames
 from veracity.lineage import plain, sha256_file
 from veracity.status import ABSTAIN_REASONS, OK
+from veracity.stream import WindowStream
 
 __all__ = ["REASONS", "AnalysisStopped", "Analyzer", "BundleError", "Progress", "Report", "folder_inputs",
            "report_text"]
@@ -405,16 +406,27 @@ class Analyzer:
         with tempfile.TemporaryDirectory(prefix="veracity-analyze-", ignore_cleanup_errors=True) as tmp:
             out = Path(tmp)
             row = {"video_id": _CLIP_ID, "path": str(path.resolve())}
-            t = time.perf_counter()
-            idx = extract_clip(row, path.resolve().parent, out, self.extract_cfg, self.contract, self.fingerprint)
-            timings["extract_s"] = time.perf_counter() - t
-            media.update(_media_facts(idx))
-            rec = ClipRecord(record_dir(out, _CLIP_ID))
-            alone = self._check_evidence(idx, rec, media)
-            progress("scoring", 0.7)
-            # The members' forward passes take the analyzer's lock (or go through the shared
-            # batcher, which takes it): extraction above and the bookkeeping here run in parallel.
-            persons = [self._score_person(rec, media, track, timings, alone) for track in _kept_tracks(rec)]
+            # Windows are scored while the file is still being extracted (veracity.stream).
+            stream = (WindowStream(self.contract, functools.partial(self._forward, run=self.bundle.names),
+                                   self.cfg.batch_size) if self.cfg.overlap else None)
+            try:
+                t = time.perf_counter()
+                idx = extract_clip(row, path.resolve().parent, out, self.extract_cfg, self.contract,
+                                   self.fingerprint, observer=stream)
+                if stream is not None:
+                    stream.finish()
+                    timings["forward_overlapped_s"] = stream.forward_s
+                timings["extract_s"] = time.perf_counter() - t
+                media.update(_media_facts(idx))
+                rec = ClipRecord(record_dir(out, _CLIP_ID))
+                alone = self._check_evidence(idx, rec, media)
+                progress("scoring", 0.7)
+                # The members' forward passes take the analyzer's lock (or go through the shared
+                # batcher, which takes it): extraction above and the bookkeeping here run in parallel.
+                persons = [self._score_person(rec, media, track, timings, alone, stream) for track in _kept_tracks(rec)]
+            finally:
+                if stream is not None:
+                    stream.close()
             if not persons:  # _check_evidence guarantees one, but never call REAL without a face
                 raise _Abstain("no_face", "no face track lasted long enough to be judged")
             # The call is about the most suspicious person the bundle can judge: one outside
@@ -493,7 +505,8 @@ class Analyzer:
         return alone
 
     def _score_person(self, rec: ClipRecord, media: Mapping[str, Any], track: int,
-                      timings: dict[str, float], alone: str | None = None) -> _Person:
+                      timings: dict[str, float], alone: str | None = None,
+                      stream: WindowStream | None = None) -> _Person:
         b, c = self.bundle, self.contract
         # Judged on one modality alone, only its members run (a member that listens never
         # scores a file it cannot hear).
@@ -513,9 +526,29 @@ class Analyzer:
         embedded: dict[str, list[np.ndarray]] = {m.name: [] for m in members if b.profile is not None}
         failed: dict[str, str] = {}
         bs = self.cfg.batch_size
+
+        def take(out: Mapping[str, Any]) -> None:
+            for m in run:
+                if isinstance(out[m], MemberFailure):
+                    failed.setdefault(m, f"{out[m].reason}: {out[m].message}")
+                    continue
+                logits[m].append(np.asarray(out[m].logits, dtype=np.float32).reshape(-1))
+                if m in caught and out[m].frame_scores is not None:
+                    caught[m].append(out[m].frame_scores)
+                if m in embedded and out[m].features is not None:
+                    embedded[m].append(out[m].features)
+
+        # The first whole batches were scored during extraction when the stream's guess
+        # held: every member, with the audio (the same windows, the same batches).
+        streamed = stream.outputs(track, run) if stream is not None and alone is None and clip.has_audio else []
+        if len(streamed) * bs > len(ds):  # cannot happen: the stream cuts the dataset's windows
+            streamed = []
+        for out in streamed:
+            take(out)
         # The next batch is cut from the record on a background thread while the members
         # run on this one (the same bounded prefetch as extraction: memory stays flat).
-        batches = (collate([ds[i] for i in range(s, min(s + bs, len(ds)))])[0] for s in range(0, len(ds), bs))
+        batches = (collate([ds[i] for i in range(s, min(s + bs, len(ds)))])[0]
+                   for s in range(len(streamed) * bs, len(ds), bs))
         prep = fwd = 0.0
         with self.batcher.scoring() if self.batcher is not None else contextlib.nullcontext():
             t = time.perf_counter()
@@ -525,15 +558,7 @@ class Analyzer:
                 prep += t1 - t  # waiting for windows the prefetch had not cut yet
                 t = time.perf_counter()
                 fwd += t - t1
-                for m in run:
-                    if isinstance(out[m], MemberFailure):
-                        failed.setdefault(m, f"{out[m].reason}: {out[m].message}")
-                        continue
-                    logits[m].append(np.asarray(out[m].logits, dtype=np.float32).reshape(-1))
-                    if m in caught and out[m].frame_scores is not None:
-                        caught[m].append(out[m].frame_scores)
-                    if m in embedded and out[m].features is not None:
-                        embedded[m].append(out[m].features)
+                take(out)
         if failed:
             alone, run = self._without(failed, alone, run)
             caught = {k: v for k, v in caught.items() if k in run}

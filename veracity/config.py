@@ -518,12 +518,16 @@ class AnalyzeConfig(_Section):
     """``veracity analyze`` / the service: how a report is built."""
 
     # Windows per forward pass. Peak memory follows it (each window is 16 crops plus flow,
-    # and the members' activations), not the video's length: 16 windows (20 s of video)
-    # keep a 10-minute video within 1.12x the peak of a 10-second one on CPU, where 32
-    # gave 1.29x for no speed gain. Raise it on a GPU.
-    batch_size: int = Field(16, ge=1)
+    # and the members' activations), not the video's length. On CPU 4 windows cost what 16
+    # do per window (bench/results/forward_batch.json: 14.3 against 14.5 ms for every
+    # member), and a batch is scored during extraction as soon as its 4 windows exist (the
+    # first after 3.2 s of video at 12.5 fps), so short files overlap too. Raise it on a GPU.
+    batch_size: int = Field(4, ge=1)
     top_frames: int = Field(5, ge=1)  # most suspicious frames listed (and explained)
     segment_merge: bool = True  # merge adjacent windows with the same call into one segment
+    # Score each track's whole batches while the file is still being extracted
+    # (veracity.stream): the same windows and batches, so the same report, sooner.
+    overlap: bool = True
 
 
 class MonitorConfig(_Section):

@@ -160,56 +160,80 @@ class WindowDataset(Dataset):
         rows = self._rows(ci)
         rec = self._records[ci][0]
         c = self.contract
-        t = c.frames_per_window
-        sel = rows[start : start + t]
+        sel = rows[start : start + c.frames_per_window]
         faces = np.asarray(rec.array("faces")[sel]) if len(sel) else np.zeros((0, c.face_size, c.face_size, 3), np.uint8)
         flow = rec.array("flow")
-        flow = np.asarray(flow[sel], dtype=np.float32) if len(sel) and flow.ndim == 4 else None
+        flow = flow[sel] if len(sel) and flow.ndim == 4 else None
         if clip.track is None:
             video_present = bool(len(sel)) and rec.primary_track() is not None
         else:  # an explicit track is a face unless it is the centre-crop fallback (-1)
             video_present = bool(len(sel)) and clip.track >= 0
-        if len(sel) < t:  # short clip: repeat the last crop (and zero motion) to fill the window
-            pad = t - len(sel)
-            faces = np.concatenate([faces, np.repeat(faces[-1:] if len(faces) else
-                                                     np.zeros((1, c.face_size, c.face_size, 3), np.uint8), pad, 0)])
-            if flow is not None:
-                flow = np.concatenate([flow, np.zeros((pad, *flow.shape[1:]), np.float32)])
-        video = torch.from_numpy(faces).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(c.mean).view(1, 3, 1, 1)
-        std = torch.tensor(c.std).view(1, 3, 1, 1)
-        video = (video - mean) / std
-
-        n_audio = c.audio_samples_per_window
-        audio = np.zeros(n_audio, np.float32)
-        vad = np.zeros(int(round(c.window_seconds / self.vad_hop_s)), bool)
         wave = rec.array("audio")
-        if clip.has_audio and len(wave) and len(sel):
-            frame_idx = int(rec.array("crop_frame")[sel[0]])
-            t0 = float(rec.array("times")[frame_idx])
-            a0 = int(round(t0 * c.sample_rate))
-            seg = np.asarray(wave[a0 : a0 + n_audio], dtype=np.float32)
-            audio[: len(seg)] = seg
-            v = rec.array("vad")
-            h0 = int(round(t0 / self.vad_hop_s))
-            vseg = np.asarray(v[h0 : h0 + len(vad)], dtype=bool)
-            vad[: len(vseg)] = vseg
-        sample = {
-            "video": video,
-            "flow": torch.from_numpy(flow).permute(0, 3, 1, 2) if flow is not None else None,
-            "audio": torch.from_numpy(audio),
-            "vad": torch.from_numpy(vad),
-            "video_present": video_present,
-            "audio_present": clip.has_audio,
-            "label": float(clip.label),
-            "video_label": clip.video_label,
-            "audio_label": clip.audio_label,
-            "index": idx,
-        }
+        heard = clip.has_audio and len(wave) and len(sel)
+        t0 = float(rec.array("times")[int(rec.array("crop_frame")[sel[0]])]) if heard else None
+        sample = window_sample(faces, flow, c, wave=wave if heard else None, vad=rec.array("vad") if heard else None,
+                               t0=t0, vad_hop_s=self.vad_hop_s)
+        sample.update(video_present=video_present, audio_present=clip.has_audio, label=float(clip.label),
+                      video_label=clip.video_label, audio_label=clip.audio_label, index=idx)
         if self.transform is not None:
             rng = np.random.default_rng([self.seed, self.epoch, idx])
             sample = self.transform(sample, rng)
         return sample
+
+
+def window_sample(faces: np.ndarray, flow: np.ndarray | None, contract: DataContract, *,
+                  wave: np.ndarray | None, vad: np.ndarray | None, t0: float | None,
+                  vad_hop_s: float) -> dict[str, Any]:
+    """The model inputs of one window: its crops and flow, and the audio and voice activity
+    from ``t0`` (the first crop's time) on.
+
+    One place for both ways a window is cut: from a finished record
+    (:class:`WindowDataset`) and from crops still being extracted (:mod:`veracity.stream`).
+
+    Args:
+        faces: (n, S, S, 3) uint8 crops, n <= ``frames_per_window`` (a short clip's last crop
+            is repeated, with zero motion, to fill the window).
+        flow: (n, s, s, 2) optical flow of the same rows, or None.
+        contract: window length, sample rate and normalisation.
+        wave: the clip's whole 16 kHz waveform (None: no audio, zeros).
+        vad: the clip's voice-activity mask, one value per ``vad_hop_s``.
+        t0: where the window's audio starts, in seconds (None: no audio).
+        vad_hop_s: seconds per VAD step.
+
+    Returns:
+        ``video`` (normalised), ``flow``, ``audio`` and ``vad`` tensors.
+    """
+    c = contract
+    t = c.frames_per_window
+    flow = np.asarray(flow, dtype=np.float32) if flow is not None else None
+    if len(faces) < t:  # short clip: repeat the last crop (and zero motion) to fill the window
+        pad = t - len(faces)
+        faces = np.concatenate([faces, np.repeat(faces[-1:] if len(faces) else
+                                                 np.zeros((1, c.face_size, c.face_size, 3), np.uint8), pad, 0)])
+        if flow is not None:
+            flow = np.concatenate([flow, np.zeros((pad, *flow.shape[1:]), np.float32)])
+    video = torch.from_numpy(faces).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(c.mean).view(1, 3, 1, 1)
+    std = torch.tensor(c.std).view(1, 3, 1, 1)
+    video = (video - mean) / std
+
+    n_audio = c.audio_samples_per_window
+    audio = np.zeros(n_audio, np.float32)
+    mask = np.zeros(int(round(c.window_seconds / vad_hop_s)), bool)
+    if wave is not None and t0 is not None:
+        a0 = int(round(t0 * c.sample_rate))
+        seg = np.asarray(wave[a0 : a0 + n_audio], dtype=np.float32)
+        audio[: len(seg)] = seg
+        if vad is not None:
+            h0 = int(round(t0 / vad_hop_s))
+            vseg = np.asarray(vad[h0 : h0 + len(mask)], dtype=bool)
+            mask[: len(vseg)] = vseg
+    return {
+        "video": video,
+        "flow": torch.from_numpy(flow).permute(0, 3, 1, 2) if flow is not None else None,
+        "audio": torch.from_numpy(audio),
+        "vad": torch.from_numpy(mask),
+    }
 
 
 def collate(samples: list[dict[str, Any]]) -> tuple[Batch, torch.Tensor]:

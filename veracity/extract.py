@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -141,6 +141,19 @@ def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:
         raise error[0]
 
 
+class ExtractObserver(Protocol):
+    """Told about a clip's data while :func:`extract_clip` writes it (the analyzer scores
+    windows before the file is finished: :mod:`veracity.stream`). Must not raise."""
+
+    def crop(self, track: int, face: np.ndarray, flow: np.ndarray | None, time: float) -> None:
+        """One crop row as written: its track (-1: centre fallback), (S, S, 3) uint8 crop,
+        float16 flow (or None without flow) and the frame's time; from the video thread."""
+
+    def audio(self, wave: np.ndarray | None, vad: np.ndarray | None, hop_s: float | None) -> None:
+        """Once, from the audio thread: the normalised waveform (read-only memory map) and
+        the voice-activity mask, or Nones when the file has no usable audio."""
+
+
 _local = threading.local()
 
 
@@ -159,7 +172,8 @@ def _detector(max_side: int, min_face_frac: float) -> HaarFaceDetector:
 
 
 def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
-                contract: DataContract, detector: FaceDetector | None = None) -> dict[str, Any]:
+                contract: DataContract, detector: FaceDetector | None = None,
+                observer: ExtractObserver | None = None) -> dict[str, Any]:
     """Frames -> face tracks, crops, flow and timestamps written into ``w``; returns the facts.
 
     ``reader`` is iterated once; each item needs ``index``, ``time``, ``width``, ``height``,
@@ -205,16 +219,20 @@ def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
             c_track.append(np.int16(track_id))
             c_box.append(np.array([x0, y0, x1, y1], np.float32))
             c_det.append(np.bool_(det))
+            row_flow = None
             if flows is not None:
                 small = cv2.resize(crop, (fsize, fsize), interpolation=cv2.INTER_AREA)
                 flow = streams.setdefault(track_id, FlowStream()).push(small)
-                flows.append(np.zeros((fsize, fsize, 2), np.float16) if flow is None else flow)
+                row_flow = np.zeros((fsize, fsize, 2), np.float16) if flow is None else flow
+                flows.append(row_flow)
                 if flow is not None and not det and track_id >= 0:
                     # Between detections, follow the face by its own motion inside the crop.
                     c = fsize // 4
                     dx, dy = np.median(flow[c:-c, c:-c].reshape(-1, 2).astype(np.float32), axis=0)
                     scale = (x1 - x0) / fsize
                     tracker.shift(track_id, float(dx) * scale, float(dy) * scale)
+            if observer is not None:
+                observer.crop(track_id, crop, row_flow, frame.time)
     tracks = tracker.summary()
     min_len = max(1, int(np.ceil(cfg.min_track_frac * max(n, 1))))
     for t in tracks:
@@ -259,7 +277,8 @@ class _Background:
         self._thread.join()
 
 
-def _audio_part(path: Path, w: RecordWriter, cfg: ExtractConfig, contract: DataContract) -> dict[str, Any]:
+def _audio_part(path: Path, w: RecordWriter, cfg: ExtractConfig, contract: DataContract,
+                observer: ExtractObserver | None = None) -> dict[str, Any]:
     """Audio -> 16 kHz waveform (loudness-normalised) and voice activity written into ``w``.
 
     Runs on its own thread beside :func:`_video_part` (see :func:`extract_clip`): it only
@@ -287,7 +306,10 @@ def _audio_part(path: Path, w: RecordWriter, cfg: ExtractConfig, contract: DataC
         mm.flush()
         del mm
     result = vad.finish()
-    w.save("vad", result.mask.astype(bool), hop_s=result.hop_s)
+    mask = result.mask.astype(bool)
+    w.save("vad", mask, hop_s=result.hop_s)
+    if observer is not None:
+        observer.audio(np.load(w.path("audio"), mmap_mode="r") if n else None, mask, result.hop_s)
     return {
         "has_audio": True,
         "audio_s": n / contract.sample_rate,
@@ -298,8 +320,19 @@ def _audio_part(path: Path, w: RecordWriter, cfg: ExtractConfig, contract: DataC
     }
 
 
+def _heard(path: Path, w: RecordWriter, cfg: ExtractConfig, contract: DataContract,
+           observer: ExtractObserver | None) -> dict[str, Any]:
+    """:func:`_audio_part`, telling ``observer`` when it fails (it must not wait on)."""
+    try:
+        return _audio_part(path, w, cfg, contract, observer)
+    except BaseException:
+        if observer is not None:
+            observer.audio(None, None, None)
+        raise
+
+
 def extract_clip(row: dict[str, Any], root: Path, out: Path, cfg: ExtractConfig,
-                 contract: DataContract, fp: str) -> dict[str, Any]:
+                 contract: DataContract, fp: str, observer: ExtractObserver | None = None) -> dict[str, Any]:
     """Extract one clip into its record; returns its index row (never raises on bad media).
 
     Args:
@@ -309,6 +342,9 @@ def extract_clip(row: dict[str, Any], root: Path, out: Path, cfg: ExtractConfig,
         cfg: extraction settings.
         contract: the data contract (fps, face size, sample rate).
         fp: the run's :func:`fingerprint`; a record with the same one is reused.
+        observer: told about every crop and the audio as they are written (not for a
+            reused record); it is told about the audio exactly once whatever happens,
+            unless extraction fails before the audio starts.
     """
     vid = str(row["video_id"])
     final = record_dir(out, vid)
@@ -341,9 +377,12 @@ def extract_clip(row: dict[str, Any], root: Path, out: Path, cfg: ExtractConfig,
         else:
             # The audio is decoded on a second thread while the frames are: FFmpeg and the
             # VAD's numpy release the GIL, and the two parts write separate arrays.
-            audio = _Background(_audio_part, path, w, cfg, contract, name="extract-audio") if info.has_audio else None
+            audio = (_Background(_heard, path, w, cfg, contract, observer, name="extract-audio")
+                     if info.has_audio else None)
+            if audio is None and observer is not None:
+                observer.audio(None, None, None)
             try:
-                facts.update(_video_part(reader, w, cfg, contract))
+                facts.update(_video_part(reader, w, cfg, contract, observer=observer))
             except BaseException:
                 if audio is not None:
                     audio.wait()  # never commit or abort the record under a running writer

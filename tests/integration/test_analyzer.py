@@ -123,6 +123,24 @@ def test_same_file_twice_gives_the_same_probability(analyzer: Analyzer, tiny_cor
     assert first.probability == second.probability and first.timeline == second.timeline
 
 
+def test_windows_scored_during_extraction_give_the_same_reports(bundle_dir: Path, media: dict[str, Path],
+                                                               tiny_corpus: Path) -> None:
+    # Batches of 2 so that whole batches exist before these short files end. The silent file
+    # is the stream's wrong guess (it scores with the audio; the file is judged without):
+    # the analyzer must start over, not reuse.
+    after, during = (Analyzer(bundle_dir, device="cpu", cfg=AnalyzeConfig(batch_size=2, overlap=ov))
+                     for ov in (False, True))
+    files = [*_videos(tiny_corpus)[:4], media["two"], media["silent"], media["no_audio"], media["no_face"]]
+    overlapped = []
+    for f in files:
+        a, b = after.analyze(f).to_dict(), during.analyze(f).to_dict()
+        overlapped.append(b["timings"].get("forward_overlapped_s", 0.0) > 0)
+        assert "forward_overlapped_s" not in a["timings"]
+        a.pop("timings"), b.pop("timings")
+        assert a == b, f.name
+    assert overlapped[:6] == [True] * 6 and overlapped[6:] == [False, False]
+
+
 @pytest.mark.parametrize(("kind", "reason"), [("no_face", "no_face"), ("corrupt", "corrupt"), ("no_audio", "no_audio")])
 def test_files_that_cannot_be_judged_abstain(analyzer: Analyzer, media: dict[str, Path], kind: str,
                                              reason: str) -> None:
