@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -74,8 +74,9 @@ class ServiceConfig(BaseModel):
                                             "redis-server under job_dir/broker, started by the service")
     job_dir: Path = Field(Path("var/serving/jobs"), description="uploaded job videos until their job ends "
                                                                "(shared storage when workers run elsewhere)")
-    job_workers: int = Field(1, ge=0, description="job worker processes the service starts and restarts "
-                                                  "(0 when `veracity worker` runs elsewhere)")
+    job_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        1, description="job worker processes the service starts and restarts (0 when `veracity worker` runs "
+                       "elsewhere; auto: one per two cores), the cores shared out among them; each loads the model")
     job_timeout_s: float = Field(1800.0, gt=0, description="time limit of one job; the broker redelivers a "
                                                            "job whose worker died after this plus 20 s")
     job_max_attempts: int = Field(3, ge=1, description="deliveries of a job before it fails as worker_lost")
@@ -95,6 +96,16 @@ class ServiceConfig(BaseModel):
         from serving.fetch import FetchPolicy
 
         return ",".join(FetchPolicy.parse_networks(value))
+
+    @field_validator("job_workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        # One message for both forms, rather than the integer branch's alone.
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value != "auto" and not value.isdigit():
+                raise ValueError("must be a whole number >= 0, or auto (one per two cores)")
+        return value
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServiceConfig:
@@ -138,6 +149,16 @@ class ServiceConfig(BaseModel):
             raise ValueError(f"VERACITY_API_KEYS: {len(short)} key(s) shorter than {MIN_KEY_LEN} characters; "
                              "use long random keys (e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')")
         return keys
+
+    @property
+    def local_job_workers(self) -> int:
+        """The job worker processes the service starts: ``job_workers``, or for ``auto`` one per
+        two cores (:func:`veracity.pool.auto_workers`)."""
+        if self.job_workers == "auto":
+            from veracity.pool import auto_workers
+
+            return auto_workers()
+        return self.job_workers
 
     @property
     def open_prefixes(self) -> tuple[str, ...]:

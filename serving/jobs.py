@@ -394,14 +394,26 @@ class LocalWorkers:
     """``VERACITY_JOB_WORKERS`` ``veracity worker`` processes, restarted when they die.
 
     Each worker writes its PID file under ``job_dir/workers``; a worker that outlived a killed
-    service is adopted by the next one instead of being started twice.
+    service is adopted by the next one instead of being started twice. With more than one,
+    each gets its share of the cores for its torch and OpenCV threads.
     """
 
     def __init__(self, cfg: ServiceConfig):
         self.cfg = cfg
+        self.count = cfg.local_job_workers
         self.dir = cfg.job_dir / "workers"
         self._procs: dict[int, subprocess.Popen] = {}
         self._closed = False
+
+    def command(self, i: int) -> list[str]:
+        """The command line of local worker ``i``."""
+        cmd = [sys.executable, "-m", "veracity.cli", "worker", "--name", f"local-{i}",
+               "--pidfile", str(self.pidfile(i))]
+        if self.count > 1:
+            from veracity.pool import thread_share
+
+            cmd += ["--threads", str(thread_share(self.count))]
+        return cmd
 
     def pidfile(self, i: int) -> Path:
         return self.dir / f"worker-{i}.pid"
@@ -416,7 +428,7 @@ class LocalWorkers:
         if self._closed:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        for i in range(self.cfg.job_workers):
+        for i in range(self.count):
             proc = self._procs.get(i)
             if proc is not None and proc.poll() is None:
                 continue
@@ -428,9 +440,7 @@ class LocalWorkers:
                 continue  # outlived a previous service: adopted
             self.pidfile(i).unlink(missing_ok=True)
             self._procs[i] = subprocess.Popen(
-                [sys.executable, "-m", "veracity.cli", "worker", "--name", f"local-{i}",
-                 "--pidfile", str(self.pidfile(i))],
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                self.command(i), stdin=subprocess.DEVNULL, start_new_session=True,
                 # A registry download folder of its own: processes downloading the same
                 # version into one folder would replace each other's finished copy.
                 env={**os.environ, "VERACITY_CACHE_DIR": str(self.cfg.cache_dir / f"worker-{i}")})
@@ -442,7 +452,7 @@ class LocalWorkers:
         A job cut short is delivered again when a worker next runs (late acknowledgement).
         """
         self._closed = True
-        pids = [p for p in (self.pid(i) for i in range(self.cfg.job_workers)) if p is not None and _is_worker(p)]
+        pids = [p for p in (self.pid(i) for i in range(self.count)) if p is not None and _is_worker(p)]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)

@@ -76,12 +76,13 @@ def _user_errors(func: F) -> F:
             from veracity.corpus.adapters import AdapterError
             from veracity.corpus.manifest import ManifestError
             from veracity.extract import ExtractError
+            from veracity.pool import PoolError
             from veracity.validation import ValidationFailed
 
             if isinstance(exc, ValidationFailed):
                 _err(str(exc))
                 raise typer.Exit(1) from None
-            if isinstance(exc, AdapterError | ManifestError | ExtractError | BundleError):
+            if isinstance(exc, AdapterError | ManifestError | ExtractError | BundleError | PoolError):
                 _err(f"error: {exc}")
                 raise typer.Exit(2) from None
             raise
@@ -461,6 +462,8 @@ def analyze(
     out: Annotated[Path | None, typer.Option(help="Write one <name>.json per file here (overlays below).")] = None,
     runtime: Annotated[str, typer.Option(help="torch, or onnx for the members exported to ONNX.")] = "torch",
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    workers: Annotated[str, typer.Option(help="Processes for several files, each loading the bundle once: auto "
+                                              "(one per two cores, at most one per file) or a number.")] = "auto",
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
@@ -468,9 +471,12 @@ def analyze(
 
     Every file gets a report (ABSTAIN with a reason when it cannot be judged, e.g. an
     audio file or an image); sub-folders are listed as skipped. The exit code is 0 when
-    all did. A bundle that fails its checksums is refused (exit 2).
+    all did. A bundle that fails its checksums is refused (exit 2). Several files are
+    analysed in --workers processes, the cores shared out among them; the reports come in
+    the files' order all the same.
     """
-    from veracity.analyzer import Analyzer, folder_inputs, report_text
+    from veracity.analyzer import folder_inputs, report_text
+    from veracity.pool import analyze_files, resolve_workers
 
     cfg = section(load_params(params, set_ or (), "analyze"), "analyze")
     if runtime not in ("torch", "onnx"):
@@ -480,13 +486,18 @@ def analyze(
         _err(f"skipped {entry}: {why}")
     if path.is_dir() and not files:
         raise StageError(f"{path} holds no files to analyse")
-    analyzer = Analyzer(bundle, device=device, runtime=runtime, cfg=cfg)
+    try:
+        n_workers = resolve_workers(workers, len(files))
+    except ValueError as exc:
+        raise StageError(f"--workers: {exc}") from None
     stems = [f.stem for f in files]
+    # <stem>.json, or <file name>.json when two files share a stem (a.mp4, a.mov).
+    names = [f.stem if stems.count(f.stem) == 1 else f.name for f in files]
+    analysed = analyze_files(files, bundle, workers=n_workers, device=device, runtime=runtime, cfg=cfg,
+                             explain=explain, explain_dirs=[out / name if out is not None and explain else None
+                                                            for name in names])
     reports = []
-    for f in files:
-        # <stem>.json, or <file name>.json when two files share a stem (a.mp4, a.mov).
-        name = f.stem if stems.count(f.stem) == 1 else f.name
-        report = analyzer.analyze(f, explain=explain, explain_dir=out / name if out is not None and explain else None)
+    for name, report in zip(names, analysed, strict=True):
         reports.append(report.to_dict())
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -777,6 +788,8 @@ def worker(
     name: Annotated[str, typer.Option(help="Worker name (Celery's node name is NAME@host).")] = "worker",
     concurrency: Annotated[int, typer.Option(min=1, help="Jobs at once (one process, one model, each).")] = 1,
     pidfile: Annotated[Path | None, typer.Option(help="Write the worker's PID here (removed at exit).")] = None,
+    threads: Annotated[int, typer.Option(min=0, help="Torch and OpenCV threads of each job process (0: one per "
+                                                     "core; the service gives each local worker its share).")] = 0,
 ) -> None:
     """Run a job worker: takes analysis jobs from the broker (VERACITY_BROKER_URL, or the
     service's embedded one) and runs them with the champion. The same command at any scale."""
@@ -800,6 +813,14 @@ def worker(
             _err(str(exc))
             raise typer.Exit(2) from None
 
+    if threads:
+        from celery.signals import worker_process_init
+
+        from veracity.pool import share_threads
+
+        # In each job process, after the fork and before its model loads (torch is not
+        # imported here, so nothing has started a thread pool yet).
+        worker_process_init.connect(lambda **_: share_threads(threads), weak=False)
     argv = ["worker", "--pool", "prefork", "--concurrency", str(concurrency), "--queues", QUEUE,
             "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle", "--loglevel", cfg.log_level]
     if pidfile is not None:

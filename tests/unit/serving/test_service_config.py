@@ -49,3 +49,24 @@ def test_allowed_networks_are_checked_at_start_up() -> None:
     assert cfg.url_allow_networks == "10.0.0.0/8,127.0.0.0/8"
     with pytest.raises(ValueError, match="VERACITY_URL_ALLOW_NETWORKS"):
         ServiceConfig.from_env({"VERACITY_URL_ALLOW_NETWORKS": "intranet.example"})
+
+
+def test_job_workers_default_to_one_and_auto_is_one_per_two_cores_each_with_its_share(tmp_path: Path) -> None:
+    from serving.jobs import LocalWorkers
+    from veracity.pool import auto_workers, available_cores
+
+    root = {"VERACITY_PROJECT_ROOT": str(tmp_path)}
+    one = ServiceConfig.from_env(root)
+    assert one.job_workers == 1 and one.local_job_workers == 1
+    assert "--threads" not in LocalWorkers(one).command(0)  # a lone worker keeps every core
+    auto = ServiceConfig.from_env({**root, "VERACITY_JOB_WORKERS": " Auto "})
+    assert auto.job_workers == "auto"
+    assert auto.local_job_workers == auto_workers() == max(1, available_cores() // 2)
+    assert ServiceConfig.from_env({**root, "VERACITY_JOB_WORKERS": "0"}).local_job_workers == 0
+    three = LocalWorkers(ServiceConfig.from_env({**root, "VERACITY_JOB_WORKERS": "3"}))
+    cmd = three.command(2)
+    assert cmd[cmd.index("--name") + 1] == "local-2"
+    assert cmd[cmd.index("--threads") + 1] == str(max(1, available_cores() // 3))
+    for bad in ("-1", "many", "2.5"):
+        with pytest.raises(ValueError, match="VERACITY_JOB_WORKERS.*auto"):
+            ServiceConfig.from_env({"VERACITY_JOB_WORKERS": bad})
