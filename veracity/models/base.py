@@ -41,11 +41,13 @@ class Batch:
 
     @property
     def size(self) -> int:
-        """Batch size."""
+        """Batch size (a symbol while ``torch.export`` traces a member)."""
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, torch.Tensor):
-                return int(v.shape[0])
+                # shape[0], not int(shape[0]): int() would pin the traced batch size to the
+                # example's, and the ONNX exporter then saves a graph that refuses any other.
+                return v.shape[0]
         return 0
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
