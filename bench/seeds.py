@@ -10,8 +10,10 @@ spread is the spread of the trained bundle, not of the yardstick.
 
 ``--vary generate.seed`` moves everything downstream of the corpus (people, clips, splits
 and so training); ``--vary train.seed`` keeps the corpus and moves only training's
-randomness (initialisation, batches, augmentation). Comparing the two spreads says which
-stage's randomness moves the figures most. ``--from DIR`` starts each run from a copy of a
+randomness (initialisation, batches, augmentation); ``--vary benchmark.seed`` keeps the
+bundle and draws another benchmark corpus (new people), which tells the yardstick's own
+draw from an offset of the bundle. Comparing the spreads says which stage's randomness moves
+the figures most. ``--from DIR`` starts each run from a copy of a
 finished run (its environment linked, its MLflow store dropped) instead of a clone, so
 ``dvc repro`` reruns only what the changed seed touches.
 
@@ -99,7 +101,7 @@ def spread(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vary", default="generate.seed", choices=["generate.seed", "train.seed"])
+    ap.add_argument("--vary", default="generate.seed", choices=["generate.seed", "train.seed", "benchmark.seed"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2])
     ap.add_argument("--work", type=Path, default=Path("/tmp/veracity-seeds"))
     ap.add_argument("--out", type=Path, default=None)
