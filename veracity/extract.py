@@ -171,6 +171,13 @@ def _detector(max_side: int, min_face_frac: float) -> HaarFaceDetector:
 # ----------------------------------------------------------------------------- one clip
 
 
+def _detections(frames: Iterable[Any], detector: FaceDetector, every: int) -> Iterator[tuple[Any, list | None]]:
+    """Each frame with its detections: every ``every``-th sampled frame's, else None."""
+    for frame in frames:
+        # The luma plane as decoded (no conversion): Haar does not need full range.
+        yield frame, (detector.detect(frame.y_plane()) if frame.index % every == 0 else None)
+
+
 def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
                 contract: DataContract, detector: FaceDetector | None = None,
                 observer: ExtractObserver | None = None) -> dict[str, Any]:
@@ -195,12 +202,13 @@ def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
     streams: dict[int, FlowStream] = {}
     with_face = detected_frames = fallbacks = 0
     n = 0
-    for frame in prefetch(reader):
+    # Three stages, each on its own thread with a bounded queue between: decoding, face
+    # detection (a pure function of the frame, so it runs ahead of the tracker) and, here,
+    # tracking, crops and flow (which feed back into the tracker, so they stay in order).
+    for frame, dets in prefetch(_detections(prefetch(reader), detector, cfg.detect_every)):
         n += 1
         times.append(np.float64(frame.time))
-        if frame.index % cfg.detect_every == 0:
-            # The luma plane as decoded (no conversion): Haar does not need full range.
-            dets = detector.detect(frame.y_plane())
+        if dets is not None:
             detected_frames += bool(dets)
             tracked = tracker.update(dets)
         else:

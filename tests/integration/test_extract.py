@@ -229,13 +229,13 @@ def test_audio_is_decoded_beside_the_frames_and_a_failing_video_part_waits_for_i
     real_audio, real_video = ex._audio_part, ex._video_part
 
     def timed(name: str, fn, delay: float = 0.0, fail: bool = False):
-        def run(*args):
+        def run(*args, **kwargs):
             t = time.perf_counter()
             time.sleep(delay)
             if fail:
                 spans[name] = (t, time.perf_counter(), threading.current_thread().name)
                 raise ValueError("simulated bug in the video part")
-            out = fn(*args)
+            out = fn(*args, **kwargs)
             spans[name] = (t, time.perf_counter(), threading.current_thread().name)
             return out
         return run
@@ -261,6 +261,27 @@ def test_audio_is_decoded_beside_the_frames_and_a_failing_video_part_waits_for_i
     assert res["status"] == "error" and "simulated bug in the video part" in res["message"]
     assert "audio" in spans  # joined before extract_clip returned
     assert not list((tmp_path / "failed" / "records").glob("*/*.partial"))
+
+
+def test_faces_are_detected_ahead_of_the_tracker_on_their_own_thread(
+        tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from veracity import extract as ex
+    from veracity.media.faces import HaarFaceDetector
+
+    row = mf.read(tiny_corpus / "manifest.csv").iloc[0].to_dict()
+    seen: list[tuple[str, int]] = []
+    real = HaarFaceDetector.detect
+
+    def detect(self, gray):
+        seen.append((threading.current_thread().name, gray.shape[0]))
+        return real(self, gray)
+
+    monkeypatch.setattr(HaarFaceDetector, "detect", detect)
+    res = ex.extract_clip(row, tiny_corpus, tmp_path / "feat", CFG, CONTRACT, "fp")
+    assert res["status"] == "ok" and res["n_frames"] > 0
+    # Every detect_every-th sampled frame, none of them on the thread that tracks and crops.
+    assert len(seen) == -(-res["n_frames"] // CFG.detect_every)
+    assert {name for name, _ in seen} == {"prefetch"}
 
 
 def test_a_bug_is_status_error_logged_and_fails_the_stage(tiny_corpus: Path, tmp_path: Path,
