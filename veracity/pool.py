@@ -108,14 +108,18 @@ def thread_share(workers: int) -> int:
 
 
 def share_threads(threads: int) -> None:
-    """Give this process's torch and OpenCV thread pools ``threads`` threads each."""
+    """Give this process's torch and OpenCV thread pools ``threads`` threads each, and
+    decode video on one thread when that is the process's share."""
     import cv2
     import torch
 
+    from veracity.media.decode import set_decode_threads
+
     # OpenCV (face detection, resizing) starts a pool of every core in each process, as
-    # torch does: both need the process's share, or the processes fight over the cores.
+    # torch and FFmpeg do: each needs the process's share, or the processes fight over the cores.
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
+    set_decode_threads(threads > 1)
 
 
 # --------------------------------------------------------------------------- worker side

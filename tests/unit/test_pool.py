@@ -22,6 +22,7 @@ from veracity.pool import (
     available_cores,
     resolve_workers,
     run_tasks,
+    share_threads,
     thread_share,
 )
 
@@ -90,3 +91,26 @@ def test_a_task_that_raises_or_kills_its_process_gets_its_error_result_and_the_r
 def test_a_bundle_that_cannot_load_raises_as_in_one_process(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="bundle.json"):
         list(analyze_files([tmp_path / "a.mp4", tmp_path / "b.mp4"], tmp_path / "none", workers=2, device="cpu"))
+
+
+def test_a_process_given_one_core_decodes_on_one_thread(tiny_corpus: Path) -> None:
+    import cv2
+    import torch
+
+    from veracity.media import decode
+    from veracity.media.decode import FrameReader
+
+    video = _videos(tiny_corpus, 1)[0]
+    before = torch.get_num_threads(), cv2.getNumThreads(), decode._THREADS
+    try:
+        share_threads(1)
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (1, 1)
+        with FrameReader(video, 12.5) as one:
+            assert one.threads is False
+        share_threads(2)
+        with FrameReader(video, 12.5) as many, FrameReader(video, 12.5, threads=False) as told:
+            assert many.threads is True and told.threads is False  # an explicit choice still wins
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
+        decode.set_decode_threads(before[2])

@@ -351,6 +351,20 @@ def _inspect_container(
     return info, first, frames
 
 
+# Whether readers decode with FFmpeg's threads when not told (see set_decode_threads).
+_THREADS = True
+
+
+def set_decode_threads(on: bool) -> None:
+    """Make this process's readers decode with FFmpeg's threads (True) or one thread each.
+
+    A process given one core's share of a machine (:func:`veracity.pool.share_threads`)
+    decodes on one thread: FFmpeg would otherwise start a thread per core in each process.
+    """
+    global _THREADS
+    _THREADS = bool(on)
+
+
 def _set_threads(stream, threads: bool) -> None:
     """Frame + slice threading (``"AUTO"``, FFmpeg picks the count), or exactly one thread.
 
@@ -677,7 +691,7 @@ class FrameReader:
         path: Path | str,
         fps: float,
         max_frames: int | None = None,
-        threads: bool = True,
+        threads: bool | None = None,
     ) -> None:
         """Probe the file and prepare a reader.
 
@@ -686,7 +700,8 @@ class FrameReader:
             fps: sampling rate in frames per second (> 0).
             max_frames: stop after this many sampled frames (None: no limit).
             threads: True: FFmpeg frame+slice threading (``thread_type="AUTO"``);
-                False: exactly one decoding thread (for one-process-per-core workers).
+                False: exactly one decoding thread (for one-process-per-core workers);
+                None: the process's setting (:func:`set_decode_threads`, True by default).
 
         Raises:
             ValueError: ``fps`` or ``max_frames`` is not positive.
@@ -699,7 +714,7 @@ class FrameReader:
         self.path = Path(path)
         self.fps = float(fps)
         self.max_frames = max_frames
-        self.threads = threads
+        self.threads = threads = _THREADS if threads is None else threads
         self.errors: list[str] = []
         self.decoded = 0
         self.sampled = 0
@@ -795,7 +810,7 @@ class FrameReader:
                 break
 
 
-def decode_only(path: Path | str, threads: bool = True) -> int:
+def decode_only(path: Path | str, threads: bool | None = None) -> int:
     """Decode every video frame and convert nothing: the decoder's throughput ceiling.
 
     Uses the same threading as :class:`FrameReader`, so extraction can be benchmarked
@@ -818,7 +833,7 @@ def decode_only(path: Path | str, threads: bool = True) -> int:
         if not videos:
             raise MediaError("no_video", "no video stream", path)
         stream = videos[0]
-        _set_threads(stream, threads)
+        _set_threads(stream, _THREADS if threads is None else threads)
         try:
             for _ in container.decode(stream):
                 n += 1
