@@ -3,26 +3,30 @@
 Run on demand (not a test)::
 
     .venv/bin/python bench/analyze_throughput.py [--bundle models/bundle] [--out bench/results/analyze.json]
-        [--long-minutes 10] [--long-height 720] [--device auto]
+        [--long-minutes 10] [--long-height 720] [--device auto] [--heights 720 1080]
 
-Measures, in one run so the machine's noise hits every side alike, on a 10-second 720p
-talking head with speech:
+Measures, in one run so the machine's noise hits every side alike, on a 10-second
+talking head with speech at each of ``--heights`` (720p and 1080p):
 
 * (a) ``Analyzer.analyze`` end to end (extraction, evidence rules, windows, members,
-  scoring, timeline, suspicious frames);
+  scoring, timeline, suspicious frames), with the windows scored during extraction
+  (``analyze.overlap``, the default) and, for the record, after it;
 * (b) the extraction step alone (``extract_clip``: decode + faces + crops + flow + audio
   + VAD), with pure PyAV frame decoding reported beside it;
 * (c) the members alone: every window of the clip through ``Bundle.window_logits`` from
   batches prepared beforehand;
 
-and reports a / (b + c) (goal <= 1.1: the analyzer adds little to what it must do). Then
-peak RSS (``VmHWM``) of a fresh process analysing the 10-second clip and a long one
-(``--long-minutes``, default 10), and their ratio (goal <= 1.2: memory does not grow with
-the video's length).
+and reports a / (b + c) (goal <= 0.9: scoring hides behind extraction) and b / decoding
+(goal <= 1.25: extraction runs near the decoder's speed). Then peak RSS (``VmHWM``) of a
+fresh process analysing the 10-second clip and a long one (``--long-minutes``, default
+10), and their ratio (goal <= 1.2: memory does not grow with the video's length).
 
 Test videos are a 10-second talking head rendered at 256x144, upscaled and looped, and
 streamed to the encoder frame by frame; they are cached in ``bench/.cache`` (the names
-match ``bench/extract_throughput.py``, so either benchmark reuses the other's files).
+match ``bench/extract_throughput.py``, so either benchmark reuses the other's files). Their
+faces (435 px at 720p) are far larger than a synthetic-corpus bundle's reference profile,
+so such a bundle answers ``ABSTAIN`` ``out_of_distribution``: after every step above, its
+probabilities kept for the analyst. The benchmark accepts that reason, and no other.
 """
 
 from __future__ import annotations
@@ -94,11 +98,14 @@ def _best(fn, repeats: int) -> float:
 def parts(analyzer: Analyzer, video: Path, repeats: int) -> dict:
     """Best-of-``repeats`` times of (a) the analyzer, (b) extraction, PyAV decoding, (c) forward."""
     row = {"video_id": "bench", "path": str(video.resolve())}
-    analyzer.analyze(video)  # warm-up: lazy imports, the face cascade, first-call allocations
+    after = Analyzer(analyzer.bundle, cfg=analyzer.cfg.model_copy(update={"overlap": False}))
+    for a in (analyzer, after):
+        a.analyze(video)  # warm-up: lazy imports, the face cascade, first-call allocations
     reports = []
     e2e = _best(lambda: reports.append(analyzer.analyze(video)), repeats)
+    e2e_after = _best(lambda: after.analyze(video), repeats)
     report = reports[-1]
-    if report.verdict == "ABSTAIN":
+    if report.verdict == "ABSTAIN" and report.reason != "out_of_distribution":
         raise RuntimeError(f"{video}: {report.reason}: {report.message}")
     decode = _best(lambda: decode_only(video), repeats)
     with tempfile.TemporaryDirectory(prefix="bench-analyze-") as tmp:
@@ -121,11 +128,13 @@ def parts(analyzer: Analyzer, video: Path, repeats: int) -> dict:
         forward_s = _best(lambda: [analyzer.bundle.window_logits(b) for b in batches], repeats)
     return {
         "video": video.name, "windows": len(ds), "frames_sampled": int(report.media.get("n_frames", 0)),
-        "verdict": report.verdict,
-        "analyze_s": round(e2e, 3), "extract_s": round(extract_s, 3), "pyav_decode_only_s": round(decode, 3),
+        "verdict": report.verdict, "reason": report.reason,
+        "analyze_s": round(e2e, 3), "analyze_without_overlap_s": round(e2e_after, 3),
+        "extract_s": round(extract_s, 3), "pyav_decode_only_s": round(decode, 3),
         "forward_s": round(forward_s, 3), "window_prep_s": round(prep_s, 3),
         "analyzer_timings": report.timings,
         "ratio_analyze_over_extract_plus_forward": round(e2e / (extract_s + forward_s), 3),
+        "ratio_extract_over_decode": round(extract_s / decode, 3),
     }
 
 
@@ -150,7 +159,7 @@ def peak_rss(bundle: Path, video: Path, device: str, runtime: str) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"analysis of {video} failed:\n{proc.stderr[-2000:]}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    if res["verdict"] == "ABSTAIN":
+    if res["verdict"] == "ABSTAIN" and res["reason"] != "out_of_distribution":
         raise RuntimeError(f"{video}: {res}")
     res["peak_rss_mib"] = round(res.pop("maxrss_kib") / 1024, 1)
     res["analyze_s"] = round(res["analyze_s"], 2)
@@ -166,7 +175,9 @@ def main() -> None:
                     help="lines of the long video (and of the short one it is compared with)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--runtime", default="torch", choices=("torch", "onnx"))
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--heights", type=int, nargs="+", default=[720, 1080],
+                    help="lines of the 10-second clips timed part by part")
     args = ap.parse_args()
 
     analyzer = Analyzer(args.bundle, device=args.device, runtime=args.runtime)
@@ -177,10 +188,10 @@ def main() -> None:
         "contract": analyzer.contract.to_dict(),
         "analyze_config": analyzer.cfg.model_dump(mode="json"),
     }
-    short = make_clip(10.0, 720)
-    results["throughput_720p_10s"] = parts(analyzer, short, args.repeats)
+    for h in args.heights:
+        results[f"throughput_{h}p_10s"] = parts(analyzer, make_clip(10.0, h), args.repeats)
 
-    short_mem = short if args.long_height == 720 else make_clip(10.0, args.long_height)
+    short_mem = make_clip(10.0, args.long_height)
     long = make_clip(args.long_minutes * 60, args.long_height)
     mem_short = peak_rss(args.bundle, short_mem, device, args.runtime)
     mem_long = peak_rss(args.bundle, long, device, args.runtime)
@@ -192,11 +203,14 @@ def main() -> None:
         "long_video": {"seconds": args.long_minutes * 60, "file": long.name, **mem_long},
         "ratio": round(mem_long["peak_rss_mib"] / mem_short["peak_rss_mib"], 3),
     }
-    results["goals"] = {"analyze_over_extract_plus_forward_max": 1.1, "memory_ratio_max": 1.2}
-    results["met"] = {
-        "throughput": results["throughput_720p_10s"]["ratio_analyze_over_extract_plus_forward"] <= 1.1,
-        "memory": results["memory"]["ratio"] <= 1.2,
-    }
+    goals = {"analyze_over_extract_plus_forward_max": 0.9, "extract_over_decode_max": 1.25, "memory_ratio_max": 1.2}
+    results["goals"] = goals
+    results["met"] = {"memory": results["memory"]["ratio"] <= goals["memory_ratio_max"]}
+    for h in args.heights:
+        r = results[f"throughput_{h}p_10s"]
+        results["met"][f"overlap_{h}p"] = r["ratio_analyze_over_extract_plus_forward"] <= goals[
+            "analyze_over_extract_plus_forward_max"]
+        results["met"][f"extract_near_decode_{h}p"] = r["ratio_extract_over_decode"] <= goals["extract_over_decode_max"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k not in ("contract", "analyze_config")}, indent=2))
