@@ -76,7 +76,7 @@ class ServiceConfig(BaseModel):
                                                                "(shared storage when workers run elsewhere)")
     job_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         1, description="job worker processes the service starts and restarts (0 when `veracity worker` runs "
-                       "elsewhere; auto: one per two cores), the cores shared out among them; each loads the model")
+                       "elsewhere; auto: one per core), the cores shared out among them; each loads the model")
     job_timeout_s: float = Field(1800.0, gt=0, description="time limit of one job; the broker redelivers a "
                                                            "job whose worker died after this plus 20 s")
     job_max_attempts: int = Field(3, ge=1, description="deliveries of a job before it fails as worker_lost")
@@ -104,7 +104,7 @@ class ServiceConfig(BaseModel):
         if isinstance(value, str):
             value = value.strip().lower()
             if value != "auto" and not value.isdigit():
-                raise ValueError("must be a whole number >= 0, or auto (one per two cores)")
+                raise ValueError("must be a whole number >= 0, or auto (one per core)")
         return value
 
     @classmethod
@@ -153,7 +153,7 @@ class ServiceConfig(BaseModel):
     @property
     def local_job_workers(self) -> int:
         """The job worker processes the service starts: ``job_workers``, or for ``auto`` one per
-        two cores (:func:`veracity.pool.auto_workers`)."""
+        core (:func:`veracity.pool.auto_workers`)."""
         if self.job_workers == "auto":
             from veracity.pool import auto_workers
 

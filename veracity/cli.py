@@ -463,7 +463,7 @@ def analyze(
     runtime: Annotated[str, typer.Option(help="torch, or onnx for the members exported to ONNX.")] = "torch",
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
     workers: Annotated[str, typer.Option(help="Processes for several files, each loading the bundle once: auto "
-                                              "(one per two cores, at most one per file) or a number.")] = "auto",
+                                              "(one per core, at most one per file) or a number.")] = "auto",
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:

@@ -9,8 +9,7 @@ with a list of tasks and a function to run on each with an :class:`~veracity.ana
 - **Cores**: each process gets ``cores // workers`` threads for torch and OpenCV
   (:func:`share_threads`), so the processes share the machine rather than each starting a
   pool of every core and fighting over them. ``"auto"`` (or 0) workers is one per
-  :data:`CORES_PER_ANALYSIS` cores, at most one per task (:func:`resolve_workers`): one
-  analysis already keeps about two cores busy by itself.
+  :data:`CORES_PER_ANALYSIS` cores, at most one per task (:func:`resolve_workers`).
 - **Order**: results come back in the order of the tasks, each as soon as it and every
   task before it are done (a caller can print as it goes).
 - **Failures**: a task is never a traceback and never stops the rest. A task function that
@@ -53,11 +52,12 @@ R = TypeVar("R")
 TaskFn = Callable[["Analyzer", T], R]
 ErrorFn = Callable[["Analyzer", T, str], R]
 
-# One analysis keeps about two cores busy by itself: extraction's audio and video threads,
-# FFmpeg's decoding threads and torch (bench/analyze_dir.py, 2 cores: 1.86 cores busy with
-# one process, and two processes analysed 0.65x as many clips per second as one). More
-# processes than cores // 2 only fight over the cores.
-CORES_PER_ANALYSIS = 2
+# A process per core: one with a single core's share (one thread for torch, OpenCV and
+# FFmpeg, share_threads) keeps 0.97 cores busy, and on 2 cores two of them analysed 1.12x
+# as many clips per second as one process using both cores (bench/analyze_dir.py: one
+# process keeps only 1.75 cores busy, its decoding, detection and scoring threads waiting
+# on each other). Each process holds its own model (about 1 GB resident on CPU).
+CORES_PER_ANALYSIS = 1
 
 DIED = ("the process analysing it died (killed, out of memory, or a crash in a native library); "
         "the other files were analysed")

@@ -61,7 +61,7 @@ def test_job_workers_default_to_one_and_auto_is_one_per_two_cores_each_with_its_
     assert "--threads" not in LocalWorkers(one).command(0)  # a lone worker keeps every core
     auto = ServiceConfig.from_env({**root, "VERACITY_JOB_WORKERS": " Auto "})
     assert auto.job_workers == "auto"
-    assert auto.local_job_workers == auto_workers() == max(1, available_cores() // 2)
+    assert auto.local_job_workers == auto_workers() == available_cores()
     assert ServiceConfig.from_env({**root, "VERACITY_JOB_WORKERS": "0"}).local_job_workers == 0
     three = LocalWorkers(ServiceConfig.from_env({**root, "VERACITY_JOB_WORKERS": "3"}))
     cmd = three.command(2)
