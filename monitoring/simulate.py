@@ -80,14 +80,14 @@ _ANALYZER: Any = None
 
 
 def init_worker(bundle: str, threads: int | None) -> None:
-    """Load the process's Analyzer (CPU, ``threads`` torch threads): a pool's initializer."""
+    """Load the process's Analyzer (CPU, ``threads`` threads for torch, OpenCV and FFmpeg):
+    a pool's initializer."""
     global _ANALYZER
-    import torch
-
     from veracity.analyzer import Analyzer
+    from veracity.cores import share_threads
 
     if threads:
-        torch.set_num_threads(threads)
+        share_threads(threads)  # torch, OpenCV and FFmpeg get this process's share of the cores
     _ANALYZER = Analyzer(bundle, device="cpu")
 
 

@@ -410,7 +410,7 @@ class LocalWorkers:
         cmd = [sys.executable, "-m", "veracity.cli", "worker", "--name", f"local-{i}",
                "--pidfile", str(self.pidfile(i))]
         if self.count > 1:
-            from veracity.pool import thread_share
+            from veracity.cores import thread_share
 
             cmd += ["--threads", str(thread_share(self.count))]
         return cmd

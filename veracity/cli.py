@@ -816,7 +816,7 @@ def worker(
     if threads:
         from celery.signals import worker_process_init
 
-        from veracity.pool import share_threads
+        from veracity.cores import share_threads
 
         # In each job process, after the fork and before its model loads (torch is not
         # imported here, so nothing has started a thread pool yet).

@@ -443,6 +443,14 @@ def _extract_job(args: tuple) -> dict[str, Any]:
     return extract_clip(*args)
 
 
+def share_cores(workers: int) -> None:
+    """Initializer of a pool of ``workers`` extraction processes: each gets its share of the
+    cores for OpenCV and FFmpeg (else each starts a thread per core and they fight)."""
+    from veracity.cores import share_threads, thread_share
+
+    share_threads(thread_share(workers), torch_threads=False)
+
+
 # ----------------------------------------------------------------------------- the stage
 
 
@@ -487,7 +495,7 @@ def extract(
     jobs = [(r, root, out, cfg, contract, fp) for r in rows]
     results: list[dict[str, Any]] = []
     if cfg.workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
+        with ProcessPoolExecutor(max_workers=cfg.workers, initializer=share_cores, initargs=(cfg.workers,)) as pool:
             for res in pool.map(_extract_job, jobs, chunksize=1):
                 results.append(res)
                 if progress:

@@ -7,7 +7,7 @@ with a list of tasks and a function to run on each with an :class:`~veracity.ana
   thread pools in an undefined state), each loading the bundle once when it starts. One
   worker runs in the calling process, with no process started and no setting changed.
 - **Cores**: each process gets ``cores // workers`` threads for torch and OpenCV
-  (:func:`share_threads`), so the processes share the machine rather than each starting a
+  (:func:`veracity.cores.share_threads`), so the processes share the machine rather than each starting a
   pool of every core and fighting over them. ``"auto"`` (or 0) workers is one per
   :data:`CORES_PER_ANALYSIS` cores, at most one per task (:func:`resolve_workers`).
 - **Order**: results come back in the order of the tasks, each as soon as it and every
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -38,12 +37,13 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from veracity.cores import available_cores, share_threads, thread_share
+
 if TYPE_CHECKING:
     from veracity.analyzer import Analyzer, Report
     from veracity.config import AnalyzeConfig
 
-__all__ = ["CORES_PER_ANALYSIS", "PoolError", "analyze_files", "auto_workers", "available_cores", "resolve_workers", "run_tasks", "share_threads",
-           "thread_share"]
+__all__ = ["CORES_PER_ANALYSIS", "PoolError", "analyze_files", "auto_workers", "resolve_workers", "run_tasks"]
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,6 @@ DIED = ("the process analysing it died (killed, out of memory, or a crash in a n
 
 class PoolError(RuntimeError):
     """The worker processes die even with no file in hand (the message says what was tried)."""
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which a container may narrow)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def auto_workers() -> int:
@@ -100,26 +92,6 @@ def resolve_workers(workers: int | str, n_tasks: int) -> int:
         raise ValueError(f"workers must be auto or a whole number >= 0, got {workers}")
     wanted = workers or auto_workers()
     return max(1, min(wanted, n_tasks))
-
-
-def thread_share(workers: int) -> int:
-    """Threads for each of ``workers`` processes: the cores shared out, at least one each."""
-    return max(1, available_cores() // max(1, workers))
-
-
-def share_threads(threads: int) -> None:
-    """Give this process's torch and OpenCV thread pools ``threads`` threads each, and
-    decode video on one thread when that is the process's share."""
-    import cv2
-    import torch
-
-    from veracity.media.decode import set_decode_threads
-
-    # OpenCV (face detection, resizing) starts a pool of every core in each process, as
-    # torch and FFmpeg do: each needs the process's share, or the processes fight over the cores.
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
-    set_decode_threads(threads > 1)
 
 
 # --------------------------------------------------------------------------- worker side

@@ -15,15 +15,13 @@ import numpy as np
 import pytest
 
 from veracity.bundle import BundleError
+from veracity.cores import available_cores, share_threads, thread_share
 from veracity.pool import (
     DIED,
     analyze_files,
     auto_workers,
-    available_cores,
     resolve_workers,
     run_tasks,
-    share_threads,
-    thread_share,
 )
 
 

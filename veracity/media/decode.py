@@ -358,7 +358,7 @@ _THREADS = True
 def set_decode_threads(on: bool) -> None:
     """Make this process's readers decode with FFmpeg's threads (True) or one thread each.
 
-    A process given one core's share of a machine (:func:`veracity.pool.share_threads`)
+    A process given one core's share of a machine (:func:`veracity.cores.share_threads`)
     decodes on one thread: FFmpeg would otherwise start a thread per core in each process.
     """
     global _THREADS

@@ -365,7 +365,7 @@ def reencode_features(clips: Sequence[ClipInfo], manifest: Path, raw_root: Path,
         crf -> a features directory (``index.csv`` + records) holding those clips.
     """
     from veracity.corpus import manifest as mf
-    from veracity.extract import fingerprint
+    from veracity.extract import fingerprint, share_cores
 
     df = mf.read(manifest)
     wanted = {c.video_id for c in clips}
@@ -384,7 +384,8 @@ def reencode_features(clips: Sequence[ClipInfo], manifest: Path, raw_root: Path,
         jobs += [(r, _source(str(r["path"]), manifest.parent, raw_root), d, int(crf), extract_cfg, contract, fp)
                  for r in rows]
     if extract_cfg.workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=extract_cfg.workers) as pool:
+        with ProcessPoolExecutor(max_workers=extract_cfg.workers, initializer=share_cores,
+                                 initargs=(extract_cfg.workers,)) as pool:
             results = list(pool.map(_reencode_and_extract, jobs, chunksize=1))
     else:
         results = [_reencode_and_extract(j) for j in jobs]

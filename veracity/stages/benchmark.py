@@ -77,15 +77,10 @@ _ANALYZER: Any = None
 
 def _init_worker(bundle: str, device: str, analyze: dict[str, Any], threads: int) -> None:
     global _ANALYZER
-    import cv2
-    import torch
-
     from veracity.analyzer import Analyzer
+    from veracity.cores import share_threads
 
-    # OpenCV (face detection, resizing) starts a pool of every core in each process, as
-    # torch does: both get this process's share, or the workers fight over the cores.
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
+    share_threads(threads)  # torch, OpenCV and FFmpeg get this process's share of the cores
     _ANALYZER = Analyzer(bundle, device=device, cfg=AnalyzeConfig(**analyze))
 
 

@@ -53,7 +53,8 @@ def test_allowed_networks_are_checked_at_start_up() -> None:
 
 def test_job_workers_default_to_one_and_auto_is_one_per_two_cores_each_with_its_share(tmp_path: Path) -> None:
     from serving.jobs import LocalWorkers
-    from veracity.pool import auto_workers, available_cores
+    from veracity.cores import available_cores
+    from veracity.pool import auto_workers
 
     root = {"VERACITY_PROJECT_ROOT": str(tmp_path)}
     one = ServiceConfig.from_env(root)
