@@ -28,8 +28,9 @@ def share_threads(threads: int, torch_threads: bool = True) -> None:
     """Give this process's torch and OpenCV thread pools ``threads`` threads each, and
     decode video on one thread when that is the process's share.
 
-    ``torch_threads=False`` leaves torch alone (and unimported): extraction's workers need
-    no model. None of this changes a result, only how the cores are shared.
+    ``torch_threads=False`` leaves torch alone (and unimported). None of this changes a
+    result, only how the cores are shared. Call it in a spawned process, or before the
+    process has used OpenCV's threads: a forked child cannot resize a pool it inherited.
     """
     import cv2
 

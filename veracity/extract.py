@@ -444,11 +444,17 @@ def _extract_job(args: tuple) -> dict[str, Any]:
 
 
 def share_cores(workers: int) -> None:
-    """Initializer of a pool of ``workers`` extraction processes: each gets its share of the
-    cores for OpenCV and FFmpeg (else each starts a thread per core and they fight)."""
-    from veracity.cores import share_threads, thread_share
+    """Initializer of a pool of ``workers`` extraction processes: each decodes with its share
+    of the cores (else FFmpeg starts a thread per core in each and they fight).
 
-    share_threads(thread_share(workers), torch_threads=False)
+    Only FFmpeg's: these pools fork, and a forked child that resizes OpenCV's thread pool
+    (``cv2.setNumThreads``) after its parent has used it waits forever for threads that did
+    not survive the fork (the attack stage hung so).
+    """
+    from veracity.cores import thread_share
+    from veracity.media.decode import set_decode_threads
+
+    set_decode_threads(thread_share(workers) > 1)
 
 
 # ----------------------------------------------------------------------------- the stage
