@@ -541,8 +541,6 @@ class Analyzer:
         # The first whole batches were scored during extraction when the stream's guess
         # held: every member, with the audio (the same windows, the same batches).
         streamed = stream.outputs(track, run) if stream is not None and alone is None and clip.has_audio else []
-        if len(streamed) * bs > len(ds):  # cannot happen: the stream cuts the dataset's windows
-            streamed = []
         for out in streamed:
             take(out)
         # The next batch is cut from the record on a background thread while the members

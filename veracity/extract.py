@@ -25,7 +25,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -258,33 +258,6 @@ def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
     }
 
 
-class _Background:
-    """Run one call on its own thread; :meth:`result` joins it and returns or re-raises."""
-
-    def __init__(self, fn: Callable[..., T], *args: Any, name: str = "background"):
-        self._out: list[Any] = []
-        self._err: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                self._out.append(fn(*args))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller in result()
-                self._err.append(exc)
-
-        self._thread = threading.Thread(target=run, name=name, daemon=True)
-        self._thread.start()
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._err:
-            raise self._err[0]
-        return self._out[0]
-
-    def wait(self) -> None:
-        """Join, dropping the result or the error (the caller is failing anyway)."""
-        self._thread.join()
-
-
 def _audio_part(path: Path, w: RecordWriter, cfg: ExtractConfig, contract: DataContract,
                 observer: ExtractObserver | None = None) -> dict[str, Any]:
     """Audio -> 16 kHz waveform (loudness-normalised) and voice activity written into ``w``.
@@ -384,32 +357,29 @@ def extract_clip(row: dict[str, Any], root: Path, out: Path, cfg: ExtractConfig,
             problems["too_long"] = f"duration {info.duration_s:.0f} s exceeds extract.max_duration_s={cfg.max_duration_s:.0f}"
         else:
             # The audio is decoded on a second thread while the frames are: FFmpeg and the
-            # VAD's numpy release the GIL, and the two parts write separate arrays.
-            audio = (_Background(_heard, path, w, cfg, contract, observer, name="extract-audio")
-                     if info.has_audio else None)
-            if audio is None and observer is not None:
-                observer.audio(None, None, None)
-            try:
+            # VAD's numpy release the GIL, and the two parts write separate arrays. Leaving the
+            # block joins it, so no writer runs on under a record being committed.
+            with ThreadPoolExecutor(1, thread_name_prefix="extract-audio") as beside:
+                audio = beside.submit(_heard, path, w, cfg, contract, observer) if info.has_audio else None
+                if audio is None and observer is not None:
+                    observer.audio(None, None, None)
                 facts.update(_video_part(reader, w, cfg, contract, observer=observer))
-            except BaseException:
+                dur = facts["n_frames"] / contract.fps
+                if facts["n_frames"] == 0:
+                    problems["corrupt"] = "no decodable video frame" + (
+                        f" ({facts['decode_errors'][0]})" if facts["decode_errors"] else "")
+                elif dur < cfg.min_duration_s:
+                    problems["too_short"] = (f"{facts['n_frames']} frames ({dur:.2f} s) is below "
+                                             f"extract.min_duration_s={cfg.min_duration_s}")
+                elif facts["face_ratio"] < cfg.min_face_ratio:
+                    problems["no_face"] = (f"a face was found in {facts['face_ratio']:.0%} of sampled frames "
+                                           f"(< {cfg.min_face_ratio:.0%}); centre crops stored and flagged")
                 if audio is not None:
-                    audio.wait()  # never commit or abort the record under a running writer
-                raise
-            dur = facts["n_frames"] / contract.fps
-            if facts["n_frames"] == 0:
-                problems["corrupt"] = "no decodable video frame" + (
-                    f" ({facts['decode_errors'][0]})" if facts["decode_errors"] else "")
-            elif dur < cfg.min_duration_s:
-                problems["too_short"] = f"{facts['n_frames']} frames ({dur:.2f} s) is below extract.min_duration_s={cfg.min_duration_s}"
-            elif facts["face_ratio"] < cfg.min_face_ratio:
-                problems["no_face"] = (f"a face was found in {facts['face_ratio']:.0%} of sampled frames "
-                                       f"(< {cfg.min_face_ratio:.0%}); centre crops stored and flagged")
-            if audio is not None:
-                facts.update(audio.result())
-                if facts["rms_dbfs"] <= _SILENT_DBFS or facts["speech_ratio"] == 0.0:
-                    problems["silent"] = f"audio is silent (RMS {facts['rms_dbfs']:.1f} dBFS, no voice activity)"
-            else:
-                problems["no_audio"] = "the file has no audio stream"
+                    facts.update(audio.result())
+                    if facts["rms_dbfs"] <= _SILENT_DBFS or facts["speech_ratio"] == 0.0:
+                        problems["silent"] = f"audio is silent (RMS {facts['rms_dbfs']:.1f} dBFS, no voice activity)"
+                else:
+                    problems["no_audio"] = "the file has no audio stream"
             if facts.get("decode_errors"):
                 facts["warning"] = f"decoding stopped early: {facts['decode_errors'][0]}"
     except MediaError as exc:

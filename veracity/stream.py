@@ -141,9 +141,9 @@ class WindowStream:
                     continue
                 if item is _END:
                     return
-                # The audio is normalised over the whole file: no window before it is done.
-                while not (self._heard.wait(0.05) or self._off.is_set()):
-                    pass
+                # The audio is normalised over the whole file: no window before it is done
+                # (audio() and close() both set the event).
+                self._heard.wait()
                 if self._off.is_set() or self._audio is None:
                     return
                 track, faces, flows, t0 = item
@@ -175,6 +175,7 @@ class WindowStream:
     def close(self) -> None:
         """Stop now, dropping what is queued (every exit path of an analysis)."""
         self._off.set()
+        self._heard.set()  # a thread waiting for the audio stops waiting
         self._thread.join()
 
     @property
