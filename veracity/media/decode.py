@@ -23,9 +23,12 @@ the way ffmpeg/ffplay show them (``-autorotate``), and sizes are display sizes.
 
 from __future__ import annotations
 
+import bisect
 import functools
+import heapq
 import math
 import os
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -246,16 +249,19 @@ def _inspect(
     size: int,
     require_video: bool,
     threads: bool | None,
+    plan: SkipPlan | None = None,
 ) -> tuple[MediaInfo, av.VideoFrame | None, Iterator[av.VideoFrame] | None]:
     """Build a file's MediaInfo from an open container.
 
     Returns the info, the first decoded video frame and the decoding iterator positioned
     just after it, so a reader can carry on from there instead of reopening the file and
     decoding that frame again. ``threads`` (when not None) sets the decoder's threading
-    before anything is decoded. Any FFmpeg error on the way means a corrupt file.
+    before anything is decoded; ``plan`` (when not None) lets the decoding iterator skip the
+    frames a reader will not sample (:func:`_decode_skipping`). Any FFmpeg error on the way
+    means a corrupt file.
     """
     try:
-        return _inspect_container(container, path, size, require_video, threads)
+        return _inspect_container(container, path, size, require_video, threads, plan)
     except (av.error.FFmpegError, OSError) as exc:
         raise MediaError("corrupt", f"cannot read media: {_ffmpeg_message(exc)}", path) from None
 
@@ -266,6 +272,7 @@ def _inspect_container(
     size: int,
     require_video: bool,
     threads: bool | None,
+    plan: SkipPlan | None = None,
 ) -> tuple[MediaInfo, av.VideoFrame | None, Iterator[av.VideoFrame] | None]:
     fmt = container.format.name
     videos = _video_streams(container)
@@ -314,7 +321,7 @@ def _inspect_container(
         if still:
             avg_fps = num_frames = None
         elif cc is not None:
-            frames = container.decode(vstream)
+            frames = container.decode(vstream) if plan is None else _decode_skipping(container, vstream, plan)
             first = _first_frame(frames, path)
             if first is None:
                 raise MediaError("corrupt", "the video stream has no decodable frame", path)
@@ -350,6 +357,100 @@ def _inspect_container(
         num_frames=num_frames,
     )
     return info, first, frames
+
+
+# Packets read ahead of the decoder, and packets remembered after it, where the frame that
+# precedes each one on screen is looked for. A non-reference frame's predecessor has nearly
+# always been decoded already; one the window misses only makes the plan decode more (a
+# lower predecessor can only make a frame look sampled), never skip a frame it needs.
+_AHEAD = 4
+_BEHIND = 32
+
+
+class SkipPlan:
+    """Which frames a :class:`FrameReader` pass will not sample, decided before decoding.
+
+    The sampler keeps a frame when its grid position ``(t - t0) * fps`` reaches a grid point
+    its predecessor on screen had not reached (with timestamps that only grow, which is
+    what a decoder outputs; :meth:`disorder` stops the plan otherwise). So from a packet's
+    pts and the pts just before it in presentation order the decision is known before the
+    frame is decoded, and a non-reference frame that will not be sampled need not be
+    decoded at all (FFmpeg's ``skip_frame``): no other frame depends on it. For 25 or 30 fps
+    video read at 12.5 fps about half of the frames are non-reference B-frames, most of
+    them unsampled. Reference frames are always decoded, so the sampled frames are the
+    same pixels either way.
+
+    The plan also counts the frames FFmpeg dropped, so a reader reports every frame of the
+    stream as decoded, as it did before frames were skipped.
+    """
+
+    def __init__(self, fps: float, time_base) -> None:
+        self.fps = fps
+        self.time_base = time_base
+        self.t0: float | None = None  # set by the reader at its first frame
+        self.off = False
+        self._asked: list[int] = []  # heap of pts sent with skip_frame=NONREF, not yet seen
+
+    def position(self, t: float) -> float:
+        """A time's position on the sampling grid, in periods (the reader's own formula)."""
+        return (t - self.t0) * self.fps
+
+    def unsampled(self, pts: int, previous: int) -> bool:
+        """True when the frame of ``pts``, shown right after ``previous``, will not be sampled."""
+        if self.t0 is None or self.off or self.time_base is None:
+            return False
+        t, tp = float(pts * self.time_base), float(previous * self.time_base)
+        if tp < self.t0:
+            return False
+        return math.floor(self.position(t) + _EPS) <= math.floor(self.position(tp) + _EPS)
+
+    def asked(self, pts: int) -> None:
+        heapq.heappush(self._asked, pts)
+
+    def dropped_before(self, pts: int | None) -> int:
+        """Skipped frames that would have come out before the frame of ``pts`` (a frame with
+        that pts did come out, so it was a reference frame and not dropped)."""
+        n = 0
+        while self._asked and (pts is None or self._asked[0] <= pts):
+            if heapq.heappop(self._asked) != pts:
+                n += 1
+        return n
+
+    def disorder(self) -> None:
+        """The decoder's output went back in time: decide no more from timestamps."""
+        self.off = True
+
+
+def _decode_skipping(container, stream, plan: SkipPlan) -> Iterator[av.VideoFrame]:
+    """``container.decode(stream)``, with each packet's frame skipped when ``plan`` says the
+    reader will not sample it and FFmpeg finds it is a non-reference frame."""
+    cc = stream.codec_context
+    ahead: deque = deque()
+    behind: deque[int] = deque()
+    known: list[int] = []  # sorted pts of the packets ahead and behind
+
+    def send(packet) -> Iterator[av.VideoFrame]:
+        pts = packet.pts
+        skip = False
+        if pts is not None and packet.size:
+            i = bisect.bisect_left(known, pts)
+            skip = i > 0 and plan.unsampled(pts, known[i - 1])
+            behind.append(pts)
+            if len(behind) > _BEHIND:
+                del known[bisect.bisect_left(known, behind.popleft())]
+        if skip:
+            plan.asked(pts)
+        cc.skip_frame = "NONREF" if skip else "DEFAULT"
+        yield from packet.decode()
+
+    for packet in container.demux(stream):
+        if packet.pts is not None and packet.size:
+            bisect.insort(known, packet.pts)
+        ahead.append(packet)
+        if len(ahead) > _AHEAD:
+            yield from send(ahead.popleft())
+    while ahead:
+        yield from send(ahead.popleft())
 
 
 # Whether readers decode with FFmpeg's threads when not told (see set_decode_threads).
@@ -670,7 +771,8 @@ class FrameReader:
     every frame, and variable-frame-rate input is sampled by real time, without drift.
 
     Only the current frame is referenced; memory does not grow with the video's length.
-    Frames that are not sampled are decoded but never converted.
+    Frames that are not sampled are never converted, and those no other frame refers to
+    are not even decoded (:class:`SkipPlan`).
 
     A decode error mid-stream ends the iteration (the frames before it have been yielded)
     and is recorded in :attr:`errors`, so a truncated but playable file gives what it has.
@@ -683,7 +785,9 @@ class FrameReader:
     Attributes:
         info: the file's :class:`MediaInfo` (as :func:`probe` gives it).
         errors: decode errors met during the latest pass.
-        decoded: frames decoded during the latest pass, sampled or not.
+        decoded: frames of the stream met during the latest pass, sampled or not (the
+            skipped ones included).
+        skipped: of those, the frames FFmpeg did not decode (:class:`SkipPlan`).
         sampled: frames yielded during the latest pass.
     """
 
@@ -693,6 +797,7 @@ class FrameReader:
         fps: float,
         max_frames: int | None = None,
         threads: bool | None = None,
+        skip_unsampled: bool = True,
     ) -> None:
         """Probe the file and prepare a reader.
 
@@ -703,6 +808,8 @@ class FrameReader:
             threads: True: FFmpeg frame+slice threading (``thread_type="AUTO"``);
                 False: exactly one decoding thread (for one-process-per-core workers);
                 None: the process's setting (:func:`set_decode_threads`, True by default).
+            skip_unsampled: let FFmpeg skip the non-reference frames that will not be sampled
+                (:class:`SkipPlan`; the sampled frames are the same either way).
 
         Raises:
             ValueError: ``fps`` or ``max_frames`` is not positive.
@@ -718,18 +825,25 @@ class FrameReader:
         self.threads = threads = _THREADS if threads is None else threads
         self.errors: list[str] = []
         self.decoded = 0
+        self.skipped = 0
         self.sampled = 0
-        self._opened = None  # (container, first frame, frame iterator) kept for pass one
+        self.skip_unsampled = skip_unsampled
+        self._opened = None  # (container, first frame, frame iterator, plan) kept for pass one
         ctx = _open_input(self.path)
         container = ctx.__enter__()
         try:
+            stream = _video_streams(container)[:1]
+            plan = self._plan(stream[0]) if stream else None
             self.info, first, frames = _inspect(
-                container, self.path, os.path.getsize(self.path), True, threads
+                container, self.path, os.path.getsize(self.path), True, threads, plan
             )
         except BaseException:
             ctx.__exit__(None, None, None)
             raise
-        self._opened = (ctx, first, frames)
+        self._opened = (ctx, first, frames, plan)
+
+    def _plan(self, stream) -> SkipPlan | None:
+        return SkipPlan(self.fps, stream.time_base) if self.skip_unsampled else None
 
     def close(self) -> None:
         """Release the file if the constructor's container is still open."""
@@ -746,7 +860,7 @@ class FrameReader:
     def __iter__(self) -> Iterator[SampledFrame]:
         opened, self._opened = self._opened, None
         if opened is not None:
-            ctx, first, frames = opened
+            ctx, first, frames, plan = opened
         else:
             ctx = _open_input(self.path)
             container = ctx.__enter__()
@@ -754,20 +868,26 @@ class FrameReader:
             try:
                 stream = _video_streams(container)[0]
                 _set_threads(stream, self.threads)
-                frames = container.decode(stream)
+                plan = self._plan(stream)
+                frames = container.decode(stream) if plan is None else _decode_skipping(container, stream, plan)
             except BaseException:
                 ctx.__exit__(None, None, None)
                 raise
         try:
-            yield from self._sample(first, frames)
+            yield from self._sample(first, frames, plan)
         finally:
             ctx.__exit__(None, None, None)
 
+    def _count_skipped(self, n: int) -> None:
+        self.skipped += n
+        self.decoded += n
+
     def _sample(
-        self, first: av.VideoFrame | None, frames: Iterator[av.VideoFrame]
+        self, first: av.VideoFrame | None, frames: Iterator[av.VideoFrame], plan: SkipPlan | None = None
     ) -> Iterator[SampledFrame]:
         self.errors = []
         self.decoded = 0
+        self.skipped = 0
         self.sampled = 0
         rotation = self.info.rotation
         fallback_dt = 1.0 / (self.info.avg_fps or self.fps)
@@ -784,6 +904,8 @@ class FrameReader:
                 try:
                     frame = next(frames)
                 except StopIteration:
+                    if plan is not None:
+                        self._count_skipped(plan.dropped_before(None))
                     break
                 except (av.error.FFmpegError, OSError, ValueError) as exc:
                     self.errors.append(f"after frame {self.decoded}: {_ffmpeg_message(exc)}")
@@ -795,9 +917,16 @@ class FrameReader:
                 t = float(pts * tb)
             else:  # no timestamp at all (rare raw streams): assume a steady rate
                 t = 0.0 if last_t is None else last_t + fallback_dt
+            if plan is not None:
+                if last_t is not None and t < last_t:
+                    plan.disorder()
+                if frame.pts is not None:
+                    self._count_skipped(plan.dropped_before(frame.pts))
             last_t = t
             if t0 is None:
                 t0 = t
+                if plan is not None:
+                    plan.t0 = t0
             pos = (t - t0) * self.fps  # position on the target grid, in periods
             if pos + _EPS < k:
                 continue  # not sampled: decoded, never converted

@@ -287,6 +287,39 @@ def test_max_frames_stops_decoding_early(clip: Path) -> None:
     assert reader.decoded == 5  # frames 0..4; nothing after the last sample was decoded
 
 
+def _samples(reader: FrameReader) -> list[tuple[float, bytes]]:
+    return [(sf.time, b"".join(bytes(p) for p in sf.frame.planes)) for sf in reader]
+
+
+def _reference_pts(path: Path) -> set[int]:
+    """The pts of the frames FFmpeg decodes with every non-reference frame skipped."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        s.codec_context.skip_frame = "NONREF"
+        return {f.pts for f in c.decode(s)}
+
+
+def test_unsampled_non_reference_frames_are_not_decoded_and_the_samples_do_not_change(tmp_path: Path) -> None:
+    # x264's default preset makes B-frames that no other frame refers to: at 12.5 fps from
+    # 25, those that fall between two samples need not be decoded at all.
+    path = write_mp4(tmp_path / "b.mp4", [_pattern(i % 20) for i in range(75)], fps=25)
+    with av.open(str(path)) as c:
+        every = [f.pts for f in c.decode(c.streams.video[0])]
+    refs = _reference_pts(path)
+    assert 0 < len(refs) < len(every)  # the clip has non-reference frames
+    for fps, sampled in ((12.5, every[::2]), (5, every[::5]), (25, every)):
+        on, off = FrameReader(path, fps=fps), FrameReader(path, fps=fps, skip_unsampled=False)
+        got = _samples(on)
+        assert got == _samples(off)  # same frames, same pixels, same times
+        assert on.decoded == off.decoded == len(every) and off.skipped == 0
+        # Every skipped frame is an unsampled non-reference one; all but those met before
+        # the first frame came out of the decoder (the sampling grid starts there) are.
+        skippable = len(set(every) - refs - set(sampled))
+        assert skippable - 4 <= on.skipped <= skippable
+        assert _samples(on) == got and on.skipped >= skippable - 4  # a second pass: the file reopened
+    assert on.skipped == 0  # 25 fps samples every frame
+
+
 def _reference_sampling(times: list[float], fps: float) -> list[float]:
     """The sampling rule as stated: keep a frame at/after the target, then advance the
     target by 1/fps past it."""
@@ -319,6 +352,8 @@ def test_variable_frame_rate_is_sampled_by_timestamps(tmp_path: Path) -> None:
         # At most one sample per 1/fps slot of the grid.
         slots = [int(np.floor(t * fps + 1e-6)) for t in times]
         assert len(set(slots)) == len(slots)
+        # Skipping unsampled non-reference frames changes nothing on uneven timestamps.
+        assert _samples(FrameReader(path, fps=fps)) == _samples(FrameReader(path, fps=fps, skip_unsampled=False))
     assert [sf.time for sf in FrameReader(path, fps=10)] == pytest.approx([0, 0.2, 0.5, 0.9, 1.0])
 
 
