@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the repository's packages come first
 
 from monitoring.shifts import HEAVY_CRF, make_shift, manifest_rows  # noqa: E402
-from monitoring.simulate import analysed, worker_analyzer  # noqa: E402
+from veracity.pool import run_tasks  # noqa: E402
 
 BASE = "base"
 SHIFTS = ("control", "hires", "heavy_compression", "lighting", "face_style", "voice")
@@ -86,16 +86,22 @@ def generate_corpora(params: Any, seed: int, people: int, hires: int | None, wor
 
 # ------------------------------------------------------------------------------ analysis
 
-def _analyse(task: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
-    """One clip's row; a failure is a row with verdict ERROR, never a stopped run."""
-    shift, path, rec = task
-    row = {"shift": shift, "video_id": rec["video_id"], "label": int(rec["label"]), "method": rec["method"],
-           "identity": rec["identity"]}
-    try:
-        r = worker_analyzer().analyze(Path(path))
-    except Exception as exc:  # noqa: BLE001 - recorded per clip
-        return {**row, "verdict": "ERROR", "reason": "error", "probability": None, "ood_score": None,
-                "message": f"{type(exc).__name__}: {exc}"[:300], "fired": {}, "ratios": {}, "members": {}}
+def _row_of(task: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+    shift, _, rec = task
+    return {"shift": shift, "video_id": rec["video_id"], "label": int(rec["label"]), "method": rec["method"],
+            "identity": rec["identity"]}
+
+
+def _failed(analyzer: Any, task: tuple[str, str, dict[str, Any]], message: str) -> dict[str, Any]:
+    """A clip whose analysis raised or killed its process: a row with verdict ERROR, never a stopped run."""
+    return {**_row_of(task), "verdict": "ERROR", "reason": "error", "probability": None, "ood_score": None,
+            "message": message[:300], "fired": {}, "ratios": {}, "members": {}}
+
+
+def _analyse(analyzer: Any, task: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+    """One clip's row."""
+    row = _row_of(task)
+    r = analyzer.analyze(Path(task[1]))
     ood = r.ood or {}
     person = r.persons[0] if r.persons else {}
     fired = {"members": sorted(k for k, v in (ood.get("members") or {}).items() if v.get("out")),
@@ -123,7 +129,7 @@ def analyse(tasks: list[tuple[str, str, dict[str, Any]]], bundle: Path, workers:
         print(f"[{len(rows):3d}/{len(tasks)}] {row['shift']:17s} {row['video_id']:10s} {row['method']:8s} "
               f"{row['verdict']:8s} {row['reason'] or '':19s} ood={'-' if ood is None else f'{ood:.2f}'}", flush=True)
 
-    for row in analysed(_analyse, tasks, bundle, workers):
+    for row in run_tasks(tasks, _analyse, bundle, on_error=_failed, workers=max(1, workers), device="cpu"):
         show(row)
     return rows
 

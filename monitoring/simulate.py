@@ -17,11 +17,8 @@ never saw (``face_style``) stand for a new generation method.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import shutil
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -76,45 +73,21 @@ def shifted_corpus(shift: str, gen: Any, seed: int, people: int, work: Path | st
     return base if shift == "none" else make_shift(shift, base, base.parent / f"{base.name}_shifts", gen)
 
 
-_ANALYZER: Any = None
+def _rows(analyzer: Any, task: tuple[str, str, str]) -> list[dict[str, Any]]:
+    return _logged(analyzer.analyze(Path(task[0])), task)
 
 
-def init_worker(bundle: str, threads: int | None) -> None:
-    """Load the process's Analyzer (CPU, ``threads`` threads for torch, OpenCV and FFmpeg):
-    a pool's initializer."""
-    global _ANALYZER
-    from veracity.analyzer import Analyzer
-    from veracity.cores import share_threads
+def _rows_failed(analyzer: Any, task: tuple[str, str, str], message: str) -> list[dict[str, Any]]:
+    """What the log holds for a clip whose analysis raised or killed its process."""
+    from veracity.pool import failed_report
 
-    if threads:
-        share_threads(threads)  # torch, OpenCV and FFmpeg get this process's share of the cores
-    _ANALYZER = Analyzer(bundle, device="cpu")
+    return _logged(failed_report(analyzer, task[0], message), task)
 
 
-def analysed(func: Callable[[Any], Any], tasks: list[Any], bundle: Path | str, workers: int) -> Iterator[Any]:
-    """``func(task)`` for every task in order, each process with its Analyzer (:func:`worker_analyzer`);
-    ``workers`` processes (1: this one)."""
-    if workers <= 1:
-        init_worker(str(bundle), None)
-        yield from map(func, tasks)
-        return
-    threads = max(1, (os.cpu_count() or 1) // workers)  # the cores shared out, not oversubscribed
-    # spawn: a forked child would inherit torch's thread pools in an undefined state.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
-                             initargs=(str(bundle), threads)) as pool:
-        yield from pool.map(func, tasks, chunksize=2)
-
-
-def worker_analyzer() -> Any:
-    """The Analyzer :func:`init_worker` loaded in this process."""
-    return _ANALYZER
-
-
-def _rows(task: tuple[str, str, str]) -> list[dict[str, Any]]:
+def _logged(report: Any, task: tuple[str, str, str]) -> list[dict[str, Any]]:
     from veracity.requestlog import rows_from_report
 
-    path, request_id, at = task
-    report = worker_analyzer().analyze(Path(path))
+    _, request_id, at = task
     # No latency: a batch in worker processes says nothing of a service's, and a clock
     # reading would make the stage's log (and every report on it) differ run to run.
     return rows_from_report(report, request_id=request_id, endpoint="simulate", latency_s=None,
@@ -159,6 +132,8 @@ def analyse_stream(bundle: Path | str, corpus: Path | str, log_dir: Path | str, 
         if progress is not None:
             progress(n, len(tasks))
 
-    for rows in analysed(_rows, tasks, bundle, workers):
+    from veracity.pool import run_tasks
+
+    for rows in run_tasks(tasks, _rows, bundle, on_error=_rows_failed, workers=max(1, workers), device="cpu"):
         keep(rows)
     return n

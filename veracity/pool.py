@@ -22,8 +22,9 @@ with a list of tasks and a function to run on each with an :class:`~veracity.ana
   or processes that die with no file in hand (:class:`PoolError`), end the run.
 
 The per-task hook (:func:`run_tasks`'s ``fn`` and ``on_error``, module-level functions
-taking the process's Analyzer) is what lets another caller, such as the benchmark's rows
-of a re-encoded clip, use the same pool.
+taking the process's Analyzer) is what lets every other batch use the same pool: the
+benchmark's and the ensemble's rows (:func:`veracity.stages.benchmark.analyse_clips`), the
+monitor's simulated stream (:mod:`monitoring.simulate`) and the OOD bench.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ if TYPE_CHECKING:
     from veracity.analyzer import Analyzer, Report
     from veracity.config import AnalyzeConfig
 
-__all__ = ["CORES_PER_ANALYSIS", "PoolError", "analyze_files", "auto_workers", "resolve_workers", "run_tasks"]
+__all__ = ["CORES_PER_ANALYSIS", "PoolError", "analyze_files", "auto_workers", "failed_report", "resolve_workers",
+           "run_tasks"]
 
 log = logging.getLogger(__name__)
 
@@ -259,16 +261,20 @@ def _analyze_task(analyzer: Analyzer, task: tuple[str, bool, str | None]) -> Rep
     return analyzer.analyze(path, explain=explain, explain_dir=Path(explain_dir) if explain_dir else None)
 
 
-def _analysis_failed(analyzer: Analyzer, task: tuple[str, bool, str | None], message: str) -> Report:
+def failed_report(analyzer: Analyzer, path: Path | str, message: str) -> Report:
     """The ABSTAIN ``error`` report of a file whose analysis could not end (as the Analyzer
     writes one for a failure inside it: the call's thresholds and the bundle's identity)."""
     from veracity.analyzer import Report
 
     th = analyzer.bundle.thresholds_for()
-    return Report(path=str(task[0]), verdict="ABSTAIN", probability=None, reason="error",
+    return Report(path=str(path), verdict="ABSTAIN", probability=None, reason="error",
                   message=f"analysis failed: {message}"[:500],
                   thresholds={"real_below": float(th.real_below), "fake_at": float(th.fake_at)},
                   bundle=dict(analyzer.identity))
+
+
+def _analysis_failed(analyzer: Analyzer, task: tuple[str, bool, str | None], message: str) -> Report:
+    return failed_report(analyzer, task[0], message)
 
 
 def analyze_files(paths: Sequence[Path | str], bundle: Path | str, *, workers: int | str = "auto",

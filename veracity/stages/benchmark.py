@@ -36,12 +36,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing
-import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -72,33 +69,20 @@ class BenchmarkError(StageError):
 
 # ----------------------------------------------------------------------- scoring
 
-_ANALYZER: Any = None
-
-
-def _init_worker(bundle: str, device: str, analyze: dict[str, Any], threads: int) -> None:
-    global _ANALYZER
-    from veracity.analyzer import Analyzer
-    from veracity.cores import share_threads
-
-    share_threads(threads)  # torch, OpenCV and FFmpeg get this process's share of the cores
-    _ANALYZER = Analyzer(bundle, device=device, cfg=AnalyzeConfig(**analyze))
-
-
-def _score(task: tuple[str, str, int | None, str]) -> dict[str, Any]:
-    """Analyse one clip (re-encoded first when a CRF is given); never raises."""
+def _score(analyzer: Any, task: tuple[str, str, int | None, str]) -> dict[str, Any]:
+    """Analyse one clip (re-encoded first when a CRF is given); a failure is a row, not a stopped run."""
     from veracity.robustness import reencode_video
 
     video_id, path, crf, tmp = task
-    row: dict[str, Any] = {"video_id": video_id, "condition": CLEAN if crf is None else f"crf{crf}"}
+    row = _row_of(task)
     target = Path(path)
     if crf is not None:
         target = Path(tmp) / f"{video_id}.crf{crf}.mp4"
         try:
             reencode_video(path, target, int(crf))
         except Exception as exc:  # noqa: BLE001 - one clip's failure is a row, not a stopped run
-            return {**row, "verdict": ABSTAIN, "probability": None, "reason": "error",
-                    "message": f"re-encode at crf {crf} failed: {type(exc).__name__}: {exc}"[:300]}
-    report = _ANALYZER.analyze(target)
+            return _failed(analyzer, task, f"re-encode at crf {crf} failed: {type(exc).__name__}: {exc}")
+    report = analyzer.analyze(target)
     if crf is not None:
         target.unlink(missing_ok=True)
     row.update(verdict=report.verdict, probability=report.probability, reason=report.reason,
@@ -116,31 +100,26 @@ def _score(task: tuple[str, str, int | None, str]) -> dict[str, Any]:
     return row
 
 
+def _row_of(task: tuple[str, str, int | None, str]) -> dict[str, Any]:
+    video_id, _, crf, _ = task
+    return {"video_id": video_id, "condition": CLEAN if crf is None else f"crf{crf}"}
+
+
+def _failed(analyzer: Any, task: tuple[str, str, int | None, str], message: str) -> dict[str, Any]:
+    """The ABSTAIN ``error`` row of a clip whose analysis raised or killed its process."""
+    return {**_row_of(task), "verdict": ABSTAIN, "probability": None, "reason": "error", "message": message[:300]}
+
+
 def analyse_clips(tasks: list[tuple[str, str, int | None, str]], bundle: Path, *, workers: int, device: str,
                   analyze: AnalyzeConfig, progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     """One row per task ``(video_id, path, crf or None, scratch dir)``: the bundle's verdict,
     probability, reason and each member's probability (``p_<member>``), in ``workers``
-    spawned processes with one Analyzer each; a clip that fails is an ABSTAIN row."""
-    workers = min(workers, len(tasks)) or 1
-    # Threads per process: the cores shared out, so that two processes do not fight for one.
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    init = (str(bundle), device, analyze.model_dump(), threads)
-    rows = []
-    if workers == 1:
-        _init_worker(*init)
-        for task in tasks:
-            rows.append(_score(task))
-            if progress:
-                progress(len(rows), len(tasks))
-        return rows
-    # spawn: a forked child would inherit torch's thread pools in an undefined state.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                             initargs=init) as pool:
-        for row in pool.map(_score, tasks, chunksize=4):
-            rows.append(row)
-            if progress:
-                progress(len(rows), len(tasks))
-    return rows
+    processes with one Analyzer each (:func:`veracity.pool.run_tasks`); a clip that fails,
+    or whose process dies, is an ABSTAIN ``error`` row and the others go on."""
+    from veracity.pool import run_tasks
+
+    return list(run_tasks(tasks, _score, bundle, on_error=_failed, workers=workers, device=device, cfg=analyze,
+                          progress=progress))
 
 
 def _reencoded_people(identities: list[str], k: int) -> list[str]:

@@ -25,6 +25,7 @@ from veracity.stages.benchmark import (
     _reencode_drop,
     _reencoded_people,
     _without_figures,
+    analyse_clips,
     benchmark,
 )
 from veracity.stages.generate import benchmark_corpus
@@ -184,3 +185,18 @@ def test_a_bundle_whose_cuts_were_set_on_the_benchmark_people_is_refused(tmp_pat
         benchmark(BenchmarkConfig(seed=2027), AnalyzeConfig(), tmp_path / "bundle", tmp_path / "corpus",
                   tmp_path / "out", ece_bins=10)
     assert not (tmp_path / "out").exists()
+
+
+def test_clips_are_scored_in_order_and_a_failed_one_is_an_error_row(tiny_bundle: Path, tiny_corpus: Path,
+                                                                     tmp_path: Path) -> None:
+    # The rows come from veracity.pool's processes (a dying one is tested there): here, that
+    # the benchmark's tasks keep their order and a clip that cannot be re-encoded is a row.
+    a, b = sorted((tiny_corpus / "videos").glob("*.mp4"))[:2]
+    tasks = [("a", str(a), None, str(tmp_path)), ("gone", str(tmp_path / "gone.mp4"), 35, str(tmp_path)),
+             ("b", str(b), 35, str(tmp_path))]
+    rows = analyse_clips(tasks, tiny_bundle, workers=2, device="cpu", analyze=AnalyzeConfig())
+    assert [(r["video_id"], r["condition"]) for r in rows] == [("a", "clean"), ("gone", "crf35"), ("b", "crf35")]
+    assert rows[1]["verdict"] == "ABSTAIN" and rows[1]["reason"] == "error" and "re-encode at crf 35" in rows[1]["message"]
+    for r in (rows[0], rows[2]):
+        assert r["verdict"] != "ABSTAIN" and 0 <= r["probability"] <= 1 and any(k.startswith("p_") for k in r)
+    assert not list(tmp_path.glob("*.crf35.mp4"))  # the re-encoded copy is removed
