@@ -21,6 +21,7 @@ from veracity.media.decode import (
     FrameReader,
     MediaError,
     SampledFrame,
+    SkipPlan,
     decode_only,
     iter_audio,
     probe,
@@ -297,6 +298,22 @@ def _reference_pts(path: Path) -> set[int]:
         s = c.streams.video[0]
         s.codec_context.skip_frame = "NONREF"
         return {f.pts for f in c.decode(s)}
+
+
+def test_skip_plan_decides_from_timestamps_and_counts_what_ffmpeg_dropped() -> None:
+    plan = SkipPlan(12.5, Fraction(1, 25))  # 25 fps read at 12.5: every second frame sampled
+    assert not plan.unsampled(1, 0)  # no first frame yet: nothing is skipped
+    plan.t0 = 0.0
+    assert plan.unsampled(1, 0) and plan.unsampled(3, 2)  # between two grid points
+    assert not plan.unsampled(2, 1) and not plan.unsampled(4, 3)  # on a grid point: sampled
+    assert not plan.unsampled(3, 1)  # a missed predecessor only makes a frame look sampled
+    assert not plan.unsampled(1, -1)  # a predecessor before the first frame (pre-roll)
+    for pts in (1, 3, 5):
+        plan.asked(pts)
+    assert plan.dropped_before(3) == 1  # 1 was dropped; 3 came out, so it was a reference
+    assert plan.dropped_before(None) == 1  # at the end, 5 never came out
+    plan.disorder()
+    assert not plan.unsampled(1, 0)  # output went back in time: timestamps decide nothing
 
 
 def test_unsampled_non_reference_frames_are_not_decoded_and_the_samples_do_not_change(tmp_path: Path) -> None:
