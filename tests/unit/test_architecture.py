@@ -37,6 +37,8 @@ from veracity.config import Params, to_plain
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "veracity"
 CLI_MODULE = "veracity.cli"
+# The code a stage can run: the package, and the monitoring package its verbs import.
+STAGE_CODE = (PACKAGE, "monitoring")
 PARAMS_FILE = "params.yaml"
 
 
@@ -53,10 +55,11 @@ class Edge:
     lazy: bool  # inside a function body: runs when called, not at import
 
 
-def module_files(root: Path = REPO, package: str = PACKAGE) -> dict[str, Path]:
-    """Every module of the package by dotted name (a package is its ``__init__.py``)."""
+def module_files(root: Path = REPO, package: str | tuple[str, ...] = PACKAGE) -> dict[str, Path]:
+    """Every module of the package (or packages) by dotted name (a package is its ``__init__.py``)."""
     out: dict[str, Path] = {}
-    for path in sorted((root / package).rglob("*.py")):
+    packages = (package,) if isinstance(package, str) else package
+    for path in sorted(p for name in packages for p in (root / name).rglob("*.py")):
         parts = list(path.relative_to(root).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
@@ -99,14 +102,15 @@ def iter_imports(node: ast.AST, lazy: bool = False) -> Iterator[tuple[ast.Import
 
 
 def resolve_import(stmt: ast.Import | ast.ImportFrom, module: str, modules: dict[str, Path],
-                   package: str = PACKAGE) -> list[str]:
+                   package: str | tuple[str, ...] = PACKAGE) -> list[str]:
     """The package modules an import statement of ``module`` loads.
 
     ``from a.b import c`` is ``a.b.c`` when that is a module, else ``a.b``; relative imports
     are resolved against ``module``'s package. Imports from outside the package are dropped.
     A name that is no module of the package is returned as is (the checks report it).
     """
-    inside = lambda n: n == package or n.startswith(package + ".")  # noqa: E731
+    packages = (package,) if isinstance(package, str) else package
+    inside = lambda n: any(n == p or n.startswith(p + ".") for p in packages)  # noqa: E731
     found: list[str] = []
     if isinstance(stmt, ast.Import):
         found += [alias.name for alias in stmt.names if inside(alias.name)]
@@ -126,8 +130,8 @@ def resolve_import(stmt: ast.Import | ast.ImportFrom, module: str, modules: dict
     return found
 
 
-def import_graph(root: Path = REPO, package: str = PACKAGE) -> dict[str, dict[str, Edge]]:
-    """``src -> {dst: Edge}`` over every module of the package, lazy imports included."""
+def import_graph(root: Path = REPO, package: str | tuple[str, ...] = PACKAGE) -> dict[str, dict[str, Edge]]:
+    """``src -> {dst: Edge}`` over every module of the package (or packages), lazy imports included."""
     modules = module_files(root, package)
     graph: dict[str, dict[str, Edge]] = {m: {} for m in modules}
     for module, path in modules.items():
@@ -242,7 +246,8 @@ def cli_verbs(tree: ast.Module) -> dict[str, ast.FunctionDef]:
     return verbs
 
 
-def verb_modules(verb: ast.FunctionDef, tree: ast.Module, modules: dict[str, Path]) -> set[str]:
+def verb_modules(verb: ast.FunctionDef, tree: ast.Module, modules: dict[str, Path],
+                 package: str | tuple[str, ...] = PACKAGE) -> set[str]:
     """Package modules a verb imports: in its body, in the module-level helpers of cli.py it
     calls (transitively), and at cli.py's module level; ``veracity.cli`` itself excluded.
 
@@ -253,7 +258,7 @@ def verb_modules(verb: ast.FunctionDef, tree: ast.Module, modules: dict[str, Pat
     found: set[str] = set()
     for stmt, _ in iter_imports(ast.Module(body=[s for s in tree.body if not isinstance(
             s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)], type_ignores=[])):
-        found.update(resolve_import(stmt, CLI_MODULE, modules))
+        found.update(resolve_import(stmt, CLI_MODULE, modules, package))
     todo, seen = [verb], set()
     while todo:
         func = todo.pop()
@@ -262,7 +267,7 @@ def verb_modules(verb: ast.FunctionDef, tree: ast.Module, modules: dict[str, Pat
         seen.add(func.name)
         for stmt in func.body:
             for imp, _ in iter_imports(stmt, True):
-                found.update(resolve_import(imp, CLI_MODULE, modules))
+                found.update(resolve_import(imp, CLI_MODULE, modules, package))
             for node in ast.walk(stmt):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in helpers:
                     todo.append(helpers[node.func.id])
@@ -348,9 +353,10 @@ def _covered(rel: str, deps: list[str]) -> bool:
 
 
 def missing_code_deps(dvc: dict, root: Path = REPO) -> dict[str, list[str]]:
-    """Per stage, the package files its verb loads that none of its deps covers."""
-    modules = module_files(root)
-    graph = import_graph(root)
+    """Per stage, the files of the package (and of ``monitoring``) its verb loads that none of
+    its deps covers."""
+    modules = module_files(root, STAGE_CODE)
+    graph = import_graph(root, STAGE_CODE)
     tree = cli_tree(root)
     verbs = cli_verbs(tree)
     problems: dict[str, list[str]] = {}
@@ -361,7 +367,7 @@ def missing_code_deps(dvc: dict, root: Path = REPO) -> dict[str, list[str]]:
         if verb not in verbs:
             problems[name] = [f"runs `veracity {verb}`, which cli.py does not define"]
             continue
-        roots = verb_modules(verbs[verb], tree, modules)
+        roots = verb_modules(verbs[verb], tree, modules, STAGE_CODE)
         needed = closure(roots, graph) - {CLI_MODULE}
         files = sorted(
             rel for m in needed & set(modules)
@@ -371,7 +377,7 @@ def missing_code_deps(dvc: dict, root: Path = REPO) -> dict[str, list[str]]:
         dangling = sorted((roots | {d for m in needed for d in graph.get(m, {})}) - set(modules))
         files += [f"imports {m}, which is no module of the package" for m in dangling]
         files += [f"dep {dep} does not exist" for dep in stage.get("deps") or []
-                  if str(dep).startswith(PACKAGE + "/") and not (root / dep).exists()]
+                  if str(dep).split("/")[0] in STAGE_CODE and not (root / dep).exists()]
         if files:
             problems[name] = files
     return problems
