@@ -740,6 +740,9 @@ def test_missing_code_deps_reports_a_removed_dep(dvc: dict) -> None:
     assert "dep veracity/no_such_module.py does not exist" in missing_code_deps(broken)["extract"]
     broken["stages"]["extract"]["cmd"] = "veracity no-such-verb"
     assert "does not define" in missing_code_deps(broken)["extract"][0]
+    # Code reached through the monitoring package counts too (monitor runs veracity.pool that way).
+    broken["stages"]["monitor"]["deps"].remove("veracity/pool.py")
+    assert "veracity/pool.py" in missing_code_deps(broken)["monitor"]
 
 
 def test_missing_param_keys_reports_a_default_left_to_code(params_tree: dict) -> None:
