@@ -41,7 +41,7 @@ def _failed(analyzer, task: str, message: str) -> str:
     return f"{task} failed: {message}"
 
 
-def test_auto_workers_are_one_per_two_cores_at_most_one_per_task() -> None:
+def test_auto_workers_are_one_per_core_at_most_one_per_task() -> None:
     cores = available_cores()
     assert resolve_workers("auto", 100) == resolve_workers(0, 100) == auto_workers() == cores
     assert resolve_workers("auto", 1) == 1 and resolve_workers(8, 3) == 3 and resolve_workers(" 2 ", 5) == 2

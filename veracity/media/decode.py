@@ -322,7 +322,7 @@ def _inspect_container(
         if still:
             avg_fps = num_frames = None
         elif cc is not None:
-            frames = container.decode(vstream) if plan is None else _decode_skipping(container, vstream, plan)
+            frames = _decode(container, vstream, plan)
             first = _first_frame(frames, path)
             if first is None:
                 raise MediaError("corrupt", "the video stream has no decodable frame", path)
@@ -420,6 +420,11 @@ class SkipPlan:
     def disorder(self) -> None:
         """The decoder's output went back in time: decide no more from timestamps."""
         self.off = True
+
+
+def _decode(container, stream, plan: SkipPlan | None) -> Iterator[av.VideoFrame]:
+    """The stream's decoded frames: all of them without a plan, else as :func:`_decode_skipping`."""
+    return container.decode(stream) if plan is None else _decode_skipping(container, stream, plan)
 
 
 def _decode_skipping(container, stream, plan: SkipPlan) -> Iterator[av.VideoFrame]:
@@ -870,7 +875,7 @@ class FrameReader:
                 stream = _video_streams(container)[0]
                 _set_threads(stream, self.threads)
                 plan = self._plan(stream)
-                frames = container.decode(stream) if plan is None else _decode_skipping(container, stream, plan)
+                frames = _decode(container, stream, plan)
             except BaseException:
                 ctx.__exit__(None, None, None)
                 raise

@@ -51,7 +51,7 @@ def test_allowed_networks_are_checked_at_start_up() -> None:
         ServiceConfig.from_env({"VERACITY_URL_ALLOW_NETWORKS": "intranet.example"})
 
 
-def test_job_workers_default_to_one_and_auto_is_one_per_two_cores_each_with_its_share(tmp_path: Path) -> None:
+def test_job_workers_default_to_one_and_auto_is_one_per_core_each_with_its_share(tmp_path: Path) -> None:
     from serving.jobs import LocalWorkers
     from veracity.cores import available_cores
     from veracity.pool import auto_workers
