@@ -1,7 +1,9 @@
 """The ``extract`` stage: manifest -> per-clip feature records, with nothing lost.
 
 For each clip: probe, stream-decode frames at the contract's fps (true timestamps),
-detect faces (every ``detect_every`` sampled frames) and track them so each person keeps
+detect faces (every ``detect_every`` sampled frames: in frames larger than
+``detect_max_side`` the whole frame every ``scan_every``, near the tracked faces between)
+and track them so each person keeps
 one track, crop squares with a margin, compute optical flow along each track, decode the
 audio at 16 kHz mono, find voice activity and normalise loudness. Every clip ends with a
 status (:mod:`veracity.status`) and a message; a bad file never stops the others. Bad
@@ -157,12 +159,13 @@ class ExtractObserver(Protocol):
 _local = threading.local()
 
 
-def _detector(max_side: int, min_face_frac: float) -> HaarFaceDetector:
-    # One cascade per thread and setting: loading it costs more than a detection, and
+def _detector(max_side: int, min_face_frac: float, role: str = "scan") -> HaarFaceDetector:
+    # One cascade per thread, setting and role: loading it costs more than a detection, and
     # OpenCV's CascadeClassifier is not safe to share between threads (concurrent analyses
-    # in one server process got each other's detections).
+    # in one server process got each other's detections; so did one clip's whole-frame
+    # scans and its near searches, which run at once on two threads: hence the role).
     cache = _local.__dict__.setdefault("detectors", {})
-    key = (max_side, min_face_frac)
+    key = (max_side, min_face_frac, role)
     if key not in cache:
         cache[key] = HaarFaceDetector(max_side=max_side, min_face_frac=min_face_frac)
     return cache[key]
@@ -171,9 +174,11 @@ def _detector(max_side: int, min_face_frac: float) -> HaarFaceDetector:
 # ----------------------------------------------------------------------------- one clip
 
 
-def _detections(frames: Iterable[Any], detector: FaceDetector, every: int) -> Iterator[tuple[Any, list | None]]:
-    """Each frame with its detections: every ``every``-th sampled frame's, else None."""
+def _scans(frames: Iterable[Any], detector: FaceDetector, cfg: ExtractConfig) -> Iterator[tuple[Any, list | None]]:
+    """Each frame with its whole-frame detections, or None: every ``scan_every``-th sampled
+    frame, or every ``detect_every``-th for frames no larger than ``detect_max_side``."""
     for frame in frames:
+        every = cfg.detect_every if max(frame.width, frame.height) <= cfg.detect_max_side else cfg.scan_every
         # The luma plane as decoded (no conversion): Haar does not need full range.
         yield frame, (detector.detect(frame.y_plane()) if frame.index % every == 0 else None)
 
@@ -186,9 +191,14 @@ def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
     ``reader`` is iterated once; each item needs ``index``, ``time``, ``width``, ``height``,
     ``y_plane()`` and ``crop_rgb(x0, y0, x1, y1)`` (a :class:`~veracity.media.decode.SampledFrame`),
     and the reader ``decoded`` and ``errors`` afterwards. ``detector`` replaces the Haar
-    cascade of ``cfg`` (:mod:`veracity.frames` scores still images through here).
+    cascade of ``cfg`` (:mod:`veracity.frames` scores still images through here); it must
+    be safe to call from two threads at once when ``scan_every`` > ``detect_every``.
     """
-    detector = detector if detector is not None else _detector(cfg.detect_max_side, cfg.min_face_frac)
+    if detector is None:
+        detector = _detector(cfg.detect_max_side, cfg.min_face_frac)
+        finder = _detector(cfg.detect_max_side, cfg.min_face_frac, "near")
+    else:
+        finder = detector
     tracker = FaceTracker(iou_threshold=cfg.iou_threshold, max_missed=cfg.max_missed)
     size = contract.face_size
     fsize = max(8, size // 2)
@@ -202,12 +212,18 @@ def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
     streams: dict[int, FlowStream] = {}
     with_face = detected_frames = fallbacks = 0
     n = 0
-    # Three stages, each on its own thread with a bounded queue between: decoding, face
-    # detection (a pure function of the frame, so it runs ahead of the tracker) and, here,
-    # tracking, crops and flow (which feed back into the tracker, so they stay in order).
-    for frame, dets in prefetch(_detections(prefetch(reader), detector, cfg.detect_every)):
+    # Three stages, each on its own thread with a bounded queue between: decoding, the
+    # whole-frame scans (a pure function of the frame, so they run ahead of the tracker)
+    # and, here, tracking, crops and flow (which feed back into the tracker, so they stay
+    # in order). The detections between scans look near the tracked faces, so they need
+    # the tracker's state and run here too; with no face tracked they scan the whole frame.
+    for frame, dets in prefetch(_scans(prefetch(reader), detector, cfg)):
         n += 1
         times.append(np.float64(frame.time))
+        if dets is None and frame.index % cfg.detect_every == 0:
+            near = tracker.boxes()
+            # `finder`, not `detector`: the scan thread may be using that one's cascade now.
+            dets = finder.detect_near(frame.y_plane(), near) if near else finder.detect(frame.y_plane())
         if dets is not None:
             detected_frames += bool(dets)
             tracked = tracker.update(dets)

@@ -11,9 +11,10 @@ the frames through the code the training data went through, not a copy of it:
 2. **Extraction**: :class:`ImageReader` makes the decoded images look like the
    :class:`~veracity.media.decode.FrameReader` that :func:`veracity.extract._video_part`
    consumes: consecutive samples at the bundle contract's fps, decoded lazily as the
-   extraction loop asks for them. Faces are detected on every frame (``detect_every=1``
-   over the bundle's extraction settings: frames are sparse, so coasting between
-   detections would follow a face across seconds), tracked, cropped, and their optical
+   extraction loop asks for them. Faces are detected on every frame, each time in the
+   whole frame (``detect_every=1``, ``scan_every=1`` over the bundle's extraction
+   settings: frames are sparse, so coasting between detections, or looking only near
+   the last one, would follow a face across seconds), tracked, cropped, and their optical
    flow computed, into a temporary record (:class:`~veracity.features.RecordWriter`).
    With ``cropped=True`` each image is the face crop itself: the whole image is the box
    (:class:`WholeImageDetector`, margin 0) and nothing is detected.
@@ -402,6 +403,9 @@ class WholeImageDetector:
         h, w = gray.shape[:2]
         return [Detection(box=(0.0, 0.0, float(w), float(h)), score=1.0)]
 
+    def detect_near(self, gray: np.ndarray, boxes: list) -> list[Detection]:
+        return self.detect(gray)
+
 
 # ----------------------------------------------------------------------------- scoring
 
@@ -573,7 +577,7 @@ def score_frames(bundle: Bundle, images: Sequence[bytes | np.ndarray], *, extrac
         bundle: the bundle.
         images: encoded JPEG/PNG bytes or RGB uint8 arrays, in time order.
         extract_cfg: the bundle's extraction settings (``bundle.json["extract"]``); faces are
-            detected on every frame whatever its ``detect_every``.
+            detected in the whole of every frame whatever its ``detect_every`` and ``scan_every``.
         member: judge with this video member only; None: every video member (the highest
             probability counts).
         cropped: each image is a face crop: the whole image is the face box, no detection.
@@ -637,7 +641,8 @@ def _score(bundle: Bundle, images: list[bytes | np.ndarray], cfg: ExtractConfig,
     frames = report.frames
     with tempfile.TemporaryDirectory(prefix="veracity-frames-", ignore_cleanup_errors=True) as tmp:
         t = time.perf_counter()
-        every = cfg.model_copy(update={"detect_every": 1})  # sparse frames: detect on each one
+        # Sparse frames: scan each one whole (a face may have moved anywhere since the last).
+        every = cfg.model_copy(update={"detect_every": 1, "scan_every": 1})
         if cropped:
             # The image is the crop: a whole-image box and no margin give back the image itself.
             reader = ImageReader(images, c.fps, prepare=lambda rgb: square_crop(rgb, c.face_size),

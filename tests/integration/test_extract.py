@@ -284,6 +284,58 @@ def test_faces_are_detected_ahead_of_the_tracker_on_their_own_thread(
     assert {name for name, _ in seen} == {"prefetch"}
 
 
+def test_in_frames_above_detect_max_side_faces_are_scanned_now_and_then_and_looked_for_near_between(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from veracity import extract as ex
+    from veracity.media.faces import HaarFaceDetector, iou
+
+    frames, audio = _head_frames(2.0, 256, 144, seed=5)
+    big = [cv2.resize(f, (640, 360), interpolation=cv2.INTER_LINEAR) for f in frames]  # faces ~200 px
+    row = {"video_id": "hd", "path": str(_write(tmp_path / "hd.mp4", big, audio))}
+    calls: list[tuple[str, str]] = []
+    cascades: dict[str, set[int]] = {}
+    real_detect, real_near = HaarFaceDetector.detect, HaarFaceDetector.detect_near
+
+    def seen(kind: str, detector: HaarFaceDetector) -> None:
+        calls.append((kind, threading.current_thread().name))
+        cascades.setdefault(threading.current_thread().name, set()).add(id(detector._classifier()))
+
+    def detect(self, gray):
+        seen("whole", self)
+        return real_detect(self, gray)
+
+    def detect_near(self, gray, boxes):
+        seen("near", self)
+        return real_near(self, gray, boxes)
+
+    monkeypatch.setattr(HaarFaceDetector, "detect", detect)
+    monkeypatch.setattr(HaarFaceDetector, "detect_near", detect_near)
+    res = ex.extract_clip(row, tmp_path, tmp_path / "near", CFG, CONTRACT, "fp")
+    assert res["status"] == "ok" and res["n_frames"] == 25 and res["n_tracks"] == 1
+    assert res["face_ratio"] == 1.0 and res["detect_ratio"] == 1.0
+    # Sampled frames 0 and 16 scanned whole ahead of the tracker; 4, 8, 12, 20, 24 near the face.
+    assert calls.count(("whole", "prefetch")) == 2
+    assert [c for c in calls if c[0] == "near"] == [("near", threading.current_thread().name)] * 5
+    assert len(calls) == 7
+    # The two threads detect at once: each has its own cascade (OpenCV's is not thread-safe).
+    assert len(cascades) == 2 and not set.intersection(*cascades.values())
+
+    monkeypatch.setattr(HaarFaceDetector, "detect", real_detect)
+    whole = ex.extract_clip(row, tmp_path, tmp_path / "whole", CFG.model_copy(update={"scan_every": 4}), CONTRACT, "fp")
+    assert whole["n_tracks"] == 1
+    near_boxes = ClipRecord(record_dir(tmp_path / "near", "hd")).array("crop_box")
+    whole_boxes = ClipRecord(record_dir(tmp_path / "whole", "hd")).array("crop_box")
+    assert len(near_boxes) == len(whole_boxes) == 25
+    # The crops follow the same face: boxes as close as two whole-frame passes a frame apart.
+    assert min(iou(tuple(a), tuple(b)) for a, b in zip(near_boxes, whole_boxes, strict=True)) > 0.8
+
+
+def test_scan_every_must_be_a_multiple_of_detect_every() -> None:
+    with pytest.raises(ValueError, match="multiple of detect_every"):
+        ExtractConfig(detect_every=4, scan_every=10)
+    assert ExtractConfig(detect_every=3, scan_every=3).scan_every == 3
+
+
 def test_a_bug_is_status_error_logged_and_fails_the_stage(tiny_corpus: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           caplog: pytest.LogCaptureFixture) -> None:

@@ -12,6 +12,8 @@ from veracity.corpus.synth import face
 from veracity.corpus.synth.families import ClipSpec, render
 from veracity.corpus.synth.identity import sample_identity
 from veracity.media.faces import (
+    NEAR_FACE_PX,
+    NEAR_REACH,
     Detection,
     FaceTracker,
     HaarFaceDetector,
@@ -20,6 +22,7 @@ from veracity.media.faces import (
     iou,
     square_box,
 )
+from veracity.media.faces import _neighbourhoods as neighbourhoods
 
 
 def _clip(seed: int, width: int = 128, height: int = 128, duration: float = 2.0) -> list[np.ndarray]:
@@ -119,6 +122,51 @@ def test_haar_detector_pickles_after_use(detector, two_heads):
     detector.detect(_gray(two_heads[0]))  # loads the cascade
     clone = pickle.loads(pickle.dumps(detector))
     assert clone.detect(_gray(two_heads[0])) == detector.detect(_gray(two_heads[0]))
+
+
+@pytest.fixture(scope="module")
+def two_heads_hd(two_heads) -> np.ndarray:
+    """The two people at 5x (1280x640): faces of about 300 px, as in HD footage."""
+    return cv2.resize(_gray(two_heads[5]), (1280, 640), interpolation=cv2.INTER_LINEAR)
+
+
+def test_detect_near_finds_a_tracked_face_where_the_whole_frame_pass_does(detector, two_heads_hd):
+    whole = detector.detect(two_heads_hd)
+    assert len(whole) == 2
+    left, right = sorted((d.box for d in whole), key=lambda b: b[0])
+    assert left[2] - left[0] >= 2 * NEAR_FACE_PX  # big enough to be searched shrunk
+    # Where the tracker expects it, moved by a tenth of its side (flow's error between detections).
+    side = left[2] - left[0]
+    expected = (left[0] + 0.1 * side, left[1] - 0.1 * side, left[2] + 0.1 * side, left[3] - 0.1 * side)
+    near = detector.detect_near(two_heads_hd, [expected])
+    assert len(near) == 1  # the other person is not looked for
+    assert iou(near[0].box, left) > 0.7
+    both = detector.detect_near(two_heads_hd, [left, right])
+    assert len(both) == 2
+    assert sorted(iou(d.box, b) > 0.7 for d in both for b in (left, right)) == [False, False, True, True]
+
+
+def test_detect_near_looks_only_near_the_boxes_and_checks_its_input(detector, two_heads_hd):
+    h, w = two_heads_hd.shape
+    blank = two_heads_hd.copy()
+    blank[:, : w // 2] = 128  # the left person gone: nothing where the box says
+    left = sorted((d.box for d in detector.detect(two_heads_hd)), key=lambda b: b[0])[0]
+    assert detector.detect_near(blank, [left]) == []
+    assert detector.detect_near(two_heads_hd, []) == []
+    with pytest.raises(ValueError, match="uint8 gray"):
+        detector.detect_near(np.zeros((64, 64, 3), np.uint8), [left])
+
+
+def test_neighbourhoods_widen_clip_and_merge_overlapping_boxes():
+    pad = NEAR_REACH * 100
+    # Two boxes whose neighbourhoods overlap are searched once, as their bounding box.
+    (merged, lo, hi), = neighbourhoods([(100, 100, 200, 200), (230, 120, 310, 200)], 1000, 800, NEAR_REACH)
+    assert merged == (int(100 - pad), int(100 - pad), int(np.ceil(310 + NEAR_REACH * 80)), int(np.ceil(200 + pad)))
+    assert (lo, hi) == (80, 100)
+    # Far apart: two searches; at the frame's edge: clipped; an empty box: none.
+    apart = neighbourhoods([(0, 0, 100, 100), (800, 600, 1000, 800), (5, 5, 5, 5)], 1000, 800, NEAR_REACH)
+    assert [r for r, _, _ in apart] == [(0, 0, int(np.ceil(100 + pad)), int(np.ceil(100 + pad))),
+                                        (int(800 - 2 * pad), int(600 - 2 * pad), 1000, 800)]
 
 
 def test_two_heads_two_stable_tracks_with_dropped_detections(detector, two_heads):
