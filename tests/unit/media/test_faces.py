@@ -157,6 +157,25 @@ def test_detect_near_looks_only_near_the_boxes_and_checks_its_input(detector, tw
         detector.detect_near(np.zeros((64, 64, 3), np.uint8), [left])
 
 
+def test_detect_near_keeps_for_each_box_only_the_hit_that_overlaps_it_most(monkeypatch):
+    # The cascade is replaced so the hits are known: a face where the box is, and a part of
+    # it at another scale scoring higher (such a hit started a second track for one person).
+    detector = HaarFaceDetector()
+    box = (400.0, 100.0, 700.0, 400.0)  # 300 px: its neighbourhood is searched shrunk 5x
+    k = int(300 // NEAR_FACE_PX)
+    x0, y0 = int(400 - NEAR_REACH * 300), int(100 - NEAR_REACH * 300)
+    face = ((400 - x0) // k, (100 - y0) // k, 300 // k, 300 // k)
+    part = (2, 2, 30, 30)
+    monkeypatch.setattr(detector, "_cascade_rects",
+                        lambda small, least, most: (np.array([part, face], float), np.array([9.0, 5.0])))
+    found = detector.detect_near(np.zeros((640, 1280), np.uint8), [box])
+    assert [d.score for d in found] == [5.0] and iou(found[0].box, box) > 0.95
+    # No hit overlapping the box (one in the neighbourhood's corner): nothing, not the stray hit.
+    corner = (2, 2, 10, 10)
+    monkeypatch.setattr(detector, "_cascade_rects", lambda small, least, most: (np.array([corner], float), np.array([9.0])))
+    assert detector.detect_near(np.zeros((640, 1280), np.uint8), [box]) == []
+
+
 def test_neighbourhoods_widen_clip_and_merge_overlapping_boxes():
     pad = NEAR_REACH * 100
     # Two boxes whose neighbourhoods overlap are searched once, as their bounding box.
