@@ -2,14 +2,14 @@
 
 For each clip: probe, stream-decode frames at the contract's fps (true timestamps),
 detect faces (every ``detect_every`` sampled frames: in frames larger than
-``detect_max_side`` the whole frame every ``scan_every``, near the tracked faces between)
-and track them so each person keeps
-one track, crop squares with a margin, compute optical flow along each track, decode the
-audio at 16 kHz mono, find voice activity and normalise loudness. Every clip ends with a
-status (:mod:`veracity.status`) and a message; a bad file never stops the others. Bad
-media gets the status that says what is wrong with it; an unexpected exception (a bug of
-ours, not bad data) gets ``error``, its traceback goes to the log, and the stage fails
-(:func:`check_failures`) however few clips it hit.
+``detect_max_side`` the whole frame every ``scan_every``, near the tracked faces
+between) and track them so each person keeps one track, crop squares with a margin,
+compute optical flow along each track, decode the audio at 16 kHz mono, find voice
+activity and normalise loudness. Every clip ends with a status (:mod:`veracity.status`)
+and a message; a bad file never stops the others. Bad media gets the status that says
+what is wrong with it; an unexpected exception (a bug of ours, not bad data) gets
+``error``, its traceback goes to the log, and the stage fails (:func:`check_failures`)
+however few clips it hit.
 
 Runs are resumable (a finished record whose fingerprint matches is reused) and shardable
 (``shard=(i, n)`` takes the clips whose id hashes to ``i`` mod ``n``; :func:`merge`

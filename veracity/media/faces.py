@@ -258,7 +258,7 @@ def _gray_shape(gray: np.ndarray) -> tuple[int, int]:
 def _neighbourhoods(boxes: list[Box], width: int, height: int, reach: float) -> list[tuple[IntBox, float, float]]:
     """Each box widened by ``reach`` of its side and clipped to the frame, overlapping ones
     merged (their bounding box); with the smallest and largest side of the boxes in each."""
-    regions: list[tuple[IntBox, float, float]] = []
+    merged: list[tuple[IntBox, float, float]] = []
     for b in boxes:
         side = max(b[2] - b[0], b[3] - b[1])
         if side <= 0:
@@ -268,22 +268,16 @@ def _neighbourhoods(boxes: list[Box], width: int, height: int, reach: float) -> 
              min(width, int(np.ceil(b[2] + pad))), min(height, int(np.ceil(b[3] + pad))))
         if r[2] <= r[0] or r[3] <= r[1]:
             continue
-        regions.append((r, side, side))
-    merged = True
-    while merged:  # few boxes (one per person): quadratic is fine
-        merged = False
-        for i in range(len(regions)):
-            for j in range(i + 1, len(regions)):
-                (a, alo, ahi), (c, clo, chi) = regions[i], regions[j]
-                if a[0] < c[2] and c[0] < a[2] and a[1] < c[3] and c[1] < a[3]:
-                    u = (min(a[0], c[0]), min(a[1], c[1]), max(a[2], c[2]), max(a[3], c[3]))
-                    regions[i] = (u, min(alo, clo), max(ahi, chi))
-                    del regions[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    return regions
+        lo = hi = side
+        # Absorb every region this one overlaps (its union may reach further ones), so the
+        # regions kept stay disjoint.
+        while (hit := next((m for m in merged if iou(m[0], r) > 0), None)) is not None:
+            merged.remove(hit)
+            (c, clo, chi) = hit
+            r = (min(r[0], c[0]), min(r[1], c[1]), max(r[2], c[2]), max(r[3], c[3]))
+            lo, hi = min(lo, clo), max(hi, chi)
+        merged.append((r, lo, hi))
+    return merged
 
 
 def iou(a: Box, b: Box) -> float:

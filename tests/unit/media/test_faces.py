@@ -182,6 +182,11 @@ def test_neighbourhoods_widen_clip_and_merge_overlapping_boxes():
     (merged, lo, hi), = neighbourhoods([(100, 100, 200, 200), (230, 120, 310, 200)], 1000, 800, NEAR_REACH)
     assert merged == (int(100 - pad), int(100 - pad), int(np.ceil(310 + NEAR_REACH * 80)), int(np.ceil(200 + pad)))
     assert (lo, hi) == (80, 100)
+    # A box between two disjoint neighbourhoods joins them into one search.
+    (chain, lo, hi), = neighbourhoods([(100, 100, 200, 200), (400, 100, 500, 200), (240, 100, 360, 220)],
+                                      1000, 800, NEAR_REACH)
+    assert chain == (int(100 - pad), int(100 - NEAR_REACH * 120), int(np.ceil(500 + pad)), int(np.ceil(220 + NEAR_REACH * 120)))
+    assert (lo, hi) == (100, 120)
     # Far apart: two searches; at the frame's edge: clipped; an empty box: none.
     apart = neighbourhoods([(0, 0, 100, 100), (800, 600, 1000, 800), (5, 5, 5, 5)], 1000, 800, NEAR_REACH)
     assert [r for r, _, _ in apart] == [(0, 0, int(np.ceil(100 + pad)), int(np.ceil(100 + pad))),
