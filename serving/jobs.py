@@ -343,7 +343,8 @@ class JobSystem:
                filename: str | None = None, owner: str | None = None) -> dict[str, str]:
         """Accept a job: the upload moved under ``job_dir`` and fsynced, the record written,
         the message queued. ``owner`` is the submitting key's id (jobs are listed per key).
-        Returns the record.
+        Returns the record as accepted (``queued``), read before the message is sent: a
+        worker may claim the job before the client reads the answer.
 
         Raises:
             JobError: neither or both of upload and URL (400), or the broker is down (503).
@@ -367,13 +368,13 @@ class JobSystem:
             fields["url"] = video_url
         try:
             self.store.create(job_id, fields)
+            rec = self.store.get(job_id)
             self._enqueue(job_id)
         except redis.RedisError as exc:
             if upload is not None:
                 Path(fields["upload"]).unlink(missing_ok=True)
             raise JobError("broker_unavailable", f"the job queue is unavailable ({type(exc).__name__}); "
                                                  "try again", status=503) from None
-        rec = self.store.get(job_id)
         assert rec is not None  # just written, and records of queued jobs do not expire
         return rec
 

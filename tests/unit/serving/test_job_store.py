@@ -79,6 +79,25 @@ def test_progress_is_shown_while_running(store: JobStore) -> None:
     assert shown["video_url"] == "https://example.org/v.mp4" and "upload" not in shown
 
 
+def test_submission_answers_queued_even_when_a_worker_claims_the_job_first(store: JobStore,
+                                                                           tmp_path: Path) -> None:
+    """The 202 describes the acceptance: a worker that starts the job while the API is still
+    answering (CI saw it) must not turn the answer into ``running``."""
+    system = object.__new__(jobs.JobSystem)  # the store's side only: no broker process, no workers
+
+    class FastWorker:  # the Celery app's one call here, delivered and claimed at once
+        def send_task(self, name: str, args: list[str], queue: str) -> None:
+            assert store.claim(args[0], "w", 3) == "run"
+
+    system.store, system.app, system.uploads = store, FastWorker(), tmp_path
+    upload = tmp_path / "in.mp4"
+    upload.write_bytes(b"\x00" * 16)
+    rec = system.submit(upload=upload, filename="in.mp4")
+    assert rec["state"] == "queued" and public(rec)["state"] == "queued"
+    assert store.get(rec["id"])["state"] == "running"  # the worker did take it
+    assert (tmp_path / f"{rec['id']}.video").read_bytes() == b"\x00" * 16
+
+
 def test_the_sweep_finds_records_whose_message_never_left(store: JobStore) -> None:
     store.create("lost", {"source": "upload"})
     store.create("sent", {"source": "upload"})
