@@ -11,7 +11,8 @@ Measures, in one run so the machine's noise hits both sides alike:
   against a decode-only pass (every frame decoded, nothing converted) over the same
   files, for the synthetic corpus clips and for 720p clips; goal >= 0.8; and, for the
   record, extraction with a whole-frame scan at every detection (``scan_every`` =
-  ``detect_every``), what the search near the tracked faces saves;
+  ``detect_every``), what the search near the tracked faces saves, and with every crop
+  converted to RGB before it is averaged down, what averaging large faces in YUV saves;
 * memory: peak RSS of a fresh process extracting a 10-minute 720p video against the same
   for a 10-second one; goal <= 1.2.
 
@@ -22,6 +23,7 @@ and cached in ``bench/.cache``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import subprocess
@@ -33,11 +35,13 @@ import av
 import cv2
 import numpy as np
 
+from veracity import extract
 from veracity.config import ExtractConfig, load_params
 from veracity.contract import DataContract
 from veracity.corpus.synth.families import ClipSpec, render
 from veracity.corpus.synth.identity import sample_identity
 from veracity.extract import extract_clip, fingerprint
+from veracity.media import decode
 from veracity.media.decode import FrameReader, MediaError, decode_only
 from veracity.status import CODE_FAILURE_STATUSES
 
@@ -113,27 +117,44 @@ def _skipped_share(files: list[Path], fps: float) -> float:
     return skipped / max(decoded, 1)
 
 
+@contextlib.contextmanager
+def _crops_converted_first():
+    """Every crop converted to RGB, then averaged down (no box is large enough for the
+    YUV path of ``SampledFrame.crop_resized``)."""
+    saved = decode.SHRINK_FIRST, extract.SHRINK_FIRST
+    decode.SHRINK_FIRST = extract.SHRINK_FIRST = 1 << 30
+    try:
+        yield
+    finally:
+        decode.SHRINK_FIRST, extract.SHRINK_FIRST = saved
+
+
 def throughput(files: list[Path], cfg: ExtractConfig, contract: DataContract, out: Path, repeats: int = 2,
                any_media: bool = False) -> dict:
-    """Best-of-``repeats`` wall time of decode-only and of extraction over the same files, and
-    of extraction that scans the whole frame at every detection (``scan_every`` =
-    ``detect_every``: no search near the tracked faces), the three taking turns."""
+    """Best-of-``repeats`` wall time of decode-only and of extraction over the same files, of
+    extraction that scans the whole frame at every detection (``scan_every`` =
+    ``detect_every``: no search near the tracked faces), and of extraction that converts
+    every crop before averaging it down, the four taking turns."""
     whole = cfg.model_copy(update={"scan_every": cfg.detect_every})
-    decode_s = extract_s = whole_s = float("inf")
+    decode_s = extract_s = whole_s = first_s = float("inf")
     for _ in range(repeats):
         decode_s = min(decode_s, _decode_files(files))
         extract_s = min(extract_s, _extract_files(files, cfg, contract, out, any_media))
         whole_s = min(whole_s, _extract_files(files, whole, contract, out, any_media))
+        with _crops_converted_first():
+            first_s = min(first_s, _extract_files(files, cfg, contract, out, any_media))
     return {
         "frames_not_decoded": round(_skipped_share(sorted(set(files)), contract.fps), 3),
         "clips": len(files),
         "decode_only_s": round(decode_s, 3),
         "extract_s": round(extract_s, 3),
         "extract_whole_frame_scans_s": round(whole_s, 3),
+        "extract_crops_converted_first_s": round(first_s, 3),
         "decode_only_clips_per_s": round(len(files) / decode_s, 2),
         "extract_clips_per_s": round(len(files) / extract_s, 2),
         "ratio": round(decode_s / extract_s, 3),
         "ratio_whole_frame_scans": round(decode_s / whole_s, 3),
+        "ratio_crops_converted_first": round(decode_s / first_s, 3),
     }
 
 
@@ -149,15 +170,18 @@ def _peak_rss_child(video: Path, out: Path, params: Path) -> float:
         "f = Path(sys.argv[1])\n"
         "row = {'video_id': f.stem, 'path': str(f), 'label': 0, 'split': 'test', 'method': 'real',"
         " 'identity': 'x', 'video_label': 0, 'audio_label': 0}\n"
-        "res = extract_clip(row, f.parent, Path(sys.argv[2]), cfg, contract, 'bench')\n"
+        # A fingerprint of its own: a record left by an earlier run would be reused, not made.
+        "res = extract_clip(row, f.parent, Path(sys.argv[2]), cfg, contract, sys.argv[4])\n"
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through exec.
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
-        "print(json.dumps({'status': res['status'], 'n_frames': res['n_frames'], 'maxrss_kib': int(hwm)}))\n"
+        "print(json.dumps({'status': res['status'], 'n_frames': res['n_frames'], 'maxrss_kib': int(hwm),"
+        " 'reused': bool(res.get('reused'))}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(video.resolve()), str(out), str(params)],
+    proc = subprocess.run([sys.executable, "-c", code, str(video.resolve()), str(out), str(params),
+                           f"bench-{time.time_ns()}"],
                           capture_output=True, text=True, check=True)
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    if res["status"] != "ok":
+    if res["status"] != "ok" or res["reused"]:
         raise RuntimeError(f"{video}: {res}")
     return res["maxrss_kib"] / 1024, res["n_frames"]
 

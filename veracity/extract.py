@@ -39,9 +39,16 @@ import pandas as pd
 from veracity.config import ExtractConfig, to_plain, write_resolved
 from veracity.contract import DataContract
 from veracity.corpus import manifest as mf
-from veracity.features import RECORDS, TMP_SUFFIX, RecordWriter, read_meta, record_dir
+from veracity.features import (
+    RECORDS,
+    TMP_SUFFIX,
+    RecordWriter,
+    map_rows_in_place,
+    read_meta,
+    record_dir,
+)
 from veracity.media import audio as maudio
-from veracity.media.decode import FrameReader, MediaError, iter_audio
+from veracity.media.decode import SHRINK_FIRST, FrameReader, MediaError, iter_audio
 from veracity.media.faces import FaceDetector, FaceTracker, HaarFaceDetector, center_box, square_box
 from veracity.media.flow import FlowStream
 from veracity.status import CODE_FAILURE_STATUSES, EXTRACT_STATUSES, OK
@@ -183,13 +190,26 @@ def _scans(frames: Iterable[Any], detector: FaceDetector, cfg: ExtractConfig) ->
         yield frame, (detector.detect(frame.y_plane()) if frame.index % every == 0 else None)
 
 
+def _even_if_large(box: tuple[int, int, int, int], size: int) -> tuple[int, int, int, int]:
+    """A square crop box more than ``SHRINK_FIRST`` times the crop's side moved to even
+    edges (each by at most one pixel), so its crop is averaged down before colour
+    conversion (:meth:`~veracity.media.decode.SampledFrame.crop_resized`); a smaller one
+    (every crop of the training corpus) as it is."""
+    x0, y0, x1, _ = box
+    if x1 - x0 <= SHRINK_FIRST * size:
+        return box
+    side = x1 - x0 + ((x1 - x0) & 1)
+    x0, y0 = x0 & ~1, y0 & ~1
+    return x0, y0, x0 + side, y0 + side
+
+
 def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
                 contract: DataContract, detector: FaceDetector | None = None,
                 observer: ExtractObserver | None = None) -> dict[str, Any]:
     """Frames -> face tracks, crops, flow and timestamps written into ``w``; returns the facts.
 
     ``reader`` is iterated once; each item needs ``index``, ``time``, ``width``, ``height``,
-    ``y_plane()`` and ``crop_rgb(x0, y0, x1, y1)`` (a :class:`~veracity.media.decode.SampledFrame`),
+    ``y_plane()`` and ``crop_resized(x0, y0, x1, y1, size)`` (a :class:`~veracity.media.decode.SampledFrame`),
     and the reader ``decoded`` and ``errors`` afterwards. ``detector`` replaces the Haar
     cascade of ``cfg`` (:mod:`veracity.frames` scores still images through here); it must
     be safe to call from two threads at once when ``scan_every`` > ``detect_every``.
@@ -236,8 +256,9 @@ def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
             fallbacks += 1
             rows = [(-1, center_box(frame.width, frame.height), False)]
         for track_id, box, det in rows:
-            x0, y0, x1, y1 = square_box(box, contract.face_margin, frame.width, frame.height) if track_id >= 0 else box
-            crop = cv2.resize(frame.crop_rgb(x0, y0, x1, y1), (size, size), interpolation=cv2.INTER_AREA)
+            square = square_box(box, contract.face_margin, frame.width, frame.height) if track_id >= 0 else box
+            x0, y0, x1, y1 = _even_if_large(square, size)
+            crop = frame.crop_resized(x0, y0, x1, y1, size)
             faces.append(crop)
             c_frame.append(np.int32(frame.index))
             c_track.append(np.int16(track_id))
@@ -295,13 +316,8 @@ def _audio_part(path: Path, w: RecordWriter, cfg: ExtractConfig, contract: DataC
     rms_db = 10 * np.log10(sq / n + 1e-20) if n else -200.0
     gain = maudio.loudness_gain_db(rms_db, cfg.loudness_target_dbfs, peak=peak) if rms_db > _SILENT_DBFS else 0.0
     if n and gain != 0.0:
-        # Normalise in place, a block at a time: the waveform is never all in memory.
-        mm = np.load(w.path("audio"), mmap_mode="r+")
-        block = contract.sample_rate * 30
-        for s in range(0, n, block):
-            mm[s : s + block] = maudio.apply_gain(np.asarray(mm[s : s + block]), gain)
-        mm.flush()
-        del mm
+        # Normalise in place, 30 s at a time: the waveform is never all in memory.
+        map_rows_in_place(w.path("audio"), lambda block: maudio.apply_gain(block, gain), contract.sample_rate * 30)
     result = vad.finish()
     mask = result.mask.astype(bool)
     w.save("vad", mask, hop_s=result.hop_s)

@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,26 @@ def record_dir(root: Path | str, video_id: str) -> Path:
     """Where the record of ``video_id`` lives under a features directory."""
     bucket = hashlib.sha1(video_id.encode()).hexdigest()[:2]
     return Path(root) / RECORDS / bucket / video_id
+
+
+def map_rows_in_place(path: Path | str, fn: Callable[[np.ndarray], np.ndarray], block_rows: int) -> None:
+    """Rewrite a ``.npy`` file's rows as ``fn`` of themselves, ``block_rows`` at a time.
+
+    Plain reads and writes at the rows' offsets: the file's pages stay in the page cache.
+    A writable memory map counts every page it touches as this process's memory, so
+    normalising 10 minutes of audio that way added its 38 MB to the peak RSS.
+    """
+    with open(path, "r+b") as fh:
+        major, _ = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+        if fortran:
+            raise RecordFormatError(f"{Path(path).name}: Fortran-ordered arrays are not rewritten by rows")
+        start, row = fh.tell(), dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        for r0 in range(0, shape[0] if shape else 0, block_rows):
+            k = min(block_rows, shape[0] - r0)
+            rows = np.frombuffer(os.pread(fh.fileno(), k * row, start + r0 * row), dtype).reshape(k, *shape[1:])
+            os.pwrite(fh.fileno(), np.ascontiguousarray(fn(rows), dtype=dtype).tobytes(), start + r0 * row)
 
 
 class NpyAppender:

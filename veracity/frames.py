@@ -324,6 +324,11 @@ class ImageFrame:
             raise ValueError(f"empty crop box ({x0}, {y0}, {x1}, {y1})")
         return _crop(self._rgb, x0, y0, x1, y1)
 
+    def crop_resized(self, x0: int, y0: int, x1: int, y1: int, size: int) -> np.ndarray:
+        """:meth:`crop_rgb` area-averaged to ``(size, size)`` (as
+        :meth:`SampledFrame.crop_resized <veracity.media.decode.SampledFrame.crop_resized>`)."""
+        return cv2.resize(self.crop_rgb(x0, y0, x1, y1), (size, size), interpolation=cv2.INTER_AREA)
+
 
 class ImageReader:
     """A sequence of posted images that reads like a :class:`~veracity.media.decode.FrameReader`.

@@ -12,6 +12,7 @@ from veracity.features import (
     NpyAppender,
     RecordFormatError,
     RecordWriter,
+    map_rows_in_place,
     read_meta,
     record_dir,
 )
@@ -37,6 +38,25 @@ def test_npy_appender_rejects_wrong_row_shape(tmp_path: Path) -> None:
         app.append(np.zeros((2, 4)))
     app.close()
     assert np.load(tmp_path / "a.npy").shape == (0, 3)  # still a valid (empty) array
+
+
+@pytest.mark.parametrize("block_rows", [1, 3, 7, 100])
+def test_rows_are_rewritten_in_place_block_by_block(tmp_path: Path, block_rows: int) -> None:
+    rows = np.random.default_rng(1).normal(size=(7, 2, 3)).astype(np.float32)
+    with NpyAppender(tmp_path / "a.npy", (2, 3), np.float32) as app:
+        app.append(rows)
+    blocks: list[int] = []
+
+    def double(block: np.ndarray) -> np.ndarray:
+        blocks.append(len(block))
+        return block * 2
+
+    map_rows_in_place(tmp_path / "a.npy", double, block_rows)
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), rows * 2)
+    assert max(blocks) <= block_rows and sum(blocks) == 7
+    np.save(tmp_path / "empty.npy", np.zeros((0,), np.float32))  # numpy's own header, no rows
+    map_rows_in_place(tmp_path / "empty.npy", double, 4)
+    assert np.load(tmp_path / "empty.npy").shape == (0,)
 
 
 def test_record_is_invisible_until_committed_and_partial_is_replaced(tmp_path: Path) -> None:

@@ -463,6 +463,47 @@ def test_crop_rgb_follows_the_frame_colour_matrix(
     _check_crops(sf, _boxes(W, H))
 
 
+@pytest.mark.parametrize(
+    ("colorspace", "color_range", "rotation"),
+    [(None, None, None), (1, None, None), (1, 2, None), (None, None, 90)],
+    ids=["bt601", "bt709", "bt709-full-range", "rotated"],
+)
+def test_crop_resized_averages_large_even_boxes_in_yuv_and_matches_converting_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, colorspace: int | None, color_range: int | None,
+    rotation: int | None,
+) -> None:
+    size = 16  # boxes over 32 px take the YUV path
+    path = _write_video(tmp_path / "big.mp4", [_pattern(0, 120, 200)], colorspace=colorspace,
+                        color_range=color_range, rotation=rotation)
+    sf = next(iter(FrameReader(path, fps=25)))
+    w, h = sf.width, sf.height
+
+    def reference(box: tuple[int, int, int, int]) -> np.ndarray:
+        return cv2.resize(SampledFrame.crop_rgb(sf, *box), (size, size), interpolation=cv2.INTER_AREA)
+
+    large = [(10, 20, 90, 100), (0, 0, 60, 60), (w - 40, h - 40, w, h), (4, 2, 38, 36)]
+    refs = [reference(b) for b in large]
+    sf._rgb = None  # the reference's own conversion must not steer the path under test
+
+    def refused(*_: object) -> None:
+        raise AssertionError("a large even box inside the frame was converted before averaging")
+
+    monkeypatch.setattr(SampledFrame, "crop_rgb", refused)
+    for box, ref in zip(large, refs, strict=True):
+        got = sf.crop_resized(*box, size)
+        assert got.shape == (size, size, 3) and got.dtype == np.uint8
+        diff = np.abs(got.astype(int) - ref)
+        # Rounding in the two orders (and a dark block where the colour leaves the RGB cube).
+        assert diff.max() <= 3 and diff.mean() < 0.6, (box, diff.max(), diff.mean())
+    assert sf._rgb is None
+    monkeypatch.undo()
+    # Odd edges, small boxes and boxes past the frame: exactly the conversion-first result.
+    for box in [(11, 20, 91, 100), (10, 21, 90, 101), (10, 20, 42, 52), (-6, -4, 60, 62), (w - 50, 8, w + 10, 68)]:
+        assert np.array_equal(sf.crop_resized(*box, size), reference(box)), box
+    with pytest.raises(ValueError, match="empty crop box"):
+        sf.crop_resized(40, 10, 40, 90, size)
+
+
 def test_odd_sized_yuv420p(tmp_path: Path) -> None:
     # x264 refuses odd sizes in 4:2:0; FFV1 (in Matroska) takes them, with chroma planes of
     # ceil(W/2) x ceil(H/2). swscale interpolates chroma for such frames, so crop_rgb cuts
