@@ -194,7 +194,7 @@ def _even_if_large(box: tuple[int, int, int, int], size: int) -> tuple[int, int,
     """A square crop box more than ``SHRINK_FIRST`` times the crop's side moved to even
     edges (each by at most one pixel), so its crop is averaged down before colour
     conversion (:meth:`~veracity.media.decode.SampledFrame.crop_resized`); a smaller one
-    (every crop of the training corpus) as it is."""
+    (every crop of the synthetic corpora) as it is."""
     x0, y0, x1, _ = box
     if x1 - x0 <= SHRINK_FIRST * size:
         return box

@@ -66,10 +66,12 @@ _Y_PLANE_FORMATS = frozenset(
 _I420_FORMATS = frozenset({"yuv420p", "yuvj420p"})
 # crop_resized() averages an even-edged box down in YUV, before converting, when its longer
 # side is more than this many times the output's: its pixels are then read once, as planes,
-# instead of converted and then averaged as RGB. Boxes up to twice the output (every crop
-# of the 128 px training corpus at 64 px) keep the conversion-first path, so training
-# records do not change.
-SHRINK_FIRST = 2
+# instead of converted and then averaged as RGB. Boxes up to 4 times the output keep the
+# conversion-first path: every crop of the synthetic corpora (128 px frames at 64 px crops;
+# the tests' 96 px at 32), so their records, and the members trained on them, do not move.
+# At 2 the tests' tiny bundle trained on crops within 3 levels of its own and came out
+# different enough to fail 6 tests that expect its verdicts.
+SHRINK_FIRST = 4
 
 # Limited-range luma (16..235) -> full range (0..255), the expansion swscale applies when
 # it converts to RGB; applying it to the Y plane makes gray() match the luma of rgb().

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from veracity.media.decode import (
+    SHRINK_FIRST,
     FrameReader,
     MediaError,
     SampledFrame,
@@ -472,7 +473,7 @@ def test_crop_resized_averages_large_even_boxes_in_yuv_and_matches_converting_fi
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, colorspace: int | None, color_range: int | None,
     rotation: int | None,
 ) -> None:
-    size = 16  # boxes over 32 px take the YUV path
+    size = 8  # boxes over SHRINK_FIRST * 8 px take the YUV path
     path = _write_video(tmp_path / "big.mp4", [_pattern(0, 120, 200)], colorspace=colorspace,
                         color_range=color_range, rotation=rotation)
     sf = next(iter(FrameReader(path, fps=25)))
@@ -482,6 +483,7 @@ def test_crop_resized_averages_large_even_boxes_in_yuv_and_matches_converting_fi
         return cv2.resize(SampledFrame.crop_rgb(sf, *box), (size, size), interpolation=cv2.INTER_AREA)
 
     large = [(10, 20, 90, 100), (0, 0, 60, 60), (w - 40, h - 40, w, h), (4, 2, 38, 36)]
+    assert min(x1 - x0 for x0, _, x1, _ in large) > SHRINK_FIRST * size
     refs = [reference(b) for b in large]
     sf._rgb = None  # the reference's own conversion must not steer the path under test
 
@@ -498,7 +500,8 @@ def test_crop_resized_averages_large_even_boxes_in_yuv_and_matches_converting_fi
     assert sf._rgb is None
     monkeypatch.undo()
     # Odd edges, small boxes and boxes past the frame: exactly the conversion-first result.
-    for box in [(11, 20, 91, 100), (10, 21, 90, 101), (10, 20, 42, 52), (-6, -4, 60, 62), (w - 50, 8, w + 10, 68)]:
+    small = (10, 20, 10 + SHRINK_FIRST * size, 20 + SHRINK_FIRST * size)
+    for box in [(11, 20, 91, 100), (10, 21, 90, 101), small, (-6, -4, 60, 62), (w - 50, 8, w + 10, 68)]:
         assert np.array_equal(sf.crop_resized(*box, size), reference(box)), box
     with pytest.raises(ValueError, match="empty crop box"):
         sf.crop_resized(40, 10, 40, 90, size)
