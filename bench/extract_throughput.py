@@ -35,7 +35,6 @@ import av
 import cv2
 import numpy as np
 
-from veracity import extract
 from veracity.config import ExtractConfig, load_params
 from veracity.contract import DataContract
 from veracity.corpus.synth.families import ClipSpec, render
@@ -121,12 +120,12 @@ def _skipped_share(files: list[Path], fps: float) -> float:
 def _crops_converted_first():
     """Every crop converted to RGB, then averaged down (no box is large enough for the
     YUV path of ``SampledFrame.crop_resized``)."""
-    saved = decode.SHRINK_FIRST, extract.SHRINK_FIRST
-    decode.SHRINK_FIRST = extract.SHRINK_FIRST = 1 << 30
+    saved = decode.SHRINK_FIRST
+    decode.SHRINK_FIRST = 1 << 30
     try:
         yield
     finally:
-        decode.SHRINK_FIRST, extract.SHRINK_FIRST = saved
+        decode.SHRINK_FIRST = saved
 
 
 def throughput(files: list[Path], cfg: ExtractConfig, contract: DataContract, out: Path, repeats: int = 2,

@@ -48,7 +48,7 @@ from veracity.features import (
     record_dir,
 )
 from veracity.media import audio as maudio
-from veracity.media.decode import SHRINK_FIRST, FrameReader, MediaError, iter_audio
+from veracity.media.decode import FrameReader, MediaError, even_crop_box, iter_audio
 from veracity.media.faces import FaceDetector, FaceTracker, HaarFaceDetector, center_box, square_box
 from veracity.media.flow import FlowStream
 from veracity.status import CODE_FAILURE_STATUSES, EXTRACT_STATUSES, OK
@@ -190,19 +190,6 @@ def _scans(frames: Iterable[Any], detector: FaceDetector, cfg: ExtractConfig) ->
         yield frame, (detector.detect(frame.y_plane()) if frame.index % every == 0 else None)
 
 
-def _even_if_large(box: tuple[int, int, int, int], size: int) -> tuple[int, int, int, int]:
-    """A square crop box more than ``SHRINK_FIRST`` times the crop's side moved to even
-    edges (each by at most one pixel), so its crop is averaged down before colour
-    conversion (:meth:`~veracity.media.decode.SampledFrame.crop_resized`); a smaller one
-    (every crop of the synthetic corpora) as it is."""
-    x0, y0, x1, _ = box
-    if x1 - x0 <= SHRINK_FIRST * size:
-        return box
-    side = x1 - x0 + ((x1 - x0) & 1)
-    x0, y0 = x0 & ~1, y0 & ~1
-    return x0, y0, x0 + side, y0 + side
-
-
 def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
                 contract: DataContract, detector: FaceDetector | None = None,
                 observer: ExtractObserver | None = None) -> dict[str, Any]:
@@ -257,7 +244,7 @@ def _video_part(reader: FrameReader, w: RecordWriter, cfg: ExtractConfig,
             rows = [(-1, center_box(frame.width, frame.height), False)]
         for track_id, box, det in rows:
             square = square_box(box, contract.face_margin, frame.width, frame.height) if track_id >= 0 else box
-            x0, y0, x1, y1 = _even_if_large(square, size)
+            x0, y0, x1, y1 = even_crop_box(square, size)
             crop = frame.crop_resized(x0, y0, x1, y1, size)
             faces.append(crop)
             c_frame.append(np.int32(frame.index))

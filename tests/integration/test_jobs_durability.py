@@ -76,7 +76,7 @@ def test_every_accepted_job_ends_after_kill_9_and_a_restart(tmp_path: Path, tiny
         slow = r.json()["job_id"]
         jobs[slow] = clips[0].name
         # The worker is fetching it. The wait is generous: on a loaded 2-core machine the job
-        # once stayed queued for over 60 s (the worker's start shares the cores).
+        # once stayed queued for over 60 s.
         deadline = time.monotonic() + 150
         while (state := _state(server.url, slow))["state"] == "queued":
             assert time.monotonic() < deadline, "the slow job was never started"

@@ -24,6 +24,7 @@ from veracity.media.decode import (
     SampledFrame,
     SkipPlan,
     decode_only,
+    even_crop_box,
     iter_audio,
     probe,
     read_audio,
@@ -505,6 +506,23 @@ def test_crop_resized_averages_large_even_boxes_in_yuv_and_matches_converting_fi
         assert np.array_equal(sf.crop_resized(*box, size), reference(box)), box
     with pytest.raises(ValueError, match="empty crop box"):
         sf.crop_resized(40, 10, 40, 90, size)
+
+
+@pytest.mark.parametrize("side", [SHRINK_FIRST * 32 + 1, SHRINK_FIRST * 32 + 2, SHRINK_FIRST * 32 + 9])
+@pytest.mark.parametrize("corner", [(101, 33), (100, 32), (-7, 5), (2, -3)])
+def test_a_large_crop_box_gets_even_edges_within_a_pixel_and_stays_square(side: int, corner: tuple[int, int]) -> None:
+    box = (*corner, corner[0] + side, corner[1] + side)
+    out = even_crop_box(box, 32)
+    x0, y0, x1, y1 = out
+    assert not any(v % 2 for v in out) and x1 - x0 == y1 - y0
+    assert all(abs(a - b) <= 1 for a, b in zip(out, box, strict=True))
+
+
+def test_a_crop_box_up_to_shrink_first_times_the_crop_is_left_as_it_is() -> None:
+    box = (3, 5, 3 + SHRINK_FIRST * 64, 5 + SHRINK_FIRST * 64)
+    assert even_crop_box(box, 64) == box
+    assert even_crop_box((3, 5, 131, 133), 64) == (3, 5, 131, 133)  # the 128 px corpus's largest
+    assert even_crop_box((1, 1, 1 + SHRINK_FIRST * 8 + 1, 1 + SHRINK_FIRST * 8 + 1), 8) == (0, 0, 34, 34)
 
 
 def test_odd_sized_yuv420p(tmp_path: Path) -> None:
