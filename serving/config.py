@@ -40,6 +40,9 @@ class ServiceConfig(BaseModel):
                                                                  "requests answered by the challenger (marked "
                                                                  "served_by in the answer and the log)")
     runtime: Literal["torch", "onnx"] = Field("torch", description="torch, or onnx for members with an ONNX export")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="the PyTorch members' forward passes: auto (bf16 on a CUDA GPU that has it, fp32 on "
+                            "CPU), fp32 or bf16")
     poll_s: float = Field(10.0, gt=0, description="seconds between registry checks (retry while not ready; "
                                                   "pick up a new champion once ready)")
     api_keys: str = Field("", description="comma-separated API keys; empty and no api_keys_file = no auth")

@@ -24,6 +24,7 @@ import torch
 
 from serving.config import ServiceConfig
 from veracity.analyzer import Analyzer, BundleError
+from veracity.config import AnalyzeConfig
 from veracity.models.base import Batch
 
 log = logging.getLogger("serving.model")
@@ -142,10 +143,12 @@ class ModelHolder:
                 return False  # the alias still points at what we serve
             checks = runtime_checks(self.cfg.device)
             analyzer = Analyzer(path, device=self.cfg.device, runtime=self.cfg.runtime,
+                                cfg=AnalyzeConfig(precision=self.cfg.precision),
                                 batch_windows=self.cfg.batch_windows, batch_wait_s=self.cfg.batch_wait_ms / 1000,
                                 member_timeout_s=self.cfg.member_timeout_s)
             checks["forward"] = forward_check(analyzer)
             checks["device"] = str(analyzer.bundle.device)
+            checks["precision"] = analyzer.identity["precision"]
         except (RegistryError, BundleError, RuntimeError, OSError, ValueError) as exc:
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
             if self._loaded is None:

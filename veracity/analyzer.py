@@ -59,7 +59,7 @@ from veracity.bundle import BUNDLE_JSON, Bundle, BundleError, MemberFailure, Sco
 from veracity.config import AnalyzeConfig, ExtractConfig
 from veracity.data import ClipInfo, WindowDataset, collate
 from veracity.decision import modality_scores
-from veracity.devices import resolve_device
+from veracity.devices import precision_name, resolve_device
 from veracity.extract import extract_clip, fingerprint, prefetch
 from veracity.features import ClipRecord, record_dir
 from veracity.frames import FrameBatchReport, score_frames
@@ -262,7 +262,7 @@ class Analyzer:
         if isinstance(bundle, Bundle):
             self.bundle = bundle
         else:
-            self.bundle = Bundle.load(bundle, resolve_device(device), runtime)
+            self.bundle = Bundle.load(bundle, resolve_device(device), runtime, self.cfg.precision)
         b = self.bundle
         self.member_timeout_s = member_timeout_s
         self.batcher = (WindowBatcher(functools.partial(b.forward, timeout_s=member_timeout_s), batch_windows,
@@ -278,6 +278,7 @@ class Analyzer:
             "fusion": b.fusion.rule,
             "runtime": {m.name: "onnx" if m.onnx_session is not None else "torch" for m in b.members},
             "device": str(b.device),
+            "precision": precision_name(b.autocast),
         }
 
     # ------------------------------------------------------------------ public API

@@ -301,6 +301,9 @@ class Bundle:
         self.spec = spec or {}
         self.root = root
         self.device = torch.device(device)
+        # The dtype the PyTorch members' forward passes autocast to (None: fp32); set by
+        # load's ``precision``. The calibrators and thresholds were fitted on fp32 logits.
+        self.autocast: torch.dtype | None = None
         self._pool: Any = None  # threads for members under a time limit (forward's timeout_s)
         self._shared: list[SharedPart] = []  # parts computed once per forward (see share_parts)
 
@@ -446,7 +449,8 @@ class Bundle:
         return out
 
     @classmethod
-    def load(cls, path: Path | str, device: torch.device | str = "cpu", runtime: str = "torch") -> Bundle:
+    def load(cls, path: Path | str, device: torch.device | str = "cpu", runtime: str = "torch",
+             precision: str = "auto") -> Bundle:
         """Load a bundle after verifying every checksum.
 
         Args:
@@ -454,15 +458,21 @@ class Bundle:
             device: where the PyTorch members run.
             runtime: ``torch``, or ``onnx`` to run members that have an ONNX file with
                 ONNX Runtime on CPU (the others stay in PyTorch).
+            precision: ``auto``, ``fp32`` or ``bf16``: what the PyTorch members' forward
+                passes autocast to (:func:`veracity.devices.resolve_precision`).
 
         Raises:
             BundleError: a file does not match ``bundle.json`` (named), or the bundle
                 cannot be rebuilt.
+            ValueError: an unknown runtime or precision, or bf16 on a GPU without it.
         """
         from safetensors.torch import load_file
 
+        from veracity.devices import resolve_precision
+
         if runtime not in ("torch", "onnx"):
             raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
+        autocast = resolve_precision(precision, torch.device(device))
         root = Path(path)
         spec = verify_bundle(root)
         try:
@@ -490,6 +500,7 @@ class Bundle:
                          disagreement=_disagreement(spec), fallbacks=_fallbacks(spec))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise BundleError(f"bundle {root} cannot be rebuilt: {type(exc).__name__}: {exc}") from None
+        bundle.autocast = autocast
         bundle.share_parts()
         return bundle
 
@@ -580,7 +591,8 @@ class Bundle:
 
                 return MemberOutput(run_session(m.onnx_session, batch))
             assert m.model is not None
-            o = m.model(gpu_batch)
+            with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                o = m.model(gpu_batch)
             return MemberOutput(o.logits.float().cpu().numpy(), _rows(getattr(o, "frame_scores", None)),
                                 _rows(getattr(o, "features", None), flat=True))
 

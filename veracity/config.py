@@ -518,7 +518,7 @@ class BenchmarkConfig(_Section):
     reencode_identities: int = Field(32, ge=0)
     bootstrap: int = Field(1000, ge=100)  # draws of people (not clips) for every interval
     confidence: float = Field(0.95, gt=0, lt=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # float32 either way: the same calls
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # float32 either way (analyze.precision): the same calls
     workers: int = Field(2, ge=1)  # analysis processes, one bundle each
 
     # Keys that change how fast the benchmark runs, never its figures.
@@ -544,6 +544,11 @@ class AnalyzeConfig(_Section):
     # Score each track's whole batches while the file is still being extracted
     # (veracity.stream): the same windows and batches, so the same report, sooner.
     overlap: bool = True
+    # What the members' forward passes autocast to (veracity.devices.resolve_precision):
+    # fp32 here, so the DAG's figures (benchmark, gate) are the same on a GPU as on a CPU;
+    # auto is bf16 on a CUDA GPU that has it (the service's default, VERACITY_PRECISION),
+    # bf16 asks for it on CPU too. bench/precision_compare.py measures what it changes.
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
 
 
 class MonitorConfig(_Section):

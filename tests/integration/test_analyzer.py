@@ -303,6 +303,25 @@ def test_onnx_runtime_matches_torch(analyzer: Analyzer, bundle_dir: Path, tiny_c
     assert onnx.analyze(path).probability == pytest.approx(analyzer.analyze(path).probability, abs=1e-4)
 
 
+def test_bf16_autocast_runs_the_members_in_bf16_near_fp32(analyzer: Analyzer, bundle_dir: Path,
+                                                         tiny_corpus: Path) -> None:
+    assert analyzer.identity["precision"] == "fp32"  # the default
+    assert Analyzer(bundle_dir, device="cpu", cfg=AnalyzeConfig(precision="auto")).identity["precision"] == "fp32"
+    bf16 = Analyzer(bundle_dir, device="cpu", cfg=AnalyzeConfig(precision="bf16"))
+    assert bf16.identity["precision"] == "bf16"
+    path = _videos(tiny_corpus)[4]
+    fp, lo = analyzer.analyze(path), bf16.analyze(path)
+    assert lo.bundle["precision"] == "bf16" and fp.bundle["precision"] == "fp32"
+    # Rounded to bf16's 8 bits of mantissa, so not the same numbers, but near them.
+    assert lo.probability != fp.probability
+    assert lo.probability == pytest.approx(fp.probability, abs=0.05)
+
+
+def test_an_unknown_precision_is_refused(bundle_dir: Path) -> None:
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        Bundle.load(bundle_dir, "cpu", precision="fp16")
+
+
 # ------------------------------------------------------------------------------ CLI
 
 

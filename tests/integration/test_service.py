@@ -66,6 +66,7 @@ def test_health_routes_report_the_loaded_bundle(server: Server, tiny_bundle: Pat
     assert h["checkpoint_path"] == str(tiny_bundle)
     assert h["bundle_sha256"] == Analyzer(tiny_bundle, device="cpu").identity["sha256"]
     assert h["runtime"]["forward"]["members"] == 2 and h["auth"] == "on"
+    assert h["runtime"]["precision"] == "fp32"  # auto on CPU
     assert httpx.get(server.url + "/readyz").status_code == 200
     assert httpx.get(server.url + "/livez").status_code == 200
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from veracity.config import TrainConfig
-from veracity.devices import resolve_device
+from veracity.devices import precision_name, resolve_device, resolve_precision
 
 
 @pytest.fixture
@@ -49,3 +49,20 @@ def test_every_caller_uses_the_one_helper(no_cuda) -> None:
     assert training.pick_device(TrainConfig(device="auto")) == torch.device("cpu")
     with pytest.raises(ValueError, match="CUDA is not available"):
         training.pick_device(TrainConfig(device="cuda"))
+
+
+def test_auto_precision_is_bf16_only_on_a_gpu_that_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    # CPU figures (the benchmark, the gate) must not depend on the CPU's instruction set.
+    assert resolve_precision("auto", cpu) is None and resolve_precision("fp32", cpu) is None
+    assert resolve_precision("bf16", cpu) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", gpu) is torch.bfloat16
+    assert resolve_precision("fp32", gpu) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", gpu) is None
+    with pytest.raises(ValueError, match="does not support bfloat16"):
+        resolve_precision("bf16", gpu)
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        resolve_precision("half", cpu)
+    assert [precision_name(d) for d in (None, torch.bfloat16)] == ["fp32", "bf16"]
