@@ -23,6 +23,10 @@ def test_a_bad_value_names_its_variable() -> None:
         ServiceConfig.from_env({"VERACITY_MAX_UPLOAD_MB": "-3"})
     with pytest.raises(ValueError, match="VERACITY_RUNTIME"):
         ServiceConfig.from_env({"VERACITY_RUNTIME": "tensorrt"})
+    with pytest.raises(ValueError, match="VERACITY_PRECISION"):
+        ServiceConfig.from_env({"VERACITY_PRECISION": "fp16"})
+    assert ServiceConfig.from_env({}).precision == "auto"
+    assert ServiceConfig.from_env({"VERACITY_PRECISION": "bf16"}).precision == "bf16"
 
 
 def test_keys_come_from_the_variable_and_the_file(tmp_path: Path) -> None:
