@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from veracity.config import Precision
+
 PREFIX = "VERACITY_"
 MIN_KEY_LEN = 16  # a guessable key is no key
 
@@ -40,7 +42,7 @@ class ServiceConfig(BaseModel):
                                                                  "requests answered by the challenger (marked "
                                                                  "served_by in the answer and the log)")
     runtime: Literal["torch", "onnx"] = Field("torch", description="torch, or onnx for members with an ONNX export")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Precision = Field(
         "auto", description="the PyTorch members' forward passes: auto (bf16 on a CUDA GPU that has it, fp32 on "
                             "CPU), fp32 or bf16")
     poll_s: float = Field(10.0, gt=0, description="seconds between registry checks (retry while not ready; "

@@ -530,6 +530,10 @@ class BenchmarkConfig(_Section):
                                  "methods_per_identity": None})
 
 
+# How the members' forward passes may run (veracity.devices.resolve_precision says what each means).
+Precision = Literal["auto", "fp32", "bf16"]
+
+
 class AnalyzeConfig(_Section):
     """``veracity analyze`` / the service: how a report is built."""
 
@@ -548,7 +552,7 @@ class AnalyzeConfig(_Section):
     # fp32 here, so the DAG's figures (benchmark, gate) are the same on a GPU as on a CPU;
     # auto is bf16 on a CUDA GPU that has it (the service's default, VERACITY_PRECISION),
     # bf16 asks for it on CPU too. bench/precision_compare.py measures what it changes.
-    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    precision: Precision = "fp32"
 
 
 class MonitorConfig(_Section):

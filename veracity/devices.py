@@ -9,7 +9,11 @@ tensor moved there.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
+
+from veracity.config import Precision
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -42,7 +46,7 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return device
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
